@@ -1,0 +1,1 @@
+//! (conv family: to be filled by its owner; see backend/mod.rs for the pattern.)

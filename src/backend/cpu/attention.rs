@@ -1,0 +1,1 @@
+//! (attention family CPU kernels: to be filled by its owner.)

@@ -1,0 +1,1 @@
+//! (conv family CPU kernels: to be filled by its owner.)

@@ -1,0 +1,393 @@
+//! CPU elementwise kernels. Contiguous operands take a flat, Rayon-parallel loop the compiler
+//! vectorizes; strided or broadcast operands are walked row by row (last dimension innermost).
+
+use super::{contiguous_cow, CpuData, CpuStorage, Float, PAR_CHUNK};
+use crate::backend::elementwise::{BinaryOp, CmpOp, ElementwiseBackend, UnaryOp};
+use crate::tensor::{Layout, WithDType};
+use crate::{cpu_map_float, Error, Result};
+use rayon::prelude::*;
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044715;
+
+#[inline(always)]
+fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+#[inline(always)]
+pub(crate) fn unary_fwd<T: Float>(op: UnaryOp, x: T) -> T {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => T::ONE / x.sqrt(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Relu => x.max(T::ZERO),
+        UnaryOp::GeluErf => {
+            T::from_f64(0.5)
+                * x
+                * (T::ONE + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+        }
+        UnaryOp::GeluTanh => {
+            let u = T::from_f64(SQRT_2_OVER_PI) * (x + T::from_f64(GELU_C) * x * x * x);
+            T::from_f64(0.5) * x * (T::ONE + u.tanh())
+        }
+        UnaryOp::Silu => x * sigmoid(x),
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sqr => x * x,
+        UnaryOp::Recip => T::ONE / x,
+        UnaryOp::Powf(e) => x.powf(T::from_f64(e)),
+        UnaryOp::Clamp { min, max } => x.max(T::from_f64(min)).min(T::from_f64(max)),
+        UnaryOp::Affine { mul, add } => x * T::from_f64(mul) + T::from_f64(add),
+    }
+}
+
+/// f'(x)
+#[inline(always)]
+pub(crate) fn unary_deriv<T: Float>(op: UnaryOp, x: T) -> T {
+    match op {
+        UnaryOp::Neg => -T::ONE,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => T::ONE / x,
+        UnaryOp::Sqrt => T::from_f64(0.5) / x.sqrt(),
+        UnaryOp::Rsqrt => T::from_f64(-0.5) / (x * x.sqrt()),
+        UnaryOp::Abs => {
+            if x > T::ZERO {
+                T::ONE
+            } else if x < T::ZERO {
+                -T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+        UnaryOp::Relu => {
+            if x > T::ZERO {
+                T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+        UnaryOp::GeluErf => {
+            let cdf = T::from_f64(0.5)
+                * (T::ONE + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+            let pdf = (T::from_f64(-0.5) * x * x).exp() * T::from_f64(0.398_942_280_401_432_7);
+            cdf + x * pdf
+        }
+        UnaryOp::GeluTanh => {
+            let x2 = x * x;
+            let u = T::from_f64(SQRT_2_OVER_PI) * (x + T::from_f64(GELU_C) * x2 * x);
+            let t = u.tanh();
+            let du = T::from_f64(SQRT_2_OVER_PI) * (T::ONE + T::from_f64(3.0 * GELU_C) * x2);
+            T::from_f64(0.5) * (T::ONE + t) + T::from_f64(0.5) * x * (T::ONE - t * t) * du
+        }
+        UnaryOp::Silu => {
+            let s = sigmoid(x);
+            s * (T::ONE + x * (T::ONE - s))
+        }
+        UnaryOp::Sigmoid => {
+            let s = sigmoid(x);
+            s * (T::ONE - s)
+        }
+        UnaryOp::Tanh => {
+            let t = x.tanh();
+            T::ONE - t * t
+        }
+        UnaryOp::Sqr => T::from_f64(2.0) * x,
+        UnaryOp::Recip => -T::ONE / (x * x),
+        UnaryOp::Powf(e) => T::from_f64(e) * x.powf(T::from_f64(e - 1.0)),
+        UnaryOp::Clamp { min, max } => {
+            if x >= T::from_f64(min) && x <= T::from_f64(max) {
+                T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+        UnaryOp::Affine { mul, .. } => T::from_f64(mul),
+    }
+}
+
+#[inline(always)]
+fn binary_fn<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T + Sync + Send + Copy {
+    move |a: T, b: T| match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Maximum => {
+            if a >= b || b.is_nan() {
+                a
+            } else {
+                b
+            }
+        }
+        BinaryOp::Minimum => {
+            if a <= b || b.is_nan() {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// Storage offset of the first element of row `row` (rows run along the last dimension).
+#[inline]
+pub(crate) fn row_offset(layout: &Layout, mut row: usize) -> usize {
+    let dims = layout.dims();
+    let strides = layout.strides();
+    let mut off = layout.offset();
+    for d in (0..dims.len().saturating_sub(1)).rev() {
+        off += (row % dims[d]) * strides[d];
+        row /= dims[d];
+    }
+    off
+}
+
+/// `out[i] = f(a[i])` over one strided view.
+pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync + Default>(
+    a: &[A],
+    la: &Layout,
+    f: impl Fn(A) -> O + Sync + Send,
+) -> Vec<O> {
+    let n = la.elem_count();
+    let mut out = vec![O::default(); n];
+    if n == 0 {
+        return out;
+    }
+    if let Some((s, e)) = la.contiguous_range() {
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(a[s..e].par_chunks(PAR_CHUNK))
+            .for_each(|(o, a)| {
+                o.iter_mut().zip(a).for_each(|(o, &a)| *o = f(a));
+            });
+        return out;
+    }
+    let inner = *la.dims().last().unwrap_or(&1);
+    let sa = *la.strides().last().unwrap_or(&1);
+    let rows_per_task = (PAR_CHUNK / inner.max(1)).max(1);
+    out.par_chunks_mut(inner * rows_per_task)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            for (r, o) in chunk.chunks_mut(inner).enumerate() {
+                let oa = row_offset(la, t * rows_per_task + r);
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = f(a[oa + i * sa]);
+                }
+            }
+        });
+    out
+}
+
+/// `out[i] = f(a[i], b[i])` over two strided views of one shape.
+pub(crate) fn map2<
+    A: Copy + Send + Sync,
+    B: Copy + Send + Sync,
+    O: Copy + Send + Sync + Default,
+>(
+    a: &[A],
+    la: &Layout,
+    b: &[B],
+    lb: &Layout,
+    f: impl Fn(A, B) -> O + Sync + Send,
+) -> Vec<O> {
+    let n = la.elem_count();
+    let mut out = vec![O::default(); n];
+    if n == 0 {
+        return out;
+    }
+    if let (Some((sa, ea)), Some((sb, eb))) = (la.contiguous_range(), lb.contiguous_range()) {
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(
+                a[sa..ea]
+                    .par_chunks(PAR_CHUNK)
+                    .zip(b[sb..eb].par_chunks(PAR_CHUNK)),
+            )
+            .for_each(|(o, (a, b))| {
+                for i in 0..o.len() {
+                    o[i] = f(a[i], b[i]);
+                }
+            });
+        return out;
+    }
+    let inner = *la.dims().last().unwrap_or(&1);
+    let (sa, sb) = (
+        *la.strides().last().unwrap_or(&1),
+        *lb.strides().last().unwrap_or(&1),
+    );
+    let rows_per_task = (PAR_CHUNK / inner.max(1)).max(1);
+    out.par_chunks_mut(inner * rows_per_task)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            for (r, o) in chunk.chunks_mut(inner).enumerate() {
+                let row = t * rows_per_task + r;
+                let (oa, ob) = (row_offset(la, row), row_offset(lb, row));
+                if sa == 1 && sb == 1 {
+                    let (a, b) = (&a[oa..oa + inner], &b[ob..ob + inner]);
+                    for i in 0..inner {
+                        o[i] = f(a[i], b[i]);
+                    }
+                } else if sa == 1 && sb == 0 {
+                    let (a, b) = (&a[oa..oa + inner], b[ob]);
+                    for i in 0..inner {
+                        o[i] = f(a[i], b);
+                    }
+                } else {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        *o = f(a[oa + i * sa], b[ob + i * sb]);
+                    }
+                }
+            }
+        });
+    out
+}
+
+fn cmp_fn<T: PartialOrd + Copy>(op: CmpOp) -> impl Fn(T, T) -> u8 + Sync + Send {
+    move |a: T, b: T| {
+        let r = match op {
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+        };
+        r as u8
+    }
+}
+
+fn where_typed<T: WithDType + Default>(
+    c: &[u8],
+    lc: &Layout,
+    t: &[T],
+    lt: &Layout,
+    f: &[T],
+    lf: &Layout,
+) -> Vec<T> {
+    let (t, f) = (contiguous_cow(t, lt), contiguous_cow(f, lf));
+    map1(c, lc, |x| x)
+        .into_iter()
+        .zip(t.iter().zip(f.iter()))
+        .map(|(c, (&t, &f))| if c != 0 { t } else { f })
+        .collect()
+}
+
+impl ElementwiseBackend for CpuStorage {
+    fn unary(&self, op: UnaryOp, layout: &Layout) -> Result<Self> {
+        Ok(CpuStorage::new(cpu_map_float!(
+            op.name(),
+            self.data(),
+            |v| map1(v, layout, |x| unary_fwd(op, x))
+        )))
+    }
+
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x_layout: &Layout,
+        dy: &Self,
+        dy_layout: &Layout,
+    ) -> Result<Self> {
+        let data = match (self.data(), dy.data()) {
+            (CpuData::F32(x), CpuData::F32(g)) => {
+                CpuData::F32(map2(x, x_layout, g, dy_layout, |x, g| {
+                    g * unary_deriv(op, x)
+                }))
+            }
+            (CpuData::F64(x), CpuData::F64(g)) => {
+                CpuData::F64(map2(x, x_layout, g, dy_layout, |x, g| {
+                    g * unary_deriv(op, x)
+                }))
+            }
+            (d, _) => {
+                return Err(Error::UnsupportedDType {
+                    op: op.name(),
+                    dtype: d.dtype_of(),
+                    expected: "f32 or f64",
+                })
+            }
+        };
+        Ok(CpuStorage::new(data))
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        lhs_layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+    ) -> Result<Self> {
+        let data = match (self.data(), rhs.data()) {
+            (CpuData::F32(a), CpuData::F32(b)) => {
+                CpuData::F32(map2(a, lhs_layout, b, rhs_layout, binary_fn(op)))
+            }
+            (CpuData::F64(a), CpuData::F64(b)) => {
+                CpuData::F64(map2(a, lhs_layout, b, rhs_layout, binary_fn(op)))
+            }
+            (d, _) => {
+                return Err(Error::UnsupportedDType {
+                    op: op.name(),
+                    dtype: d.dtype_of(),
+                    expected: "f32 or f64",
+                })
+            }
+        };
+        Ok(CpuStorage::new(data))
+    }
+
+    fn cmp(&self, op: CmpOp, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+        let out = match (self.data(), rhs.data()) {
+            (CpuData::F32(a), CpuData::F32(b)) => map2(a, lhs_layout, b, rhs_layout, cmp_fn(op)),
+            (CpuData::F64(a), CpuData::F64(b)) => map2(a, lhs_layout, b, rhs_layout, cmp_fn(op)),
+            (CpuData::I64(a), CpuData::I64(b)) => map2(a, lhs_layout, b, rhs_layout, cmp_fn(op)),
+            (CpuData::U32(a), CpuData::U32(b)) => map2(a, lhs_layout, b, rhs_layout, cmp_fn(op)),
+            (CpuData::U8(a), CpuData::U8(b)) => map2(a, lhs_layout, b, rhs_layout, cmp_fn(op)),
+            (d, _) => {
+                return Err(Error::UnsupportedDType {
+                    op: "cmp",
+                    dtype: d.dtype_of(),
+                    expected: "f32, f64, i64, u32 or u8",
+                })
+            }
+        };
+        Ok(CpuStorage::new(CpuData::U8(out)))
+    }
+
+    fn where_cond(
+        &self,
+        layout: &Layout,
+        on_true: &Self,
+        t_layout: &Layout,
+        on_false: &Self,
+        f_layout: &Layout,
+    ) -> Result<Self> {
+        let c = self.as_slice::<u8>("where_cond (condition must be u8)")?;
+        let data = match (on_true.data(), on_false.data()) {
+            (CpuData::F32(t), CpuData::F32(f)) => {
+                CpuData::F32(where_typed(c, layout, t, t_layout, f, f_layout))
+            }
+            (CpuData::F64(t), CpuData::F64(f)) => {
+                CpuData::F64(where_typed(c, layout, t, t_layout, f, f_layout))
+            }
+            (CpuData::I64(t), CpuData::I64(f)) => {
+                CpuData::I64(where_typed(c, layout, t, t_layout, f, f_layout))
+            }
+            (CpuData::U32(t), CpuData::U32(f)) => {
+                CpuData::U32(where_typed(c, layout, t, t_layout, f, f_layout))
+            }
+            (CpuData::U8(t), CpuData::U8(f)) => {
+                CpuData::U8(where_typed(c, layout, t, t_layout, f, f_layout))
+            }
+            (d, _) => {
+                return Err(Error::UnsupportedDType {
+                    op: "where_cond",
+                    dtype: d.dtype_of(),
+                    expected: "f32, f64, i64, u32 or u8",
+                })
+            }
+        };
+        Ok(CpuStorage::new(data))
+    }
+}

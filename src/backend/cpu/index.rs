@@ -1,0 +1,1 @@
+//! (index family CPU kernels: to be filled by its owner.)

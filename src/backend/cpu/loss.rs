@@ -1,0 +1,1 @@
+//! (loss family CPU kernels: to be filled by its owner.)

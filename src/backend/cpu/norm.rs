@@ -1,0 +1,1 @@
+//! (norm family CPU kernels: to be filled by its owner.)

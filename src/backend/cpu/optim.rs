@@ -1,0 +1,1 @@
+//! (optim family CPU kernels: to be filled by its owner.)

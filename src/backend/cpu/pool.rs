@@ -1,0 +1,1 @@
+//! (pool family CPU kernels: to be filled by its owner.)

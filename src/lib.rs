@@ -1,0 +1,31 @@
+//! # tessera
+//!
+//! A deep-learning engine written from scratch: n-dimensional tensors with run-time shapes
+//! and strided views, reverse-mode autograd on a dynamic graph, a CPU backend (Rayon, SIMD)
+//! and a CUDA backend (kernels compiled at run time by NVRTC), neural-network layers,
+//! optimizers, safetensors I/O, and text-to-image models built on top.
+//!
+//! ```
+//! use tessera::{Device, DType, Tensor};
+//! # fn main() -> tessera::Result<()> {
+//! let w = Tensor::randn((3, 2), DType::F32, Device::Cpu)?.requires_grad_()?;
+//! let x = Tensor::ones((4, 3), DType::F32, Device::Cpu)?;
+//! let loss = x.matmul(&w)?.relu()?.sum_all()?;
+//! loss.backward()?;
+//! assert_eq!(w.grad().unwrap().dims(), &[3, 2]);
+//! # Ok(()) }
+//! ```
+//! See `docs/ARCHITECTURE.md` for how an op travels from this API through autograd to a
+//! backend routine.
+
+pub mod autograd;
+pub mod backend;
+pub mod error;
+pub mod ops;
+pub mod random;
+pub mod tensor;
+
+pub use autograd::{no_grad, Gradients};
+pub use backend::elementwise::{BinaryOp, CmpOp, UnaryOp};
+pub use error::{Error, Result};
+pub use tensor::{DType, Device, Dim, Layout, Shape, Tensor, TensorId, WithDType};

@@ -13,6 +13,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod softmax;
 
 pub use float::Float;
 

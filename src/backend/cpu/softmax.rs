@@ -1,0 +1,1 @@
+//! (softmax family CPU kernels: to be filled by its owner.)

@@ -1,0 +1,1 @@
+//! (softmax family: to be filled by its owner.)

@@ -20,7 +20,10 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 pub mod error;
+pub mod models;
+pub mod nn;
 pub mod ops;
 pub mod random;
 pub mod tensor;

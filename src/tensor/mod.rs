@@ -185,6 +185,26 @@ impl Tensor {
         *self.0.grad.lock().unwrap_or_else(|e| e.into_inner()) = g;
     }
 
+    /// Overwrites this tensor's elements with `src` (same shape; cast when the dtypes differ).
+    /// Not recorded in the graph: for buffers, loading weights and optimizer updates.
+    pub fn copy_from(&self, src: &Tensor) -> Result<()> {
+        if src.shape() != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "copy_from",
+                lhs: self.shape().clone(),
+                rhs: src.shape().clone(),
+            });
+        }
+        let src = if src.dtype() != self.dtype() || self.same_storage(src) {
+            src.detach().to_dtype(self.dtype())?.contiguous_copy()?
+        } else {
+            src.clone()
+        };
+        let src_storage = src.storage();
+        self.storage_mut()
+            .copy_into(self.layout(), &src_storage, src.layout())
+    }
+
     // ---- data out ---------------------------------------------------------------------
 
     /// A contiguous host copy of the data.

@@ -1,0 +1,6 @@
+//! Data: built-in corpora, tokenizers, and (later) procedural image data and dataset readers.
+
+pub mod text;
+pub mod tokenizer;
+
+pub use tokenizer::CharTokenizer;

@@ -1,0 +1,3 @@
+//! Models, one file each, readable top to bottom: config, layers, forward, sampling.
+
+pub mod char_transformer;

@@ -22,11 +22,16 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 pub mod error;
+/// CUDA kernel sources embedded by `build.rs` (see `kernels/README.md`).
+pub mod kernel_sources {
+    include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
+}
 pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod random;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{no_grad, Gradients};
 pub use backend::elementwise::{BinaryOp, CmpOp, UnaryOp};

@@ -1,0 +1,3 @@
+//! Training loops, progress display and run reports.
+
+pub mod progress;

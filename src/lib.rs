@@ -20,6 +20,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod cli;
 pub mod data;
 pub mod error;
 /// CUDA kernel sources embedded by `build.rs` (see `kernels/README.md`).

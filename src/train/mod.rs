@@ -1,3 +1,4 @@
 //! Training loops, progress display and run reports.
 
+pub mod char_lm;
 pub mod progress;

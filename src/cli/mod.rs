@@ -1,0 +1,68 @@
+//! Command-line interface, one file per subcommand. Every command that measures something
+//! accepts `--json` and then prints one final JSON line with its figures.
+
+mod demo;
+mod info;
+mod sample;
+mod train;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about = "A deep-learning engine written from scratch, and the text-to-image models built on it")]
+pub struct Cli {
+    /// Worker threads for CPU kernels (default: RAYON_NUM_THREADS, else all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs the largest pipeline that exists on built-in data (no download).
+    Demo(demo::DemoArgs),
+    /// Trains a model.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
+    /// Generates from a trained model.
+    #[command(subcommand)]
+    Sample(sample::SampleCommand),
+    /// Prints the build, devices and CPU features found.
+    Info(info::InfoArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+    /// The GPU when one is usable, else the CPU (saying why).
+    Auto,
+}
+
+/// Resolves `--device`. This build has only the CPU backend: `cuda` is an error and `auto`
+/// falls back to the CPU with one line saying so.
+pub fn resolve_device(arg: DeviceArg, quiet: bool) -> tessera::Result<tessera::Device> {
+    match arg {
+        DeviceArg::Cpu => Ok(tessera::Device::Cpu),
+        DeviceArg::Cuda => Err(tessera::Error::Cuda("this build has no CUDA backend yet; use --device cpu (or auto)".into())),
+        DeviceArg::Auto => {
+            if !quiet {
+                eprintln!("device: cpu (this build has no CUDA backend yet)");
+            }
+            Ok(tessera::Device::Cpu)
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Train(c) => train::run(c),
+        Command::Sample(c) => sample::run(c),
+        Command::Info(a) => info::run(a),
+    }
+}

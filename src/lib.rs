@@ -21,7 +21,9 @@
 pub mod autograd;
 pub mod backend;
 pub mod error;
+pub mod io;
 pub mod ops;
+pub mod optim;
 pub mod random;
 pub mod tensor;
 

@@ -156,7 +156,7 @@ fn assert_load_fails(path: &Path, what: &str) {
 fn handmade(path: &Path, header: &str, data_len: usize) {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
-    bytes.extend(std::iter::repeat(0u8).take(data_len));
+    bytes.resize(bytes.len() + data_len, 0u8);
     std::fs::write(path, bytes).unwrap();
 }
 

@@ -681,12 +681,11 @@ fn least_squares(
     (loss, err)
 }
 
+type MakeOpt = dyn Fn(Vec<(String, Tensor)>) -> Box<dyn Optimizer>;
+
 #[test]
 fn least_squares_converges_with_each_optimizer() {
-    let runs: Vec<(
-        &str,
-        Box<dyn Fn(Vec<(String, Tensor)>) -> Box<dyn Optimizer>>,
-    )> = vec![
+    let runs: Vec<(&str, Box<MakeOpt>)> = vec![
         (
             "sgd",
             Box::new(|p| {

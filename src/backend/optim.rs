@@ -111,10 +111,9 @@ impl Storage {
         check_grad_shape("sgd_step", layout, grad_layout)?;
         match (self, grad) {
             (Storage::Cpu(p), Storage::Cpu(g)) => {
-                let buf = match momentum_buf {
-                    None => None,
-                    Some(Storage::Cpu(b)) => Some(b),
-                };
+                let buf = momentum_buf.map(|b| match b {
+                    Storage::Cpu(b) => b,
+                });
                 p.sgd_step(layout, g, grad_layout, buf, hyper)
             }
         }

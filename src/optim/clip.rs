@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// Clips the gradients of `params` (those that require grad and have one) to a total L2
 /// norm of at most `max_norm`; returns the norm before clipping.
 pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Result<f64> {
-    if !(max_norm >= 0.0) {
+    if max_norm.is_nan() || max_norm < 0.0 {
         return Err(Error::msg(format!(
             "clip_grad_norm: max_norm must be non-negative, got {max_norm}"
         )));

@@ -112,10 +112,10 @@ impl Optimizer for Sgd {
                 first_step,
             };
             let gs = g.storage();
-            let mut bs = match buf.as_ref().filter(|_| c.momentum != 0.0) {
-                Some(b) => Some(b.storage_mut()),
-                None => None,
-            };
+            let mut bs = buf
+                .as_ref()
+                .filter(|_| c.momentum != 0.0)
+                .map(|b| b.storage_mut());
             p.tensor.storage_mut().sgd_step(
                 p.tensor.layout(),
                 &gs,

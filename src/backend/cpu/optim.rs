@@ -146,7 +146,7 @@ impl OptimBackend for CpuStorage {
         check_view(OP, grad_layout, grad.len())?;
         check_len(OP, "exp_avg", m.len(), n)?;
         check_len(OP, "exp_avg_sq", v.len(), n)?;
-        for other in [&*grad, &*m, &*v] {
+        for other in [grad, &*m, &*v] {
             if other.dtype() != self.dtype() {
                 return Err(dtype_error(OP, self, other));
             }

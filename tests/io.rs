@@ -239,6 +239,9 @@ fn damaged_files_are_errors_naming_the_path() -> Result<()> {
         vec![0.0, 0.0]
     );
 
+    // A folder where a file is expected.
+    assert!(load_safetensors(&dir, CPU).is_err());
+
     let missing = dir.join("missing.safetensors");
     let err = load_safetensors(&missing, CPU).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err:?}");

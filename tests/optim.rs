@@ -830,3 +830,49 @@ fn logistic_regression_separates_two_classes() {
     assert!(last < 0.1, "loss {last}");
     assert!(correct >= 126, "{correct}/128 classified correctly");
 }
+
+#[test]
+fn weight_decay_can_skip_named_params() -> Result<()> {
+    // Zero gradients: the only change is AdamW's decay p *= 1 - lr * wd, or SGD's lr * wd * p.
+    for sgd in [false, true] {
+        let w = param(&[2.0, -4.0], &[2], DType::F64);
+        let b = param(&[2.0, -4.0], &[2], DType::F64);
+        let named = vec![
+            ("fc.weight".to_string(), w.clone()),
+            ("fc.bias".to_string(), b.clone()),
+        ];
+        let mut opt: Box<dyn Optimizer> = if sgd {
+            let c = SgdConfig {
+                lr: 0.1,
+                weight_decay: 0.5,
+                ..Default::default()
+            };
+            Box::new(Sgd::new(named, c)?.without_weight_decay(|n| n.ends_with(".bias")))
+        } else {
+            let c = AdamWConfig {
+                lr: 0.1,
+                weight_decay: 0.5,
+                ..Default::default()
+            };
+            Box::new(AdamW::new(named, c)?.without_weight_decay(|n| n.ends_with(".bias")))
+        };
+        set_grad(&w, &[0.0, 0.0]);
+        set_grad(&b, &[0.0, 0.0]);
+        opt.step()?;
+        assert_close(
+            &w.to_vec_f64()?,
+            &[2.0 * 0.95, -4.0 * 0.95],
+            1e-12,
+            "decayed",
+        );
+        assert_eq!(b.to_vec_f64()?, vec![2.0, -4.0], "exempt");
+    }
+    Ok(())
+}
+
+#[test]
+fn f16_parameters_are_refused_not_panicked_on() {
+    let p = Tensor::zeros(2, DType::F16, CPU).unwrap();
+    assert!(AdamW::new(vec![("h".into(), p.clone())], Default::default()).is_err());
+    assert!(Ema::new(&[("h".into(), p)], 0.9).is_err());
+}

@@ -85,6 +85,8 @@ struct AdamCore {
     eps: f64,
     weight_decay: f64,
     decoupled: bool,
+    /// Per parameter: whether weight decay applies (see `without_weight_decay`).
+    decays: Vec<bool>,
     state: Vec<Option<Moments>>,
     steps: u64,
 }
@@ -110,6 +112,7 @@ impl AdamCore {
         check_range(op, "weight_decay", weight_decay, 0.0, f64::INFINITY, false)?;
         let params = collect_params(op, params)?;
         let state = vec![None; params.len()];
+        let decays = vec![true; params.len()];
         Ok(AdamCore {
             op,
             params,
@@ -119,13 +122,19 @@ impl AdamCore {
             eps,
             weight_decay,
             decoupled,
+            decays,
             state,
             steps: 0,
         })
     }
 
     fn step(&mut self) -> Result<()> {
-        for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
+        for ((p, st), &decays) in self
+            .params
+            .iter()
+            .zip(self.state.iter_mut())
+            .zip(&self.decays)
+        {
             let Some(g) = grad_for(self.op, p)? else {
                 continue;
             };
@@ -142,7 +151,7 @@ impl AdamCore {
                 beta1: self.beta1,
                 beta2: self.beta2,
                 eps: self.eps,
-                weight_decay: self.weight_decay,
+                weight_decay: if decays { self.weight_decay } else { 0.0 },
                 decoupled: self.decoupled,
                 step: st.step + 1,
             };
@@ -271,6 +280,15 @@ macro_rules! adam_optimizer {
             /// Number of `step()` calls so far.
             pub fn steps(&self) -> u64 {
                 self.0.steps
+            }
+            /// Exempts the parameters whose name satisfies `skip` from weight decay (the usual
+            /// choice: biases and normalisation weights), like a PyTorch parameter group with
+            /// `weight_decay=0`.
+            pub fn without_weight_decay(mut self, skip: impl Fn(&str) -> bool) -> Self {
+                for (p, d) in self.0.params.iter().zip(self.0.decays.iter_mut()) {
+                    *d = !skip(&p.name);
+                }
+                self
             }
         }
         impl Optimizer for $name {

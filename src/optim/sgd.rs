@@ -68,6 +68,8 @@ pub struct Sgd {
     config: SgdConfig,
     /// Momentum buffer of parameter `i`, created on its first update.
     buffers: Vec<Option<Tensor>>,
+    /// Per parameter: whether weight decay applies (see `without_weight_decay`).
+    decays: Vec<bool>,
     steps: u64,
 }
 
@@ -76,15 +78,24 @@ impl Sgd {
         config.validate()?;
         let params = collect_params("SGD", params)?;
         let buffers = vec![None; params.len()];
+        let decays = vec![true; params.len()];
         Ok(Sgd {
             params,
             config,
             buffers,
+            decays,
             steps: 0,
         })
     }
     pub fn config(&self) -> &SgdConfig {
         &self.config
+    }
+    /// Exempts the parameters whose name satisfies `skip` from weight decay (biases, norms).
+    pub fn without_weight_decay(mut self, skip: impl Fn(&str) -> bool) -> Self {
+        for (p, d) in self.params.iter().zip(self.decays.iter_mut()) {
+            *d = !skip(&p.name);
+        }
+        self
     }
     /// Number of `step()` calls so far.
     pub fn steps(&self) -> u64 {
@@ -95,7 +106,12 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self) -> Result<()> {
         let c = self.config;
-        for (p, buf) in self.params.iter().zip(self.buffers.iter_mut()) {
+        for ((p, buf), &decays) in self
+            .params
+            .iter()
+            .zip(self.buffers.iter_mut())
+            .zip(&self.decays)
+        {
             let Some(g) = grad_for("SGD", p)? else {
                 continue;
             };
@@ -107,7 +123,7 @@ impl Optimizer for Sgd {
                 lr: c.lr,
                 momentum: c.momentum,
                 dampening: c.dampening,
-                weight_decay: c.weight_decay,
+                weight_decay: if decays { c.weight_decay } else { 0.0 },
                 nesterov: c.nesterov,
                 first_step,
             };

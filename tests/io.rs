@@ -6,7 +6,7 @@ use half::{bf16, f16};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tessera::io::{load_into, load_safetensors, resume, save_safetensors, Checkpoint};
-use tessera::optim::{AdamW, AdamWConfig, Optimizer};
+use tessera::optim::{AdamW, AdamWConfig, Ema, Optimizer};
 use tessera::random::{manual_seed, rng_state};
 use tessera::{DType, Device, Error, Result, Tensor};
 
@@ -357,7 +357,13 @@ fn checkpoint_round_trip_restores_weights_optimizer_and_rng() -> Result<()> {
     let _ = Tensor::rand(7, DType::F32, CPU)?;
     let extra: HashMap<String, String> =
         [("config".to_string(), r#"{"dim":2}"#.to_string())].into();
-    let ck = Checkpoint::capture(&params, &opt, 2, extra.clone());
+    let mut ema = Ema::new(&params, 0.5)?;
+    let shifted: Vec<(String, Tensor)> = params
+        .iter()
+        .map(|(n, p)| Ok((n.clone(), p.add_scalar(1.0)?.detach())))
+        .collect::<Result<_>>()?;
+    ema.update(&shifted)?;
+    let ck = Checkpoint::capture(&params, &opt, 2, extra.clone()).with_ema(&ema);
     ck.save(&path)?;
     let after_save = Tensor::rand(5, DType::F32, CPU)?.to_vec::<f32>()?;
 
@@ -393,6 +399,12 @@ fn checkpoint_round_trip_restores_weights_optimizer_and_rng() -> Result<()> {
         assert_eq!(a.to_vec_f64()?, b.to_vec_f64()?, "{n1}");
     }
     assert!(rng_state().offset > 0);
+    let mut ema2 = Ema::new(&params2, 0.5)?;
+    loaded.restore_ema(&mut ema2)?;
+    assert_eq!(ema2.num_updates(), 1);
+    for ((n, a), (_, b)) in ema.shadow().iter().zip(ema2.shadow()) {
+        assert_eq!(a.to_vec::<f32>()?, b.to_vec::<f32>()?, "ema {n}");
+    }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

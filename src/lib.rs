@@ -18,11 +18,15 @@
 //! See `docs/ARCHITECTURE.md` for how an op travels from this API through autograd to a
 //! backend routine.
 
+// The CLI (src/cli/) is written like user code, against `tessera::...` paths.
+extern crate self as tessera;
+
 pub mod autograd;
 pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod io;
 /// CUDA kernel sources embedded by `build.rs` (see `kernels/README.md`).
 pub mod kernel_sources {
     include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
@@ -30,6 +34,7 @@ pub mod kernel_sources {
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod random;
 pub mod tensor;
 pub mod train;

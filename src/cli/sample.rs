@@ -1,6 +1,7 @@
 //! `tessera sample char`: continues a prompt with a trained char-level transformer.
 
 use clap::{Args, Subcommand};
+use tessera::nn::Module;
 use std::path::PathBuf;
 use tessera::random::Rng;
 use tessera::train::char_lm::load_char_lm;

@@ -33,6 +33,9 @@ pub struct CharLmTrainConfig {
     pub checkpoint_every: u64,
     /// Continue from `checkpoint` when it exists.
     pub resume: bool,
+    /// Stop (after checkpointing) once this step is reached, keeping the schedule of the full
+    /// run: a time-boxed slice of a longer run, continued later with `resume`.
+    pub stop_at: Option<u64>,
     pub progress: bool,
 }
 
@@ -51,6 +54,7 @@ impl Default for CharLmTrainConfig {
             checkpoint: None,
             checkpoint_every: 100,
             resume: false,
+            stop_at: None,
             progress: true,
         }
     }
@@ -136,7 +140,8 @@ pub fn train_char_lm(model: &CharTransformer, tokenizer: &CharTokenizer, text: &
     let (t0, mut first_loss, mut tail) = (Instant::now(), f64::NAN, Vec::new());
     let mut val_loss = f64::NAN;
     let tail_from = cfg.steps - (cfg.steps / 10).max(1);
-    for step in start..cfg.steps {
+    let end = cfg.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
+    for step in start..end {
         schedule.apply(&mut opt, step);
         let (x, y) = batch(train_ids, cfg.batch_size, t, &mut step_rng(cfg.seed, step), device)?;
         let loss = model.loss(&x, &y)?;
@@ -158,11 +163,11 @@ pub fn train_char_lm(model: &CharTransformer, tokenizer: &CharTokenizer, text: &
             tail.push(lv);
         }
         let done = step + 1;
-        if done % cfg.eval_every == 0 || done == cfg.steps {
+        if done % cfg.eval_every == 0 || done == end {
             val_loss = evaluate(model, val_ids, 4, cfg.batch_size)?;
         }
         if let Some(path) = &cfg.checkpoint {
-            if done % cfg.checkpoint_every == 0 || done == cfg.steps {
+            if done % cfg.checkpoint_every == 0 || done == end {
                 Checkpoint::capture(&model.state_dict(), &opt, done, extra.clone()).save(path)?;
             }
         }
@@ -171,9 +176,9 @@ pub fn train_char_lm(model: &CharTransformer, tokenizer: &CharTokenizer, text: &
     }
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
-    let steps_run = cfg.steps - start;
+    let steps_run = end.saturating_sub(start);
     Ok(CharLmReport {
-        steps: cfg.steps,
+        steps: end,
         start_step: start,
         first_loss,
         final_train_loss: if tail.is_empty() { f64::NAN } else { tail.iter().sum::<f64>() / tail.len() as f64 },

@@ -216,8 +216,14 @@ fn scatter_add_typed<T: Float>(
 macro_rules! float_pair {
     ($op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
         match ($a.data(), $b.data()) {
-            (CpuData::F32($x), CpuData::F32($y)) => CpuData::F32($body),
-            (CpuData::F64($x), CpuData::F64($y)) => CpuData::F64($body),
+            (CpuData::F32($x), CpuData::F32($y)) => {
+                let out = $body;
+                CpuData::F32(out)
+            }
+            (CpuData::F64($x), CpuData::F64($y)) => {
+                let out = $body;
+                CpuData::F64(out)
+            }
             (d, _) => {
                 return Err(Error::UnsupportedDType {
                     op: $op,

@@ -391,3 +391,29 @@ fn shape_and_dtype_errors() {
         .to_string();
     assert!(e.contains("index_add") && e.contains("[2, 3]"), "{e}");
 }
+
+#[test]
+fn large_inputs_match_naive_loops() {
+    // Big enough that the kernels split the work over many Rayon tasks.
+    let (vocab, width, n) = (1000, 3, 20_000);
+    let table = randn(&[vocab, width], 29).requires_grad_().unwrap();
+    let ids = random_ids(&[n], vocab, 30);
+    let g = randn(&[n, width], 31);
+    let rows = table.embedding(&ids).unwrap();
+    rows.backward_with(&g).unwrap();
+
+    let (tv, iv, gv) = (values(&table), ids.to_vec::<i64>().unwrap(), values(&g));
+    let expected_rows: Vec<f64> = iv
+        .iter()
+        .flat_map(|&i| tv[i as usize * width..(i as usize + 1) * width].to_vec())
+        .collect();
+    assert_eq!(values(&rows), expected_rows);
+    let mut expected_grad = vec![0.0; vocab * width];
+    for (k, &i) in iv.iter().enumerate() {
+        for c in 0..width {
+            expected_grad[i as usize * width + c] += gv[k * width + c];
+        }
+    }
+    // Each destination sums its sources in ascending order, exactly as the loop above.
+    assert_eq!(values(&table.grad().unwrap()), expected_grad);
+}

@@ -61,6 +61,19 @@ fn split_at_dim(dims: &[usize], dim: usize) -> (usize, usize, usize) {
     )
 }
 
+/// `dim` must name a dimension of `layout` (the op layer guarantees it; this guards direct calls).
+fn check_dim(op: &'static str, layout: &Layout, dim: usize) -> Result<()> {
+    if dim < layout.dims().len() {
+        Ok(())
+    } else {
+        Err(Error::DimOutOfRange {
+            op,
+            dim: dim as isize,
+            shape: layout.shape().clone(),
+        })
+    }
+}
+
 /// Rows per Rayon task so that each task moves at least [`MIN_ELEMS_PER_TASK`] elements.
 fn rows_per_task(row_len: usize) -> usize {
     (MIN_ELEMS_PER_TASK / row_len.max(1)).max(1)
@@ -243,8 +256,8 @@ impl IndexBackend for CpuStorage {
         ids_layout: &Layout,
         dim: usize,
     ) -> Result<Self> {
-        let size = layout.dims()[dim];
-        let ids = checked_indices(ids, ids_layout, size, "index_select")?;
+        check_dim("index_select", layout, dim)?;
+        let ids = checked_indices(ids, ids_layout, layout.dims()[dim], "index_select")?;
         Ok(CpuStorage::new(cpu_map_any!(self.data(), |v| {
             index_select_typed(v, layout, &ids, dim)
         })))
@@ -259,6 +272,7 @@ impl IndexBackend for CpuStorage {
         src_layout: &Layout,
         dim: usize,
     ) -> Result<Self> {
+        check_dim("index_add", layout, dim)?;
         let ids = checked_indices(ids, ids_layout, layout.dims()[dim], "index_add")?;
         let mut expected = layout.dims().to_vec();
         expected[dim] = ids.len();

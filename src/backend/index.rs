@@ -1,1 +1,136 @@
-//! (index family: to be filled by its owner; see backend/mod.rs for the pattern.)
+//! Index primitives: picking and scattering slices along one dimension by integer indices.
+//!
+//! With `dim` splitting a shape into `[outer, size, inner]`:
+//!
+//! * `index_select`: `out[o, k, i] = x[o, ids[k], i]` (ids rank-1).
+//! * `index_add`:    `out = x; out[o, ids[k], i] += src[o, k, i]` (repeated ids accumulate).
+//! * `gather`:       `out[m] = x[m with m[dim] replaced by ids[m]]` (ids any shape of `x`'s rank).
+//! * `scatter_add`:  `out = x; out[m with m[dim] replaced by ids[m]] += src[m]`.
+//!
+//! `index_add` is the backward of `index_select` and `scatter_add` the backward of `gather`.
+//! Indices are i64 or u32 storages; every primitive checks each index against the size of
+//! `dim` and returns [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) naming the op,
+//! the index and the size. Outputs are fresh contiguous storages.
+
+use super::{same_dtype, Storage};
+use crate::tensor::Layout;
+use crate::{Error, Result};
+
+pub trait IndexBackend: Sized {
+    /// Entries `ids` (a rank-1 view) of dim `dim`; output shape is the input's with
+    /// `dims[dim] = ids.len()`.
+    fn index_select(
+        &self,
+        layout: &Layout,
+        ids: &Self,
+        ids_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self>;
+    /// A copy of `self` with slice `k` of `src` along `dim` added at entry `ids[k]`.
+    /// `src` has `self`'s shape except `dims[dim] = ids.len()`.
+    fn index_add(
+        &self,
+        layout: &Layout,
+        ids: &Self,
+        ids_layout: &Layout,
+        src: &Self,
+        src_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self>;
+    /// `torch.gather`: the output has the shape of `ids`, which has `self`'s rank and is no
+    /// larger than `self` in every dim but `dim`.
+    fn gather(&self, layout: &Layout, ids: &Self, ids_layout: &Layout, dim: usize) -> Result<Self>;
+    /// `torch.scatter_add` out of place: a copy of `self` with `src[m]` added at `ids[m]` along
+    /// `dim`, for every position `m` of `ids` (`src` is read at the same positions).
+    fn scatter_add(
+        &self,
+        layout: &Layout,
+        ids: &Self,
+        ids_layout: &Layout,
+        src: &Self,
+        src_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self>;
+}
+
+fn check_devices(op: &'static str, a: &Storage, b: &Storage) -> Result<()> {
+    if a.device() == b.device() {
+        Ok(())
+    } else {
+        Err(Error::DeviceMismatch {
+            op,
+            lhs: a.device(),
+            rhs: b.device(),
+        })
+    }
+}
+
+impl Storage {
+    pub fn index_select(
+        &self,
+        layout: &Layout,
+        ids: &Storage,
+        ids_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        check_devices("index_select", self, ids)?;
+        match (self, ids) {
+            (Storage::Cpu(x), Storage::Cpu(i)) => {
+                Ok(Storage::Cpu(x.index_select(layout, i, ids_layout, dim)?))
+            }
+        }
+    }
+
+    pub fn index_add(
+        &self,
+        layout: &Layout,
+        ids: &Storage,
+        ids_layout: &Layout,
+        src: &Storage,
+        src_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        check_devices("index_add", self, ids)?;
+        check_devices("index_add", self, src)?;
+        same_dtype("index_add", self.dtype(), src.dtype())?;
+        match (self, ids, src) {
+            (Storage::Cpu(x), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(
+                x.index_add(layout, i, ids_layout, s, src_layout, dim)?,
+            )),
+        }
+    }
+
+    pub fn gather(
+        &self,
+        layout: &Layout,
+        ids: &Storage,
+        ids_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        check_devices("gather", self, ids)?;
+        match (self, ids) {
+            (Storage::Cpu(x), Storage::Cpu(i)) => {
+                Ok(Storage::Cpu(x.gather(layout, i, ids_layout, dim)?))
+            }
+        }
+    }
+
+    pub fn scatter_add(
+        &self,
+        layout: &Layout,
+        ids: &Storage,
+        ids_layout: &Layout,
+        src: &Storage,
+        src_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        check_devices("scatter_add", self, ids)?;
+        check_devices("scatter_add", self, src)?;
+        same_dtype("scatter_add", self.dtype(), src.dtype())?;
+        match (self, ids, src) {
+            (Storage::Cpu(x), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(
+                x.scatter_add(layout, i, ids_layout, s, src_layout, dim)?,
+            )),
+        }
+    }
+}

@@ -1,1 +1,217 @@
-//! (softmax family CPU kernels: to be filled by its owner.)
+//! CPU softmax / log_softmax, forward and backward.
+//!
+//! The input (gathered into a contiguous copy only when it is strided) is viewed as
+//! `[outer, n, inner]` with `n` the softmax dim. Each of the `outer` slabs of `n * inner`
+//! elements is independent, so slabs run in parallel. Within a slab the reductions run over the
+//! `n` rows for all `inner` columns at once (contiguous inner loops the compiler vectorizes);
+//! when `dim` is the last dimension (`inner == 1`) a slab is one row and takes a scalar path.
+//! One pass finds the max, one accumulates `exp(x - max)`, one normalizes.
+
+use super::{contiguous_cow, CpuData, CpuStorage, Float};
+use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
+use crate::tensor::Layout;
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+/// Slabs smaller than this many elements are grouped into one Rayon task.
+const MIN_ELEMS_PER_TASK: usize = 4096;
+
+/// `(outer, n, inner)` around `dim`.
+fn split_at_dim(dims: &[usize], dim: usize) -> (usize, usize, usize) {
+    (
+        dims[..dim].iter().product(),
+        dims[dim],
+        dims[dim + 1..].iter().product(),
+    )
+}
+
+/// The larger of `m` and `v`, NaN winning (a NaN input makes its whole row NaN).
+#[inline(always)]
+fn nan_max<T: Float>(m: T, v: T) -> T {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
+    }
+}
+
+/// One slab `[n, inner]` of the forward: `x` in, `y` out.
+fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [T], inner: usize) {
+    if inner == 1 {
+        let max = x.iter().fold(T::NEG_INFINITY, |m, &v| nan_max(m, v));
+        let mut sum = T::ZERO;
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = (v - max).exp();
+            sum += *o;
+        }
+        match kind {
+            SoftmaxKind::Softmax => {
+                let inv = T::ONE / sum;
+                y.iter_mut().for_each(|o| *o *= inv);
+            }
+            SoftmaxKind::LogSoftmax => {
+                let log_norm = max + sum.ln();
+                y.iter_mut().zip(x).for_each(|(o, &v)| *o = v - log_norm);
+            }
+        }
+        return;
+    }
+    let mut max = vec![T::NEG_INFINITY; inner];
+    for row in x.chunks_exact(inner) {
+        max.iter_mut()
+            .zip(row)
+            .for_each(|(m, &v)| *m = nan_max(*m, v));
+    }
+    let mut sum = vec![T::ZERO; inner];
+    for (out_row, row) in y.chunks_exact_mut(inner).zip(x.chunks_exact(inner)) {
+        for (((o, &v), &m), s) in out_row.iter_mut().zip(row).zip(&max).zip(&mut sum) {
+            *o = (v - m).exp();
+            *s += *o;
+        }
+    }
+    match kind {
+        SoftmaxKind::Softmax => {
+            let inv: Vec<T> = sum.iter().map(|&s| T::ONE / s).collect();
+            for out_row in y.chunks_exact_mut(inner) {
+                out_row.iter_mut().zip(&inv).for_each(|(o, &i)| *o *= i);
+            }
+        }
+        SoftmaxKind::LogSoftmax => {
+            let log_norm: Vec<T> = max.iter().zip(&sum).map(|(&m, &s)| m + s.ln()).collect();
+            for (out_row, row) in y.chunks_exact_mut(inner).zip(x.chunks_exact(inner)) {
+                for ((o, &v), &l) in out_row.iter_mut().zip(row).zip(&log_norm) {
+                    *o = v - l;
+                }
+            }
+        }
+    }
+}
+
+/// One slab `[n, inner]` of the backward: `y` (forward output) and `dy` in, `dx` out.
+fn backward_slab<T: Float>(kind: SoftmaxKind, y: &[T], dy: &[T], dx: &mut [T], inner: usize) {
+    // softmax: s = sum dy*y, dx = y (dy - s); log_softmax: s = sum dy, dx = dy - exp(y) s.
+    let term = |y: T, dy: T| match kind {
+        SoftmaxKind::Softmax => dy * y,
+        SoftmaxKind::LogSoftmax => dy,
+    };
+    let grad = |y: T, dy: T, s: T| match kind {
+        SoftmaxKind::Softmax => y * (dy - s),
+        SoftmaxKind::LogSoftmax => dy - y.exp() * s,
+    };
+    let mut sum = vec![T::ZERO; inner];
+    for (yr, dyr) in y.chunks_exact(inner).zip(dy.chunks_exact(inner)) {
+        for ((s, &y), &d) in sum.iter_mut().zip(yr).zip(dyr) {
+            *s += term(y, d);
+        }
+    }
+    for ((dxr, yr), dyr) in dx
+        .chunks_exact_mut(inner)
+        .zip(y.chunks_exact(inner))
+        .zip(dy.chunks_exact(inner))
+    {
+        for (((o, &y), &d), &s) in dxr.iter_mut().zip(yr).zip(dyr).zip(&sum) {
+            *o = grad(y, d, s);
+        }
+    }
+}
+
+fn forward_typed<T: Float>(kind: SoftmaxKind, x: &[T], layout: &Layout, dim: usize) -> Vec<T> {
+    let (_, n, inner) = split_at_dim(layout.dims(), dim);
+    let x = contiguous_cow(x, layout);
+    let mut y = vec![T::ZERO; x.len()];
+    let slab = n * inner;
+    if slab == 0 {
+        return y;
+    }
+    y.par_chunks_mut(slab)
+        .zip(x.par_chunks(slab))
+        .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
+        .for_each(|(y, x)| forward_slab(kind, x, y, inner));
+    y
+}
+
+fn backward_typed<T: Float>(
+    kind: SoftmaxKind,
+    y: &[T],
+    y_layout: &Layout,
+    dy: &[T],
+    dy_layout: &Layout,
+    dim: usize,
+) -> Vec<T> {
+    let (_, n, inner) = split_at_dim(y_layout.dims(), dim);
+    let (y, dy) = (contiguous_cow(y, y_layout), contiguous_cow(dy, dy_layout));
+    let mut dx = vec![T::ZERO; y.len()];
+    let slab = n * inner;
+    if slab == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(slab)
+        .zip(y.par_chunks(slab).zip(dy.par_chunks(slab)))
+        .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
+        .for_each(|(dx, (y, dy))| backward_slab(kind, y, dy, dx, inner));
+    dx
+}
+
+fn check_dim(kind: SoftmaxKind, layout: &Layout, dim: usize) -> Result<()> {
+    if dim < layout.dims().len() {
+        Ok(())
+    } else {
+        Err(Error::DimOutOfRange {
+            op: kind.name(),
+            dim: dim as isize,
+            shape: layout.shape().clone(),
+        })
+    }
+}
+
+impl SoftmaxBackend for CpuStorage {
+    fn softmax(&self, kind: SoftmaxKind, layout: &Layout, dim: usize) -> Result<Self> {
+        check_dim(kind, layout, dim)?;
+        let data = match self.data() {
+            CpuData::F32(x) => CpuData::F32(forward_typed(kind, x, layout, dim)),
+            CpuData::F64(x) => CpuData::F64(forward_typed(kind, x, layout, dim)),
+            d => {
+                return Err(Error::UnsupportedDType {
+                    op: kind.name(),
+                    dtype: d.dtype_of(),
+                    expected: "f32 or f64",
+                })
+            }
+        };
+        Ok(CpuStorage::new(data))
+    }
+
+    fn softmax_backward(
+        &self,
+        kind: SoftmaxKind,
+        y_layout: &Layout,
+        dy: &Self,
+        dy_layout: &Layout,
+        dim: usize,
+    ) -> Result<Self> {
+        check_dim(kind, y_layout, dim)?;
+        if y_layout.shape() != dy_layout.shape() {
+            return Err(Error::ShapeMismatch {
+                op: kind.name(),
+                lhs: y_layout.shape().clone(),
+                rhs: dy_layout.shape().clone(),
+            });
+        }
+        let data = match (self.data(), dy.data()) {
+            (CpuData::F32(y), CpuData::F32(g)) => {
+                CpuData::F32(backward_typed(kind, y, y_layout, g, dy_layout, dim))
+            }
+            (CpuData::F64(y), CpuData::F64(g)) => {
+                CpuData::F64(backward_typed(kind, y, y_layout, g, dy_layout, dim))
+            }
+            (d, _) => {
+                return Err(Error::UnsupportedDType {
+                    op: kind.name(),
+                    dtype: d.dtype_of(),
+                    expected: "f32 or f64",
+                })
+            }
+        };
+        Ok(CpuStorage::new(data))
+    }
+}

@@ -32,16 +32,35 @@ struct Dims {
 }
 
 impl Dims {
-    fn of(ql: &Layout, vl: &Layout, kl: &Layout) -> Dims {
+    /// The sizes, after checking the layouts fit together (the op layer validates user input;
+    /// this keeps a direct caller of the primitive from panicking on an index).
+    fn of(ql: &Layout, vl: &Layout, kl: &Layout, masks: &[AttnMask<CpuStorage>]) -> Result<Dims> {
         let (q, v, k) = (ql.dims(), vl.dims(), kl.dims());
-        Dims {
+        let ok = q.len() == 4
+            && k.len() == 4
+            && v.len() == 4
+            && q[..2] == k[..2]
+            && q[..2] == v[..2]
+            && q[3] == k[3]
+            && k[2] == v[2]
+            && masks
+                .iter()
+                .all(|m| m.layout.dims() == [q[0], q[1], q[2], k[2]]);
+        if !ok {
+            return Err(Error::shape(
+                OP,
+                "inconsistent q, k, v or mask layouts",
+                &[ql.shape(), kl.shape(), vl.shape()],
+            ));
+        }
+        Ok(Dims {
             h: q[1],
             tq: q[2],
             tk: k[2],
             d: q[3],
             dv: v[3],
             bh: q[0] * q[1],
-        }
+        })
     }
 }
 
@@ -315,7 +334,7 @@ impl AttentionBackend for CpuStorage {
         masks: &[AttnMask<Self>],
         p: AttnParams,
     ) -> Result<(Self, Self)> {
-        let dm = Dims::of(q_layout, v_layout, k_layout);
+        let dm = Dims::of(q_layout, v_layout, k_layout, masks)?;
         let mk = masks_of(masks, p.causal, dm.h)?;
         macro_rules! run {
             ($t:ty) => {{
@@ -345,7 +364,7 @@ impl AttentionBackend for CpuStorage {
         masks: &[AttnMask<Self>],
         p: AttnParams,
     ) -> Result<(Self, Self, Self)> {
-        let dm = Dims::of(q_layout, v_layout, k_layout);
+        let dm = Dims::of(q_layout, v_layout, k_layout, masks)?;
         let mk = masks_of(masks, p.causal, dm.h)?;
         macro_rules! run {
             ($t:ty) => {{
@@ -356,6 +375,11 @@ impl AttentionBackend for CpuStorage {
                 );
                 let g = view::<$t>(d_out, d_out_layout)?;
                 let (o, lse) = (out.as_slice::<$t>(OP)?, lse.as_slice::<$t>(OP)?);
+                if o.len() != dm.bh * dm.tq * dm.dv || lse.len() != dm.bh * dm.tq {
+                    return Err(Error::msg(format!(
+                        "{OP}: saved output/lse do not match q and v"
+                    )));
+                }
                 let (dq, dk, dv) = bwd(&q, &k, &v, o, lse, &g, dm, &mk, p);
                 (
                     CpuStorage::from_vec(dq),

@@ -13,6 +13,13 @@ const OP: &str = "cross_entropy";
 
 /// Validated targets: `None` for an ignored row, else the class.
 fn targets_of(t: &CpuStorage, l: &Layout, p: CrossEntropyParams) -> Result<Vec<Option<usize>>> {
+    if l.elem_count() != p.n {
+        return Err(Error::shape(
+            OP,
+            format!("expected {} targets", p.n),
+            &[l.shape()],
+        ));
+    }
     let t = contiguous_cow(t.as_slice::<i64>(OP)?, l);
     t.iter()
         .map(|&ti| {
@@ -100,6 +107,17 @@ fn bwd<T: Float>(
     dx
 }
 
+fn check_logits(l: &Layout, p: CrossEntropyParams) -> Result<()> {
+    if l.elem_count() != p.n * p.c {
+        return Err(Error::shape(
+            OP,
+            format!("expected [{}, {}] logits", p.n, p.c),
+            &[l.shape()],
+        ));
+    }
+    Ok(())
+}
+
 macro_rules! dispatch {
     ($dtype:expr, $body:ident) => {
         match $dtype {
@@ -124,6 +142,7 @@ impl LossBackend for CpuStorage {
         targets_layout: &Layout,
         p: CrossEntropyParams,
     ) -> Result<(Self, Self, usize)> {
+        check_logits(logits_layout, p)?;
         let t = targets_of(targets, targets_layout, p)?;
         macro_rules! run {
             ($t:ty) => {{
@@ -150,6 +169,7 @@ impl LossBackend for CpuStorage {
         count: usize,
         p: CrossEntropyParams,
     ) -> Result<Self> {
+        check_logits(logits_layout, p)?;
         let t = targets_of(targets, targets_layout, p)?;
         macro_rules! run {
             ($t:ty) => {{
@@ -157,6 +177,13 @@ impl LossBackend for CpuStorage {
                 let g = contiguous_cow(grad.as_slice::<$t>(OP)?, grad_layout);
                 let g = g.first().map_or(0.0, |&v| WithDType::to_f64(v));
                 let lse = lse.as_slice::<$t>(OP)?;
+                if lse.len() != p.n {
+                    return Err(Error::msg(format!(
+                        "{OP}: {} saved lse values for {} rows",
+                        lse.len(),
+                        p.n
+                    )));
+                }
                 CpuStorage::from_vec(bwd(&x, &t, lse, g, count, p))
             }};
         }

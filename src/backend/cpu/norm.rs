@@ -58,6 +58,28 @@ fn mean_var(n: usize, at: impl Fn(usize) -> f64) -> (f64, f64) {
 
 type Three<T> = (Vec<T>, Vec<T>, Vec<T>);
 
+/// Guards the primitive against inconsistent arguments (the op layer validates user input;
+/// this keeps a direct caller of the primitive from panicking on an index).
+fn check_args(
+    op: &'static str,
+    x: &Layout,
+    d: NormDims,
+    groups: usize,
+    params: &[Param<CpuStorage>],
+) -> Result<()> {
+    let bad_groups = groups == 0 || d.c % groups != 0;
+    let bad_x = x.elem_count() != d.n * d.c * d.s;
+    let bad_p = params.iter().flatten().any(|(_, l)| l.elem_count() != d.c);
+    if bad_groups || bad_x || bad_p {
+        return Err(Error::shape(
+            op,
+            format!("inconsistent arguments: {d:?}, {groups} groups"),
+            &[x.shape()],
+        ));
+    }
+    Ok(())
+}
+
 fn group_fwd<T: Float>(
     x: &[T],
     d: NormDims,
@@ -268,6 +290,7 @@ impl NormBackend for CpuStorage {
         eps: f64,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "group_norm";
+        check_args(OP, x_layout, dims, groups, &[weight, bias])?;
         macro_rules! run {
             ($t:ty) => {{
                 let x = view::<$t>(self, x_layout, OP)?;
@@ -290,12 +313,17 @@ impl NormBackend for CpuStorage {
         weight: Param<Self>,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "group_norm_backward";
+        check_args(OP, x_layout, dims, groups, &[weight])?;
+        check_args(OP, dy_layout, dims, groups, &[])?;
         macro_rules! run {
             ($t:ty) => {{
                 let x = view::<$t>(self, x_layout, OP)?;
                 let g = view::<$t>(dy, dy_layout, OP)?;
                 let (mu, rs) = (contiguous::<$t>(mean, OP)?, contiguous::<$t>(rstd, OP)?);
                 let w = param::<$t>(weight, OP)?;
+                if mu.len() != dims.n * groups || rs.len() != mu.len() {
+                    return Err(Error::msg(format!("{OP}: saved statistics do not match")));
+                }
                 store(group_bwd(&x, &g, mu, rs, dims, groups, w.as_deref()))
             }};
         }
@@ -312,6 +340,8 @@ impl NormBackend for CpuStorage {
         eps: f64,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "batch_norm";
+        let (rm, rv) = running.unwrap_or((None, None));
+        check_args(OP, x_layout, dims, 1, &[weight, bias, rm, rv])?;
         macro_rules! run {
             ($t:ty) => {{
                 let x = view::<$t>(self, x_layout, OP)?;
@@ -355,12 +385,17 @@ impl NormBackend for CpuStorage {
         batch_stats: bool,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "batch_norm_backward";
+        check_args(OP, x_layout, dims, 1, &[weight])?;
+        check_args(OP, dy_layout, dims, 1, &[])?;
         macro_rules! run {
             ($t:ty) => {{
                 let x = view::<$t>(self, x_layout, OP)?;
                 let g = view::<$t>(dy, dy_layout, OP)?;
                 let (mu, rs) = (contiguous::<$t>(mean, OP)?, contiguous::<$t>(rstd, OP)?);
                 let w = param::<$t>(weight, OP)?;
+                if mu.len() != dims.c || rs.len() != dims.c {
+                    return Err(Error::msg(format!("{OP}: saved statistics do not match")));
+                }
                 store(batch_bwd(&x, &g, mu, rs, dims, w.as_deref(), batch_stats))
             }};
         }
@@ -380,7 +415,7 @@ impl NormBackend for CpuStorage {
         let offsets = layout.offsets();
         macro_rules! run {
             ($t:ty) => {{
-                let src = contiguous::<$t>(stat, OP)?.to_vec();
+                let src = contiguous::<$t>(stat, OP)?;
                 if src.len() != offsets.len() {
                     return Err(Error::msg(format!(
                         "{OP}: {} statistics for a running buffer of {} elements",
@@ -390,7 +425,7 @@ impl NormBackend for CpuStorage {
                 }
                 let dst = self.as_mut_slice::<$t>(OP)?;
                 let bessel = count as f64 / (count.max(2) - 1) as f64;
-                for (&o, &v) in offsets.iter().zip(&src) {
+                for (&o, &v) in offsets.iter().zip(src) {
                     let v = WithDType::to_f64(v);
                     let stat = if unbiased_var_from_rstd {
                         (1.0 / (v * v) - eps) * bessel

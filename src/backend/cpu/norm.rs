@@ -67,7 +67,7 @@ fn check_args(
     groups: usize,
     params: &[Param<CpuStorage>],
 ) -> Result<()> {
-    let bad_groups = groups == 0 || d.c % groups != 0;
+    let bad_groups = groups == 0 || !d.c.is_multiple_of(groups);
     let bad_x = x.elem_count() != d.n * d.c * d.s;
     let bad_p = params.iter().flatten().any(|(_, l)| l.elem_count() != d.c);
     if bad_groups || bad_x || bad_p {

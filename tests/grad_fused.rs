@@ -428,6 +428,28 @@ fn attention_gradients() {
             ],
         );
     }
+    // A rank-2 `[Tq, Tk]` attn_mask broadcast over batch and heads, against the decomposition.
+    let m2: Vec<u8> = (0..tq * tk).map(|i| (i % 3 != 1) as u8).collect();
+    let mut allowed = Vec::new();
+    for _ in 0..b * h {
+        allowed.extend_from_slice(&m2);
+    }
+    let allowed = u8_tensor(allowed, &[b, h, tq, tk]);
+    let opts = AttentionOpts {
+        attn_mask: Some(u8_tensor(m2, &[tq, tk])),
+        ..Default::default()
+    };
+    let inputs = [
+        randn(&[b, h, tq, d], 76),
+        randn(&[b, h, tk, d], 77),
+        randn(&[b, h, tk, dv], 78),
+    ];
+    compare_with_reference(
+        |x| scaled_dot_product_attention(&x[0], &x[1], &x[2], &opts),
+        |x| attention_ref(&x[0], &x[1], &x[2], &allowed),
+        &inputs,
+        "attention with a [Tq, Tk] mask",
+    );
     // Strided q/k/v: permutes of [B, T, H, D] projections, with an explicit scale.
     let opts = AttentionOpts {
         causal: true,

@@ -1,1 +1,139 @@
-//! (attention family: to be filled by its owner; see backend/mod.rs for the pattern.)
+//! Fused scaled dot-product attention primitives (flash-style: the `Tq x Tk` score and
+//! probability matrices are never stored).
+//!
+//! Forward, per (batch, head) and query row i, over the allowed keys j:
+//! `s_ij = scale·q_i·k_j`, `lse_i = log Σ_j exp(s_ij)`, `o_i = Σ_j exp(s_ij - lse_i)·v_j`,
+//! computed with an online softmax (running max `m` and sum `l`, rescaling the partial output
+//! whenever `m` grows). A row with no allowed key outputs zeros and `lse = -inf`.
+//! Saved for backward: the output `o` and `lse` (one value per query row).
+//!
+//! Backward recomputes `p_ij = exp(s_ij - lse_i)` block by block:
+//! `D_i = Σ_d dO_id·O_id`, `dP_ij = dO_i·v_j`, `dS_ij = p_ij·(dP_ij - D_i)`,
+//! `dQ_i = scale·Σ_j dS_ij k_j`, `dK_j = scale·Σ_i dS_ij q_i`, `dV_j = Σ_i p_ij dO_i`.
+//!
+//! Memory: O(B·H·(Tq·(D+Dv) + Tk·(D+Dv))) in and out, plus O(block²) scratch per task;
+//! nothing quadratic in the sequence length.
+
+use super::{CpuStorage, Storage};
+use crate::tensor::Layout;
+use crate::Result;
+
+/// A u8 mask viewed (broadcast) as `[B, H, Tq, Tk]`. A key is allowed by this mask when its
+/// byte is nonzero (`attend_if_set`, SDPA's boolean `attn_mask`) or zero (`!attend_if_set`,
+/// a key-padding mask with 1 = padding).
+pub struct AttnMask<'a, S> {
+    pub storage: &'a S,
+    pub layout: Layout,
+    pub attend_if_set: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams {
+    pub scale: f64,
+    /// Key j is hidden from query i when `j > i`.
+    pub causal: bool,
+}
+
+pub trait AttentionBackend: Sized {
+    /// q `[B,H,Tq,D]`, k `[B,H,Tk,D]`, v `[B,H,Tk,Dv]` (any strides). Returns
+    /// `(out [B,H,Tq,Dv], lse [B,H,Tq])`, contiguous.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(
+        &self,
+        q_layout: &Layout,
+        k: &Self,
+        k_layout: &Layout,
+        v: &Self,
+        v_layout: &Layout,
+        masks: &[AttnMask<Self>],
+        p: AttnParams,
+    ) -> Result<(Self, Self)>;
+
+    /// Returns `(dq, dk, dv)`, contiguous, shaped as q, k, v. `out`/`lse` are the forward's.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        q_layout: &Layout,
+        k: &Self,
+        k_layout: &Layout,
+        v: &Self,
+        v_layout: &Layout,
+        out: &Self,
+        lse: &Self,
+        d_out: &Self,
+        d_out_layout: &Layout,
+        masks: &[AttnMask<Self>],
+        p: AttnParams,
+    ) -> Result<(Self, Self, Self)>;
+}
+
+fn cpu(s: &Storage) -> &CpuStorage {
+    match s {
+        Storage::Cpu(c) => c,
+    }
+}
+fn cpu_masks<'a>(m: &[AttnMask<'a, Storage>]) -> Vec<AttnMask<'a, CpuStorage>> {
+    m.iter()
+        .map(|m| AttnMask {
+            storage: cpu(m.storage),
+            layout: m.layout.clone(),
+            attend_if_set: m.attend_if_set,
+        })
+        .collect()
+}
+
+impl Storage {
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_fwd(
+        &self,
+        q_layout: &Layout,
+        k: &Storage,
+        k_layout: &Layout,
+        v: &Storage,
+        v_layout: &Layout,
+        masks: &[AttnMask<Storage>],
+        p: AttnParams,
+    ) -> Result<(Storage, Storage)> {
+        let (o, lse) = cpu(self).attention_fwd(
+            q_layout,
+            cpu(k),
+            k_layout,
+            cpu(v),
+            v_layout,
+            &cpu_masks(masks),
+            p,
+        )?;
+        Ok((Storage::Cpu(o), Storage::Cpu(lse)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_bwd(
+        &self,
+        q_layout: &Layout,
+        k: &Storage,
+        k_layout: &Layout,
+        v: &Storage,
+        v_layout: &Layout,
+        out: &Storage,
+        lse: &Storage,
+        d_out: &Storage,
+        d_out_layout: &Layout,
+        masks: &[AttnMask<Storage>],
+        p: AttnParams,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let (dq, dk, dv) = cpu(self).attention_bwd(
+            q_layout,
+            cpu(k),
+            k_layout,
+            cpu(v),
+            v_layout,
+            cpu(out),
+            cpu(lse),
+            cpu(d_out),
+            d_out_layout,
+            &cpu_masks(masks),
+            p,
+        )?;
+        Ok((Storage::Cpu(dq), Storage::Cpu(dk), Storage::Cpu(dv)))
+    }
+}

@@ -1,1 +1,393 @@
-//! (attention family CPU kernels: to be filled by its owner.)
+//! CPU flash-style attention (math in `backend/attention.rs`).
+//!
+//! Approach: q, k, v (and dO) are gathered once into contiguous `[B·H, T, D]` buffers when
+//! they are strided views (e.g. a `permute` of a `[B, T, H, D]` projection); masks are read in
+//! place through their broadcast strides. The forward runs one Rayon task per
+//! (batch·head, block of `BQ` queries); each task walks the keys in blocks of `BK`, scoring
+//! the block for every query row of its block and folding it into that row's online softmax,
+//! so the only scratch is `BK` scores and the `BQ x Dv` accumulator. The backward runs two
+//! race-free passes that each recompute `p = exp(s - lse)`: one task per (batch·head, query
+//! block) accumulates dQ, one per (batch·head, key block) accumulates dK and dV
+//! (FlashAttention-2's split, trading one extra recomputation of the scores for no atomics).
+//! Per-task results are concatenated in a fixed order: deterministic for any thread count.
+
+use super::{contiguous_cow, CpuStorage, Float};
+use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams};
+use crate::backend::BackendStorage;
+use crate::tensor::{DType, Layout, WithDType};
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+const BQ: usize = 16;
+const BK: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Dims {
+    h: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    dv: usize,
+    bh: usize,
+}
+
+impl Dims {
+    /// The sizes, after checking the layouts fit together (the op layer validates user input;
+    /// this keeps a direct caller of the primitive from panicking on an index).
+    fn of(ql: &Layout, vl: &Layout, kl: &Layout, masks: &[AttnMask<CpuStorage>]) -> Result<Dims> {
+        let (q, v, k) = (ql.dims(), vl.dims(), kl.dims());
+        let ok = q.len() == 4
+            && k.len() == 4
+            && v.len() == 4
+            && q[..2] == k[..2]
+            && q[..2] == v[..2]
+            && q[3] == k[3]
+            && k[2] == v[2]
+            && masks
+                .iter()
+                .all(|m| m.layout.dims() == [q[0], q[1], q[2], k[2]]);
+        if !ok {
+            return Err(Error::shape(
+                OP,
+                "inconsistent q, k, v or mask layouts",
+                &[ql.shape(), kl.shape(), vl.shape()],
+            ));
+        }
+        Ok(Dims {
+            h: q[1],
+            tq: q[2],
+            tk: k[2],
+            d: q[3],
+            dv: v[3],
+            bh: q[0] * q[1],
+        })
+    }
+}
+
+/// Masks resolved to byte slices and strides, plus the causal flag.
+struct Masks<'a> {
+    list: Vec<(&'a [u8], [usize; 4], usize, bool)>,
+    causal: bool,
+    h: usize,
+}
+
+impl Masks<'_> {
+    #[inline]
+    fn allowed(&self, bhi: usize, i: usize, j: usize) -> bool {
+        if self.causal && j > i {
+            return false;
+        }
+        let (b, h) = (bhi / self.h, bhi % self.h);
+        self.list.iter().all(|&(data, s, off, attend_if_set)| {
+            (data[off + b * s[0] + h * s[1] + i * s[2] + j * s[3]] != 0) == attend_if_set
+        })
+    }
+}
+
+fn masks_of<'a>(m: &'a [AttnMask<CpuStorage>], causal: bool, h: usize) -> Result<Masks<'a>> {
+    let list = m
+        .iter()
+        .map(|m| {
+            let s = m.layout.strides();
+            Ok((
+                m.storage
+                    .as_slice::<u8>("scaled_dot_product_attention mask")?,
+                [s[0], s[1], s[2], s[3]],
+                m.layout.offset(),
+                m.attend_if_set,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Masks { list, causal, h })
+}
+
+#[inline]
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    a.iter()
+        .zip(b)
+        .fold(T::ZERO, |acc, (&x, &y)| x.mul_add(y, acc))
+}
+
+/// `y += a * x`
+#[inline]
+fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = a.mul_add(xv, *yv);
+    }
+}
+
+fn fwd<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dm: Dims,
+    mk: &Masks,
+    p: AttnParams,
+) -> (Vec<T>, Vec<T>) {
+    let (tq, tk, d, dv) = (dm.tq, dm.tk, dm.d, dm.dv);
+    let scale = T::from_f64(p.scale);
+    let nqb = tq.div_ceil(BQ);
+    let blocks: Vec<(Vec<T>, Vec<T>)> = (0..dm.bh * nqb)
+        .into_par_iter()
+        .map(|task| {
+            let (bhi, qb) = (task / nqb, task % nqb);
+            let (i0, i1) = (qb * BQ, (qb * BQ + BQ).min(tq));
+            let nr = i1 - i0;
+            let (qo, ko, vo) = (bhi * tq * d, bhi * tk * d, bhi * tk * dv);
+            let mut m = vec![T::NEG_INFINITY; nr];
+            let mut l = vec![T::ZERO; nr];
+            let mut acc = vec![T::ZERO; nr * dv];
+            let mut s = [T::ZERO; BK];
+            for kb in (0..tk).step_by(BK) {
+                if p.causal && kb >= i1 {
+                    break;
+                }
+                let j1 = (kb + BK).min(tk);
+                for r in 0..nr {
+                    let i = i0 + r;
+                    let qi = &q[qo + i * d..qo + (i + 1) * d];
+                    let mut mloc = T::NEG_INFINITY;
+                    for j in kb..j1 {
+                        let sj = if mk.allowed(bhi, i, j) {
+                            scale * dot(qi, &k[ko + j * d..ko + (j + 1) * d])
+                        } else {
+                            T::NEG_INFINITY
+                        };
+                        s[j - kb] = sj;
+                        mloc = mloc.max(sj);
+                    }
+                    if mloc == T::NEG_INFINITY {
+                        continue;
+                    }
+                    let mnew = m[r].max(mloc);
+                    let corr = (m[r] - mnew).exp();
+                    l[r] *= corr;
+                    let acc_r = &mut acc[r * dv..(r + 1) * dv];
+                    acc_r.iter_mut().for_each(|a| *a *= corr);
+                    for j in kb..j1 {
+                        if s[j - kb] == T::NEG_INFINITY {
+                            continue;
+                        }
+                        let pj = (s[j - kb] - mnew).exp();
+                        l[r] += pj;
+                        axpy(acc_r, pj, &v[vo + j * dv..vo + (j + 1) * dv]);
+                    }
+                    m[r] = mnew;
+                }
+            }
+            let mut lse = vec![T::NEG_INFINITY; nr];
+            for r in 0..nr {
+                if l[r] > T::ZERO {
+                    let inv = T::ONE / l[r];
+                    acc[r * dv..(r + 1) * dv].iter_mut().for_each(|a| *a *= inv);
+                    lse[r] = m[r] + l[r].ln();
+                } else {
+                    acc[r * dv..(r + 1) * dv]
+                        .iter_mut()
+                        .for_each(|a| *a = T::ZERO);
+                }
+            }
+            (acc, lse)
+        })
+        .collect();
+    let mut o = Vec::with_capacity(dm.bh * tq * dv);
+    let mut lse = Vec::with_capacity(dm.bh * tq);
+    for (a, l) in blocks {
+        o.extend(a);
+        lse.extend(l);
+    }
+    (o, lse)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bwd<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &[T],
+    lse: &[T],
+    dout: &[T],
+    dm: Dims,
+    mk: &Masks,
+    p: AttnParams,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (tq, tk, d, dv) = (dm.tq, dm.tk, dm.d, dm.dv);
+    let scale = T::from_f64(p.scale);
+    // D_i = dO_i . O_i
+    let big_d: Vec<T> = (0..dm.bh * tq)
+        .into_par_iter()
+        .map(|r| dot(&dout[r * dv..(r + 1) * dv], &o[r * dv..(r + 1) * dv]))
+        .collect();
+    // p_ij and dS_ij for one (row, key) pair, or None when masked.
+    let p_ds = |bhi: usize, i: usize, j: usize| -> Option<(T, T)> {
+        let row = bhi * tq + i;
+        let l = lse[row];
+        if l == T::NEG_INFINITY || !mk.allowed(bhi, i, j) {
+            return None;
+        }
+        let (qo, ko, vo) = (bhi * tq * d, bhi * tk * d, bhi * tk * dv);
+        let s = scale
+            * dot(
+                &q[qo + i * d..qo + (i + 1) * d],
+                &k[ko + j * d..ko + (j + 1) * d],
+            );
+        let pij = (s - l).exp();
+        let dp = dot(
+            &dout[row * dv..(row + 1) * dv],
+            &v[vo + j * dv..vo + (j + 1) * dv],
+        );
+        Some((pij, pij * (dp - big_d[row])))
+    };
+
+    let nqb = tq.div_ceil(BQ);
+    let dq_blocks: Vec<Vec<T>> = (0..dm.bh * nqb)
+        .into_par_iter()
+        .map(|task| {
+            let (bhi, qb) = (task / nqb, task % nqb);
+            let (i0, i1) = (qb * BQ, (qb * BQ + BQ).min(tq));
+            let ko = bhi * tk * d;
+            let mut dq = vec![T::ZERO; (i1 - i0) * d];
+            for i in i0..i1 {
+                let jmax = if p.causal { (i + 1).min(tk) } else { tk };
+                let dq_r = &mut dq[(i - i0) * d..(i - i0 + 1) * d];
+                for j in 0..jmax {
+                    if let Some((_, ds)) = p_ds(bhi, i, j) {
+                        axpy(dq_r, ds * scale, &k[ko + j * d..ko + (j + 1) * d]);
+                    }
+                }
+            }
+            dq
+        })
+        .collect();
+
+    let nkb = tk.div_ceil(BK);
+    let dkv_blocks: Vec<(Vec<T>, Vec<T>)> = (0..dm.bh * nkb)
+        .into_par_iter()
+        .map(|task| {
+            let (bhi, kb) = (task / nkb, task % nkb);
+            let (j0, j1) = (kb * BK, (kb * BK + BK).min(tk));
+            let qo = bhi * tq * d;
+            let mut dk = vec![T::ZERO; (j1 - j0) * d];
+            let mut dvb = vec![T::ZERO; (j1 - j0) * dv];
+            for j in j0..j1 {
+                let imin = if p.causal { j } else { 0 };
+                for i in imin..tq {
+                    if let Some((pij, ds)) = p_ds(bhi, i, j) {
+                        let row = bhi * tq + i;
+                        axpy(
+                            &mut dvb[(j - j0) * dv..(j - j0 + 1) * dv],
+                            pij,
+                            &dout[row * dv..(row + 1) * dv],
+                        );
+                        axpy(
+                            &mut dk[(j - j0) * d..(j - j0 + 1) * d],
+                            ds * scale,
+                            &q[qo + i * d..qo + (i + 1) * d],
+                        );
+                    }
+                }
+            }
+            (dk, dvb)
+        })
+        .collect();
+
+    let dq = dq_blocks.concat();
+    let mut dk = Vec::with_capacity(dm.bh * tk * d);
+    let mut dvv = Vec::with_capacity(dm.bh * tk * dv);
+    for (a, b) in dkv_blocks {
+        dk.extend(a);
+        dvv.extend(b);
+    }
+    (dq, dk, dvv)
+}
+
+const OP: &str = "scaled_dot_product_attention";
+
+macro_rules! dispatch {
+    ($dtype:expr, $body:ident) => {
+        match $dtype {
+            DType::F32 => $body!(f32),
+            DType::F64 => $body!(f64),
+            d => {
+                return Err(Error::UnsupportedDType {
+                    op: OP,
+                    dtype: d,
+                    expected: "f32 or f64",
+                })
+            }
+        }
+    };
+}
+
+fn view<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow::Cow<'a, [T]>> {
+    Ok(contiguous_cow(s.as_slice::<T>(OP)?, l))
+}
+
+impl AttentionBackend for CpuStorage {
+    fn attention_fwd(
+        &self,
+        q_layout: &Layout,
+        k: &Self,
+        k_layout: &Layout,
+        v: &Self,
+        v_layout: &Layout,
+        masks: &[AttnMask<Self>],
+        p: AttnParams,
+    ) -> Result<(Self, Self)> {
+        let dm = Dims::of(q_layout, v_layout, k_layout, masks)?;
+        let mk = masks_of(masks, p.causal, dm.h)?;
+        macro_rules! run {
+            ($t:ty) => {{
+                let (q, k, v) = (
+                    view::<$t>(self, q_layout)?,
+                    view::<$t>(k, k_layout)?,
+                    view::<$t>(v, v_layout)?,
+                );
+                let (o, lse) = fwd(&q, &k, &v, dm, &mk, p);
+                (CpuStorage::from_vec(o), CpuStorage::from_vec(lse))
+            }};
+        }
+        Ok(dispatch!(self.dtype(), run))
+    }
+
+    fn attention_bwd(
+        &self,
+        q_layout: &Layout,
+        k: &Self,
+        k_layout: &Layout,
+        v: &Self,
+        v_layout: &Layout,
+        out: &Self,
+        lse: &Self,
+        d_out: &Self,
+        d_out_layout: &Layout,
+        masks: &[AttnMask<Self>],
+        p: AttnParams,
+    ) -> Result<(Self, Self, Self)> {
+        let dm = Dims::of(q_layout, v_layout, k_layout, masks)?;
+        let mk = masks_of(masks, p.causal, dm.h)?;
+        macro_rules! run {
+            ($t:ty) => {{
+                let (q, k, v) = (
+                    view::<$t>(self, q_layout)?,
+                    view::<$t>(k, k_layout)?,
+                    view::<$t>(v, v_layout)?,
+                );
+                let g = view::<$t>(d_out, d_out_layout)?;
+                let (o, lse) = (out.as_slice::<$t>(OP)?, lse.as_slice::<$t>(OP)?);
+                if o.len() != dm.bh * dm.tq * dm.dv || lse.len() != dm.bh * dm.tq {
+                    return Err(Error::msg(format!(
+                        "{OP}: saved output/lse do not match q and v"
+                    )));
+                }
+                let (dq, dk, dv) = bwd(&q, &k, &v, o, lse, &g, dm, &mk, p);
+                (
+                    CpuStorage::from_vec(dq),
+                    CpuStorage::from_vec(dk),
+                    CpuStorage::from_vec(dv),
+                )
+            }};
+        }
+        Ok(dispatch!(self.dtype(), run))
+    }
+}

@@ -14,12 +14,16 @@ fn gemm(c: &mut Criterion) {
     for &n in &[128usize, 256, 512] {
         let (a, b) = (randn(&[n, n], 1), randn(&[n, n], 2));
         g.throughput(Throughput::Elements((2 * n * n * n) as u64));
-        g.bench_with_input(BenchmarkId::new("tessera", n), &n, |bch, _| bch.iter(|| black_box(a.matmul(&b).unwrap())));
+        g.bench_with_input(BenchmarkId::new("tessera", n), &n, |bch, _| {
+            bch.iter(|| black_box(a.matmul(&b).unwrap()))
+        });
     }
     // Transformer MLP shape: [B*T, C] x [C, 4C].
     let (x, w) = (randn(&[2048, 256], 3), randn(&[256, 1024], 4));
     g.throughput(Throughput::Elements(2 * 2048 * 256 * 1024));
-    g.bench_function("tessera/mlp_2048x256x1024", |bch| bch.iter(|| black_box(x.matmul(&w).unwrap())));
+    g.bench_function("tessera/mlp_2048x256x1024", |bch| {
+        bch.iter(|| black_box(x.matmul(&w).unwrap()))
+    });
     g.finish();
 }
 
@@ -28,18 +32,35 @@ fn rowwise(c: &mut Criterion) {
     let x = randn(&[4096, 512], 5);
     let (w, b) = (randn(&[512], 6), randn(&[512], 7));
     g.throughput(Throughput::Bytes((2 * 4096 * 512 * 4) as u64));
-    g.bench_function("softmax_4096x512", |bch| bch.iter(|| black_box(x.softmax(-1).unwrap())));
-    g.bench_function("layer_norm_4096x512", |bch| bch.iter(|| black_box(x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap())));
-    g.bench_function("gelu_4096x512", |bch| bch.iter(|| black_box(x.gelu().unwrap())));
+    g.bench_function("softmax_4096x512", |bch| {
+        bch.iter(|| black_box(x.softmax(-1).unwrap()))
+    });
+    g.bench_function("layer_norm_4096x512", |bch| {
+        bch.iter(|| black_box(x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap()))
+    });
+    g.bench_function("gelu_4096x512", |bch| {
+        bch.iter(|| black_box(x.gelu().unwrap()))
+    });
     g.finish();
 }
 
 fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention");
-    let (q, k, v) = (randn(&[4, 4, 256, 64], 8), randn(&[4, 4, 256, 64], 9), randn(&[4, 4, 256, 64], 10));
-    let opts = tessera::ops::AttentionOpts { causal: true, ..Default::default() };
+    let (q, k, v) = (
+        randn(&[4, 4, 256, 64], 8),
+        randn(&[4, 4, 256, 64], 9),
+        randn(&[4, 4, 256, 64], 10),
+    );
+    let opts = tessera::ops::AttentionOpts {
+        causal: true,
+        ..Default::default()
+    };
     g.throughput(Throughput::Elements(4 * 4 * 256 * 256 * 64 * 2)); // causal: half of 4*B*H*T^2*D
-    g.bench_function("sdpa_causal_b4h4t256d64", |bch| bch.iter(|| black_box(tessera::ops::scaled_dot_product_attention(&q, &k, &v, &opts).unwrap())));
+    g.bench_function("sdpa_causal_b4h4t256d64", |bch| {
+        bch.iter(|| {
+            black_box(tessera::ops::scaled_dot_product_attention(&q, &k, &v, &opts).unwrap())
+        })
+    });
     g.finish();
 }
 

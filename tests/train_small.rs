@@ -23,21 +23,41 @@ fn spirals(n_per_class: usize, seed: u64) -> (Tensor, Tensor) {
             ys.push(class as i64);
         }
     }
-    (Tensor::from_vec(xs, (3 * n_per_class, 2), Device::Cpu).unwrap(), Tensor::from_vec(ys, 3 * n_per_class, Device::Cpu).unwrap())
+    (
+        Tensor::from_vec(xs, (3 * n_per_class, 2), Device::Cpu).unwrap(),
+        Tensor::from_vec(ys, 3 * n_per_class, Device::Cpu).unwrap(),
+    )
 }
 
 #[test]
 fn mlp_learns_spirals() {
     tessera::random::manual_seed(1);
     let (x, y) = spirals(100, 2);
-    let (l1, l2, l3) = (Linear::new(2, 64, true, Device::Cpu).unwrap(), Linear::new(64, 64, true, Device::Cpu).unwrap(), Linear::new(64, 3, true, Device::Cpu).unwrap());
+    let (l1, l2, l3) = (
+        Linear::new(2, 64, true, Device::Cpu).unwrap(),
+        Linear::new(64, 64, true, Device::Cpu).unwrap(),
+        Linear::new(64, 3, true, Device::Cpu).unwrap(),
+    );
     let mut params = tessera::nn::prefixed("fc1", l1.named_parameters());
     params.extend(tessera::nn::prefixed("fc2", l2.named_parameters()));
     params.extend(tessera::nn::prefixed("fc3", l3.named_parameters()));
-    let mut opt = AdamW::new(params, AdamWConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(
+        params,
+        AdamWConfig {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let forward = |x: &Tensor| l3.forward(&l2.forward(&l1.forward(x)?.relu()?)?.relu()?);
     let accuracy = || {
-        let pred = tessera::no_grad(|| forward(&x)).unwrap().argmax(1).unwrap().to_vec::<i64>().unwrap();
+        let pred = tessera::no_grad(|| forward(&x))
+            .unwrap()
+            .argmax(1)
+            .unwrap()
+            .to_vec::<i64>()
+            .unwrap();
         let truth = y.to_vec::<i64>().unwrap();
         pred.iter().zip(&truth).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64
     };
@@ -49,12 +69,23 @@ fn mlp_learns_spirals() {
         opt.step().unwrap();
     }
     let after = accuracy();
-    assert!(before < 0.6, "untrained accuracy {before} is suspiciously high");
+    assert!(
+        before < 0.6,
+        "untrained accuracy {before} is suspiciously high"
+    );
     assert!(after > 0.95, "accuracy after training {after}");
 }
 
 fn tiny_lm(tokenizer: &CharTokenizer) -> CharTransformer {
-    let cfg = CharTransformerConfig { vocab_size: tokenizer.vocab_size(), block_size: 32, dim: 64, num_heads: 4, num_layers: 2, dropout: 0.0, positional: Positional::Learned };
+    let cfg = CharTransformerConfig {
+        vocab_size: tokenizer.vocab_size(),
+        block_size: 32,
+        dim: 64,
+        num_heads: 4,
+        num_layers: 2,
+        dropout: 0.0,
+        positional: Positional::Learned,
+    };
     CharTransformer::new(cfg, Device::Cpu).unwrap()
 }
 
@@ -64,13 +95,40 @@ fn char_transformer_beats_unigram_entropy() {
     let tokenizer = CharTokenizer::from_text(&corpus);
     tessera::random::manual_seed(0);
     let model = tiny_lm(&tokenizer);
-    let cfg = CharLmTrainConfig { steps: 250, batch_size: 32, lr: 3e-3, min_lr: 3e-4, warmup_steps: 10, eval_every: 250, progress: false, ..Default::default() };
+    let cfg = CharLmTrainConfig {
+        steps: 250,
+        batch_size: 32,
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup_steps: 10,
+        eval_every: 250,
+        progress: false,
+        ..Default::default()
+    };
     let r = train_char_lm(&model, &tokenizer, &corpus, &cfg).unwrap();
     // A context-free model cannot beat the unigram entropy; the transformer must, by a margin.
-    assert!(r.first_loss > r.unigram_entropy, "untrained loss {} vs unigram {}", r.first_loss, r.unigram_entropy);
-    assert!(r.val_loss < r.unigram_entropy - 0.5, "held-out loss {} vs unigram entropy {}", r.val_loss, r.unigram_entropy);
+    assert!(
+        r.first_loss > r.unigram_entropy,
+        "untrained loss {} vs unigram {}",
+        r.first_loss,
+        r.unigram_entropy
+    );
+    assert!(
+        r.val_loss < r.unigram_entropy - 0.5,
+        "held-out loss {} vs unigram entropy {}",
+        r.val_loss,
+        r.unigram_entropy
+    );
     // Greedy decoding of a caption prefix produces text made of the corpus' words.
-    let ids = model.generate(&tokenizer.encode("a small "), 12, 1.0, None, &mut Rng::new(0)).unwrap();
+    let ids = model
+        .generate(
+            &tokenizer.encode("a small "),
+            12,
+            1.0,
+            None,
+            &mut Rng::new(0),
+        )
+        .unwrap();
     assert_eq!(ids.len(), 8 + 12);
 }
 
@@ -109,8 +167,15 @@ fn resumed_training_matches_uninterrupted_training() {
     let (resumed, w_resumed) = run(12, &ck);
     assert_eq!(resumed.start_step, 6);
     assert_eq!(full.steps, resumed.steps);
-    let max_diff = w_full.iter().zip(&w_resumed).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(max_diff < 1e-6, "weights differ by {max_diff} after resuming");
+    let max_diff = w_full
+        .iter()
+        .zip(&w_resumed)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        max_diff < 1e-6,
+        "weights differ by {max_diff} after resuming"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -130,7 +195,8 @@ fn readme_library_example_runs() {
         opt.step().unwrap();
     }
     assert!(losses[9] < losses[0]);
-    let path = std::env::temp_dir().join(format!("tessera-readme-{}.safetensors", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("tessera-readme-{}.safetensors", std::process::id()));
     tessera::io::save_safetensors(&path, &layer.state_dict(), None).unwrap();
     let _ = std::fs::remove_file(path);
 }

@@ -39,7 +39,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         json: a.json,
     };
     if !a.json {
-        eprintln!("demo: training a char-level transformer on the built-in corpus ({} steps)", a.steps);
+        eprintln!(
+            "demo: training a char-level transformer on the built-in corpus ({} steps)",
+            a.steps
+        );
     }
     let report = train_char(&args)?;
     let sample = super::sample::sample_text(&ckpt, "Alice ", 160, 0.9, 0.8, 0)?;

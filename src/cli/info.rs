@@ -16,7 +16,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
             ("avx2", std::arch::is_x86_feature_detected!("avx2")),
             ("fma", std::arch::is_x86_feature_detected!("fma")),
             ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
-            ("avx512bf16", std::arch::is_x86_feature_detected!("avx512bf16")),
+            (
+                "avx512bf16",
+                std::arch::is_x86_feature_detected!("avx512bf16"),
+            ),
         ] {
             if on {
                 features.push(name);
@@ -26,7 +29,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
     let kernels = tessera::kernel_sources::KERNEL_SOURCES.len();
     if a.json {
-        println!("{}", serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "devices": ["cpu"], "cuda": false, "threads": threads, "cpu_features": features, "embedded_kernel_files": kernels}));
+        println!(
+            "{}",
+            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "devices": ["cpu"], "cuda": false, "threads": threads, "cpu_features": features, "embedded_kernel_files": kernels})
+        );
     } else {
         println!("tessera {}", env!("CARGO_PKG_VERSION"));
         println!("devices: cpu (no CUDA backend in this build yet)");

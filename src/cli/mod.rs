@@ -9,7 +9,11 @@ mod train;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "tessera", version, about = "A deep-learning engine written from scratch, and the text-to-image models built on it")]
+#[command(
+    name = "tessera",
+    version,
+    about = "A deep-learning engine written from scratch, and the text-to-image models built on it"
+)]
 pub struct Cli {
     /// Worker threads for CPU kernels (default: RAYON_NUM_THREADS, else all cores).
     #[arg(long, global = true)]
@@ -45,7 +49,9 @@ pub enum DeviceArg {
 pub fn resolve_device(arg: DeviceArg, quiet: bool) -> tessera::Result<tessera::Device> {
     match arg {
         DeviceArg::Cpu => Ok(tessera::Device::Cpu),
-        DeviceArg::Cuda => Err(tessera::Error::Cuda("this build has no CUDA backend yet; use --device cpu (or auto)".into())),
+        DeviceArg::Cuda => Err(tessera::Error::Cuda(
+            "this build has no CUDA backend yet; use --device cpu (or auto)".into(),
+        )),
         DeviceArg::Auto => {
             if !quiet {
                 eprintln!("device: cpu (this build has no CUDA backend yet)");
@@ -57,7 +63,9 @@ pub fn resolve_device(arg: DeviceArg, quiet: bool) -> tessera::Result<tessera::D
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
     }
     match cli.command {
         Command::Demo(a) => demo::run(a),

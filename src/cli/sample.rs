@@ -1,8 +1,8 @@
 //! `tessera sample char`: continues a prompt with a trained char-level transformer.
 
 use clap::{Args, Subcommand};
-use tessera::nn::Module;
 use std::path::PathBuf;
+use tessera::nn::Module;
 use tessera::random::Rng;
 use tessera::train::char_lm::load_char_lm;
 
@@ -32,14 +32,30 @@ pub struct SampleCharArgs {
 
 pub fn run(cmd: SampleCommand) -> anyhow::Result<()> {
     let SampleCommand::Char(a) = cmd;
-    println!("{}", sample_text(&a.ckpt, &a.prompt, a.len, a.top_p, a.temperature, a.seed)?);
+    println!(
+        "{}",
+        sample_text(&a.ckpt, &a.prompt, a.len, a.top_p, a.temperature, a.seed)?
+    );
     Ok(())
 }
 
-pub fn sample_text(ckpt: &std::path::Path, prompt: &str, len: usize, top_p: f64, temperature: f64, seed: u64) -> anyhow::Result<String> {
+pub fn sample_text(
+    ckpt: &std::path::Path,
+    prompt: &str,
+    len: usize,
+    top_p: f64,
+    temperature: f64,
+    seed: u64,
+) -> anyhow::Result<String> {
     let (model, tokenizer) = load_char_lm(ckpt, tessera::Device::Cpu)?;
     model.eval();
     let top_p = (top_p > 0.0).then_some(top_p);
-    let ids = model.generate(&tokenizer.encode(prompt), len, temperature, top_p, &mut Rng::new(seed))?;
+    let ids = model.generate(
+        &tokenizer.encode(prompt),
+        len,
+        temperature,
+        top_p,
+        &mut Rng::new(seed),
+    )?;
     Ok(tokenizer.decode(&ids))
 }

@@ -25,6 +25,22 @@ impl Tensor {
         if rhs.rank() == 1 {
             return self.matmul(&rhs.unsqueeze(1)?)?.squeeze(-1);
         }
+        // A matrix on the right (every Linear layer): fold the left operand's batch dims into
+        // its rows, one large GEMM instead of many small ones. The weight gradient then comes
+        // out of a single [K, B*M] x [B*M, N] product rather than a batched one plus a sum.
+        if rhs.rank() == 2 && self.rank() > 2 {
+            let lead = &self.dims()[..self.rank() - 1];
+            let rows: usize = lead.iter().product();
+            let out = self
+                .reshape(vec![rows, self.dims()[self.rank() - 1]])?
+                .matmul(rhs)?;
+            return out.reshape(
+                lead.iter()
+                    .copied()
+                    .chain([rhs.dims()[1]])
+                    .collect::<Vec<_>>(),
+            );
+        }
         let (ad, bd) = (self.dims(), rhs.dims());
         let (m, k, k2, n) = (
             ad[ad.len() - 2],

@@ -77,9 +77,19 @@ pub struct CharLmReport {
 }
 
 /// A batch of `b` windows of `t + 1` ids: inputs `[b, t]` and next-character targets `[b, t]`.
-fn batch(ids: &[u32], b: usize, t: usize, rng: &mut Rng, device: Device) -> Result<(Tensor, Tensor)> {
+fn batch(
+    ids: &[u32],
+    b: usize,
+    t: usize,
+    rng: &mut Rng,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
     if ids.len() <= t + 1 {
-        return Err(Error::msg(format!("the text has {} characters, fewer than one window of {}", ids.len(), t + 1)));
+        return Err(Error::msg(format!(
+            "the text has {} characters, fewer than one window of {}",
+            ids.len(),
+            t + 1
+        )));
     }
     let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
     for _ in 0..b {
@@ -87,7 +97,10 @@ fn batch(ids: &[u32], b: usize, t: usize, rng: &mut Rng, device: Device) -> Resu
         x.extend(ids[s..s + t].iter().map(|&i| i as i64));
         y.extend(ids[s + 1..s + t + 1].iter().map(|&i| i as i64));
     }
-    Ok((Tensor::from_vec(x, (b, t), device)?, Tensor::from_vec(y, (b, t), device)?))
+    Ok((
+        Tensor::from_vec(x, (b, t), device)?,
+        Tensor::from_vec(y, (b, t), device)?,
+    ))
 }
 
 fn step_rng(seed: u64, step: u64) -> Rng {
@@ -95,9 +108,18 @@ fn step_rng(seed: u64, step: u64) -> Rng {
 }
 
 /// Mean loss over a fixed set of held-out windows, in eval mode, without a graph.
-pub fn evaluate(model: &CharTransformer, ids: &[u32], batches: usize, batch_size: usize) -> Result<f64> {
+pub fn evaluate(
+    model: &CharTransformer,
+    ids: &[u32],
+    batches: usize,
+    batch_size: usize,
+) -> Result<f64> {
     model.eval();
-    let t = model.config.block_size.min(ids.len().saturating_sub(2)).max(1);
+    let t = model
+        .config
+        .block_size
+        .min(ids.len().saturating_sub(2))
+        .max(1);
     let mut rng = Rng::new(0xE7A1);
     let mut total = 0.0;
     for _ in 0..batches {
@@ -108,14 +130,26 @@ pub fn evaluate(model: &CharTransformer, ids: &[u32], batches: usize, batch_size
     Ok(total / batches as f64)
 }
 
-pub fn train_char_lm(model: &CharTransformer, tokenizer: &CharTokenizer, text: &str, cfg: &CharLmTrainConfig) -> Result<CharLmReport> {
+pub fn train_char_lm(
+    model: &CharTransformer,
+    tokenizer: &CharTokenizer,
+    text: &str,
+    cfg: &CharLmTrainConfig,
+) -> Result<CharLmReport> {
     let device = model.tok_emb.weight.device();
     let ids = tokenizer.encode(text);
     let split = ids.len() * 9 / 10;
     let (train_ids, val_ids) = (&ids[..split], &ids[split..]);
     let t = model.config.block_size;
     let params = model.named_parameters();
-    let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
     let schedule = WarmupCosine::new(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)?;
     let mut extra = HashMap::new();
     extra.insert("model".to_string(), "char_transformer".to_string());
@@ -143,11 +177,19 @@ pub fn train_char_lm(model: &CharTransformer, tokenizer: &CharTokenizer, text: &
     let end = cfg.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
     for step in start..end {
         schedule.apply(&mut opt, step);
-        let (x, y) = batch(train_ids, cfg.batch_size, t, &mut step_rng(cfg.seed, step), device)?;
+        let (x, y) = batch(
+            train_ids,
+            cfg.batch_size,
+            t,
+            &mut step_rng(cfg.seed, step),
+            device,
+        )?;
         let loss = model.loss(&x, &y)?;
         let lv = loss.item()?;
         if !lv.is_finite() {
-            return Err(Error::msg(format!("training diverged at step {step}: loss {lv}")));
+            return Err(Error::msg(format!(
+                "training diverged at step {step}: loss {lv}"
+            )));
         }
         opt.zero_grad();
         loss.backward()?;
@@ -181,7 +223,11 @@ pub fn train_char_lm(model: &CharTransformer, tokenizer: &CharTokenizer, text: &
         steps: end,
         start_step: start,
         first_loss,
-        final_train_loss: if tail.is_empty() { f64::NAN } else { tail.iter().sum::<f64>() / tail.len() as f64 },
+        final_train_loss: if tail.is_empty() {
+            f64::NAN
+        } else {
+            tail.iter().sum::<f64>() / tail.len() as f64
+        },
         val_loss,
         unigram_entropy: unigram_entropy(text),
         seconds,
@@ -192,9 +238,19 @@ pub fn train_char_lm(model: &CharTransformer, tokenizer: &CharTokenizer, text: &
 }
 
 /// Loads a char-LM checkpoint written by [`train_char_lm`]: the model and its tokenizer.
-pub fn load_char_lm(path: &std::path::Path, device: Device) -> Result<(CharTransformer, CharTokenizer)> {
+pub fn load_char_lm(
+    path: &std::path::Path,
+    device: Device,
+) -> Result<(CharTransformer, CharTokenizer)> {
     let ck = Checkpoint::load_to(path, device)?;
-    let get = |k: &str| ck.extra.get(k).ok_or_else(|| Error::file(path, format!("not a char_transformer checkpoint: no \"{k}\" in its metadata")));
+    let get = |k: &str| {
+        ck.extra.get(k).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("not a char_transformer checkpoint: no \"{k}\" in its metadata"),
+            )
+        })
+    };
     let config = crate::models::char_transformer::CharTransformerConfig::from_json(get("config")?)?;
     let tokenizer = CharTokenizer::from_json(get("tokenizer")?)?;
     let model = CharTransformer::new(config, device)?;

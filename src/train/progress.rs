@@ -10,9 +10,11 @@ pub fn bar(len: u64, what: &str, visible: bool) -> ProgressBar {
         return pb;
     }
     pb.set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
-    let style = ProgressStyle::with_template(&format!("{what} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}"))
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(&format!(
+        "{what} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     pb.set_style(style);
     pb
 }

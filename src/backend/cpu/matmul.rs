@@ -257,6 +257,9 @@ fn detect_isa_uncached() -> Isa {
     Isa::Portable
 }
 
+/// A dtype's task entry: `(isa, a, a_op, b, b_op, batch, first_row, k, n, c_rows)`.
+type TilesFn<T> = fn(Isa, &[T], Operand, &[T], Operand, usize, usize, usize, usize, &mut [T]);
+
 /// The GEMM for one dtype, given its register-tile shapes per instruction set.
 #[allow(clippy::too_many_arguments)]
 fn gemm<T: Float>(
@@ -264,7 +267,7 @@ fn gemm<T: Float>(
     la: &Layout,
     b: &[T],
     lb: &Layout,
-    tiles: fn(Isa, &[T], Operand, &[T], Operand, usize, usize, usize, usize, &mut [T]),
+    tiles: TilesFn<T>,
     isa: Isa,
 ) -> Vec<T> {
     let (bsz, m, k) = (la.dims()[0], la.dims()[1], la.dims()[2]);
@@ -323,7 +326,7 @@ macro_rules! tiles_fn {
     };
 }
 tiles_fn!(tiles_f32, f32, 6, 16, 12, 16);
-tiles_fn!(tiles_f64, f64, 4, 16, 8, 16);
+tiles_fn!(tiles_f64, f64, 4, 8, 8, 16);
 
 impl MatmulBackend for CpuStorage {
     fn matmul(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {

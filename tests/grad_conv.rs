@@ -556,3 +556,24 @@ fn conv2d_throughput() {
     );
     assert_eq!(y.dims(), &[8, 64, 32, 32]);
 }
+
+#[test]
+fn absurd_parameters_are_errors_not_panics() {
+    let x = randn(&[1, 2, 5, 5], 60);
+    let w = randn(&[2, 2, 3, 3], 61);
+    assert!(x.conv2d(&w, None, params(1, usize::MAX, 1, 1)).is_err());
+    assert!(x.conv2d(&w, None, params(1, 0, usize::MAX, 1)).is_err());
+    assert!(x.conv2d(&w, None, params(0, 0, 1, 1)).is_err());
+    assert!(x.conv2d(&w, None, params(1, 0, 0, 1)).is_err());
+    assert!(x.max_pool2d((3, 3), (1, 1), (usize::MAX, 0)).is_err());
+    assert!(x.avg_pool2d((0, 3), (1, 1), (0, 0)).is_err());
+    // Stride larger than the input is fine: one output per axis.
+    let y = x.conv2d(&w, None, params(usize::MAX, 0, 1, 1)).unwrap();
+    assert_eq!(y.dims(), &[1, 2, 1, 1]);
+    assert_close(
+        &y.to_vec_f64().unwrap(),
+        &naive_conv(&x, &w, None, params(7, 0, 1, 1)),
+        1e-12,
+        "huge stride",
+    );
+}

@@ -65,8 +65,17 @@ fn conv2d_geom(x: &Tensor, w: &Tensor, p: &Conv2dParams) -> Result<Conv2dGeom> {
             p.groups
         )));
     }
-    let (ekh, ekw) = (p.dilation.0 * (kh - 1) + 1, p.dilation.1 * (kw - 1) + 1);
-    let (hp, wp) = (h + 2 * p.padding.0, wi + 2 * p.padding.1);
+    // Checked: absurd parameters are an error, not an overflow.
+    let span = |d: usize, k: usize| d.checked_mul(k - 1).and_then(|v| v.checked_add(1));
+    let padded = |i: usize, pad: usize| pad.checked_mul(2).and_then(|v| v.checked_add(i));
+    let (Some(ekh), Some(ekw), Some(hp), Some(wp)) = (
+        span(p.dilation.0, kh),
+        span(p.dilation.1, kw),
+        padded(h, p.padding.0),
+        padded(wi, p.padding.1),
+    ) else {
+        return Err(fail("dilation or padding too large".into()));
+    };
     if ekh > hp || ekw > wp {
         return Err(fail(format!(
             "the dilated kernel {ekh}x{ekw} is larger than the padded input {hp}x{wp}"

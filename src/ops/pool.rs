@@ -63,7 +63,7 @@ impl Tensor {
         if kernel.0 == 0 || kernel.1 == 0 || stride.0 == 0 || stride.1 == 0 {
             return bad("kernel and stride must be positive");
         }
-        if 2 * padding.0 > kernel.0 || 2 * padding.1 > kernel.1 {
+        if padding.0 > kernel.0 / 2 || padding.1 > kernel.1 / 2 {
             return bad("padding must be at most half the kernel size");
         }
         if kernel.0 > h + 2 * padding.0 || kernel.1 > w + 2 * padding.1 {

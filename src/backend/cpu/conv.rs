@@ -382,9 +382,9 @@ fn expect_dims(op: &'static str, what: &str, layout: &Layout, dims: [usize; 4]) 
 
 fn check_geom(op: &'static str, g: &Conv2dGeom) -> Result<()> {
     let out_len = |i: usize, k: usize, s: usize, p: usize, d: usize| {
-        (i + 2 * p)
-            .checked_sub(d * (k.max(1) - 1) + 1)
-            .map(|v| v / s.max(1) + 1)
+        let padded = p.checked_mul(2)?.checked_add(i)?;
+        let span = d.checked_mul(k.max(1) - 1)?.checked_add(1)?;
+        Some(padded.checked_sub(span)? / s.max(1) + 1)
     };
     let ok = g.groups > 0
         && g.kh > 0

@@ -2,7 +2,8 @@
 //! `C[b] = A[b] @ B[b]`, `A: [M, K]`, `B: [K, N]`, any strides (transposed and broadcast
 //! operands are packed straight from their layouts, never copied first).
 //!
-//! Loop nest, per batch and per block of `MC` rows (one Rayon task each):
+//! Loop nest, per batch and per block of `MC` rows (one Rayon task each; when there are fewer
+//! row blocks than threads, per block of columns instead):
 //! ```text
 //! for jc in 0..N step NC:            // B block columns
 //!   for pc in 0..K step KC:          // reduction block
@@ -33,6 +34,8 @@ const KC: usize = 256;
 const NC: usize = 512;
 /// Largest row block per task.
 const MC_MAX: usize = 96;
+/// Column-split granularity when there are too few rows to go around the threads.
+const NC_SPLIT_MIN: usize = 64;
 
 /// One strided operand: element `(i, j)` of batch `b` is at `off + b*sb + i*s0 + j*s1`.
 #[derive(Clone, Copy)]
@@ -155,6 +158,26 @@ fn row_block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
     c: &mut [T],
 ) {
     let mc = c.len() / n;
+    if i0 == 0 && mc < 4 && ob.s1 == 1 {
+        // Fewer than 4 rows in all (a matrix-vector product, say): packing would cost more
+        // than it saves, so stream B's rows straight into C's (`c[i, :] += a[i, kk] * B[kk, :]`).
+        // The test depends only on M, never on the thread count, so results stay deterministic.
+        let (abase, bbase) = (oa.off + bi * oa.sb, ob.off + bi * ob.sb);
+        for (i, crow) in c.chunks_mut(n).enumerate() {
+            for kk in 0..k {
+                let av = a[abase + i * oa.s0 + kk * oa.s1];
+                let brow = &b[bbase + kk * ob.s0..bbase + kk * ob.s0 + n];
+                for (o, &bv) in crow.iter_mut().zip(brow) {
+                    *o = if FMA {
+                        av.mul_add(bv, *o)
+                    } else {
+                        *o + av * bv
+                    };
+                }
+            }
+        }
+        return;
+    }
     let kc_max = KC.min(k);
     let mut apack = vec![T::ZERO; mc.div_ceil(MR) * MR * kc_max];
     let mut bpack = vec![T::ZERO; NC.min(n).div_ceil(NR) * NR * kc_max];
@@ -287,6 +310,41 @@ fn gemm<T: Float>(
     let tasks_wanted = 4 * rayon::current_num_threads();
     let per_batch = tasks_wanted.div_ceil(bsz).max(1);
     let mc = m.div_ceil(per_batch).div_ceil(24).clamp(1, MC_MAX / 24) * 24;
+    let row_tasks = bsz * m.div_ceil(mc);
+    if row_tasks < rayon::current_num_threads() && n >= 2 * NC_SPLIT_MIN {
+        // Few rows (a matrix-vector product, say): split the columns instead. Each task
+        // computes an `m x width` tile into its own buffer (small, since m is small), then
+        // the tiles are copied into place.
+        let width = n
+            .div_ceil(tasks_wanted.div_ceil(bsz))
+            .max(NC_SPLIT_MIN)
+            .div_ceil(NC_SPLIT_MIN)
+            * NC_SPLIT_MIN;
+        let per = n.div_ceil(width);
+        let tiles_out: Vec<Vec<T>> = (0..bsz * per)
+            .into_par_iter()
+            .map(|t| {
+                let (bi, j0) = (t / per, (t % per) * width);
+                let w = width.min(n - j0);
+                let obj = Operand {
+                    off: ob.off + j0 * ob.s1,
+                    ..ob
+                };
+                let mut c = vec![T::ZERO; m * w];
+                tiles(isa, a, oa, b, obj, bi, 0, k, w, &mut c);
+                c
+            })
+            .collect();
+        for (t, tile) in tiles_out.iter().enumerate() {
+            let (bi, j0) = (t / per, (t % per) * width);
+            let w = width.min(n - j0);
+            for i in 0..m {
+                let dst = (bi * m + i) * n + j0;
+                out[dst..dst + w].copy_from_slice(&tile[i * w..(i + 1) * w]);
+            }
+        }
+        return out;
+    }
     out.par_chunks_mut(m * n).enumerate().for_each(|(bi, cb)| {
         cb.par_chunks_mut(mc * n)
             .enumerate()
@@ -376,7 +434,13 @@ mod tests {
                 isas.push(Isa::Avx512);
             }
         }
-        for &(m, k, n) in &[(1, 1, 1), (7, 33, 65), (65, 300, 33), (129, 7, 129)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 33, 65),
+            (65, 300, 33),
+            (129, 7, 129),
+            (3, 5, 1000),
+        ] {
             // a stored transposed: [K, M] memory read as [1, M, K] with strides (0, 1, M).
             let av: Vec<f64> = (0..m * k)
                 .map(|i| ((i * 7919) % 23) as f64 - 11.0)

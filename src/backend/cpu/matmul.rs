@@ -7,15 +7,17 @@
 //! ```text
 //! for jc in 0..N step NC:            // B block columns
 //!   for pc in 0..K step KC:          // reduction block
-//!     pack B[pc.., jc..] into NR-wide column panels   (KC x NC, stays in L2)
-//!     pack A[ic.., pc..] into MR-tall row panels      (MC x KC, stays in L1/L2)
+//!     pack B[pc.., jc..] into NR-wide column panels   (KC x NC: 512 KiB of f32, L2-sized)
+//!     pack A[ic.., pc..] into MR-tall row panels      (MC x KC: at most 96 KiB of f32)
 //!     for each (MR x NR) tile: micro-kernel, KC rank-1 updates into MR*NR register accumulators,
 //!                              then C_tile += acc
 //! ```
 //! The micro-kernel is plain Rust over fixed-size arrays (`[[T; NR]; MR]`), which LLVM turns into
 //! vector FMAs. It is compiled three times: for AVX-512F, for AVX2+FMA (each via
 //! `#[target_feature]`, chosen at run time with `is_x86_feature_detected!`), and portably
-//! (mul + add, no FMA call). Tile sizes: f32 AVX2 6x16, AVX-512 8x32; f64 half the width.
+//! (mul + add, no FMA call). Tile sizes (MR x NR), each checked in the disassembly to become
+//! all-vector FMAs: f32 AVX2 6x16, AVX-512 12x16; f64 AVX2 4x8, AVX-512 8x16; portable 4x8.
+//! When M < 4 the packing is skipped and B's rows stream straight into C's.
 //!
 //! Determinism: each C element is `((0 + blk_0) + blk_1) + ...` over fixed `KC` blocks, each
 //! block summed in order of k, whatever the thread count or `MC` split.

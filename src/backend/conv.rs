@@ -1,1 +1,141 @@
-//! (conv family: to be filled by its owner; see backend/mod.rs for the pattern.)
+//! 2-D convolution primitives (cross-correlation, as in every DL framework):
+//!
+//! ```text
+//! out[n, co, oy, ox] = sum_{ci < C_in/G, ky, kx}
+//!     w[co, ci, ky, kx] * x[n, g*C_in/G + ci, oy*sh + ky*dh - ph, ox*sw + kx*dw - pw]
+//! ```
+//! with `g = co / (C_out/G)` and out-of-range input positions reading as zero (padding).
+//! Output size per axis: `O = (I + 2p - d(k-1) - 1) / s + 1`.
+//!
+//! Three primitives cover forward and backward (bias is a broadcast add in the op layer, so
+//! its gradient, the sum over N, H, W, comes from the broadcast rule):
+//! - `conv2d`:                 x, w  -> out `[N, C_out, OH, OW]`
+//! - `conv2d_backward_input`:  dy, w -> dx  `[N, C_in, H, W]`   (`W^T dy`, then col2im)
+//! - `conv2d_backward_weight`: x, dy -> dw  `[C_out, C_in/G, KH, KW]` (`dy col^T`)
+//!
+//! Each takes storages with any layout and returns a fresh contiguous storage; the geometry
+//! is validated by the op layer and passed as a [`Conv2dGeom`].
+
+use super::{same_dtype, Storage};
+use crate::tensor::Layout;
+use crate::{Error, Result};
+
+/// The full geometry of one 2-D convolution, already validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Conv2dGeom {
+    /// Input channels per group.
+    pub fn cin_g(&self) -> usize {
+        self.c_in / self.groups
+    }
+    /// Output channels per group.
+    pub fn cout_g(&self) -> usize {
+        self.c_out / self.groups
+    }
+    /// The reduction length of the implicit GEMM: `C_in/G * KH * KW`.
+    pub fn k(&self) -> usize {
+        self.cin_g() * self.kh * self.kw
+    }
+    /// Output pixels per image.
+    pub fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+pub trait ConvBackend: Sized {
+    /// `self` is the input `x`; returns `[N, C_out, OH, OW]` (no bias).
+    fn conv2d(
+        &self,
+        x_layout: &Layout,
+        w: &Self,
+        w_layout: &Layout,
+        g: &Conv2dGeom,
+    ) -> Result<Self>;
+    /// `self` is the output gradient `dy`; returns `dx` `[N, C_in, H, W]`.
+    fn conv2d_backward_input(
+        &self,
+        dy_layout: &Layout,
+        w: &Self,
+        w_layout: &Layout,
+        g: &Conv2dGeom,
+    ) -> Result<Self>;
+    /// `self` is the input `x`; returns `dw` `[C_out, C_in/G, KH, KW]`.
+    fn conv2d_backward_weight(
+        &self,
+        x_layout: &Layout,
+        dy: &Self,
+        dy_layout: &Layout,
+        g: &Conv2dGeom,
+    ) -> Result<Self>;
+}
+
+fn check_pair(op: &'static str, a: &Storage, b: &Storage) -> Result<()> {
+    if a.device() != b.device() {
+        return Err(Error::DeviceMismatch {
+            op,
+            lhs: a.device(),
+            rhs: b.device(),
+        });
+    }
+    same_dtype(op, a.dtype(), b.dtype())
+}
+
+impl Storage {
+    pub fn conv2d(
+        &self,
+        x_layout: &Layout,
+        w: &Storage,
+        w_layout: &Layout,
+        g: &Conv2dGeom,
+    ) -> Result<Storage> {
+        check_pair("conv2d", self, w)?;
+        match (self, w) {
+            (Storage::Cpu(x), Storage::Cpu(w)) => {
+                Ok(Storage::Cpu(x.conv2d(x_layout, w, w_layout, g)?))
+            }
+        }
+    }
+    pub fn conv2d_backward_input(
+        &self,
+        dy_layout: &Layout,
+        w: &Storage,
+        w_layout: &Layout,
+        g: &Conv2dGeom,
+    ) -> Result<Storage> {
+        check_pair("conv2d_backward_input", self, w)?;
+        match (self, w) {
+            (Storage::Cpu(dy), Storage::Cpu(w)) => Ok(Storage::Cpu(
+                dy.conv2d_backward_input(dy_layout, w, w_layout, g)?,
+            )),
+        }
+    }
+    pub fn conv2d_backward_weight(
+        &self,
+        x_layout: &Layout,
+        dy: &Storage,
+        dy_layout: &Layout,
+        g: &Conv2dGeom,
+    ) -> Result<Storage> {
+        check_pair("conv2d_backward_weight", self, dy)?;
+        match (self, dy) {
+            (Storage::Cpu(x), Storage::Cpu(dy)) => Ok(Storage::Cpu(
+                x.conv2d_backward_weight(x_layout, dy, dy_layout, g)?,
+            )),
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the core CPU ops at model-sized shapes (GEMM, softmax, LayerNorm,
-//! GELU, fused attention), reporting GFLOP/s or GB/s through criterion's throughput. The
+//! GELU, fused attention, conv2d), reporting GFLOP/s or GB/s through criterion's throughput. The
 //! side-by-side comparison against OpenBLAS and PyTorch is the CPU-speed milestone's work.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -64,9 +64,42 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
+fn conv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv2d");
+    // A ResNet-18 layer1 conv at 56x56 and a U-Net conv at 32x32.
+    for &(n, ci, co, hw) in &[(8usize, 64usize, 64usize, 56usize), (8, 128, 128, 32)] {
+        let x = randn(&[n, ci, hw, hw], 11).requires_grad_().unwrap();
+        let w = randn(&[co, ci, 3, 3], 12).requires_grad_().unwrap();
+        let p = tessera::ops::Conv2dParams {
+            padding: (1, 1),
+            ..Default::default()
+        };
+        g.throughput(Throughput::Elements((2 * n * co * hw * hw * ci * 9) as u64));
+        g.bench_function(format!("forward_n{n}_c{ci}_{hw}x{hw}"), |bch| {
+            bch.iter(|| black_box(tessera::no_grad(|| x.conv2d(&w, None, p).unwrap())))
+        });
+        g.throughput(Throughput::Elements(
+            (3 * 2 * n * co * hw * hw * ci * 9) as u64,
+        ));
+        g.bench_function(format!("forward_backward_n{n}_c{ci}_{hw}x{hw}"), |bch| {
+            bch.iter(|| {
+                x.conv2d(&w, None, p)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                x.zero_grad();
+                w.zero_grad();
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = gemm, rowwise, attention
+    targets = gemm, rowwise, attention, conv
 }
 criterion_main!(benches);

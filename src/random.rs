@@ -65,7 +65,7 @@ pub fn normal_at(seed: u64, offset: u64, i: u64) -> f64 {
     let u2 = u32_to_unit(w[1]);
     let r = (-2.0 * u1.ln()).sqrt();
     let theta = 2.0 * std::f64::consts::PI * u2;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         r * theta.cos()
     } else {
         r * theta.sin()

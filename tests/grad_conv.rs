@@ -517,47 +517,6 @@ fn pooling_errors_name_shapes() {
 }
 
 #[test]
-#[ignore]
-fn conv2d_throughput() {
-    // Run with `cargo test --release --test grad_conv -- --ignored --nocapture`.
-    let p = params(1, 1, 1, 1);
-    let x = Tensor::randn_with_seed((8, 64, 32, 32), DType::F32, Device::Cpu, 1, 0)
-        .unwrap()
-        .requires_grad_()
-        .unwrap();
-    let w = Tensor::randn_with_seed((64, 64, 3, 3), DType::F32, Device::Cpu, 2, 0)
-        .unwrap()
-        .requires_grad_()
-        .unwrap();
-    let flops = 2.0 * 8.0 * 64.0 * 32.0 * 32.0 * 64.0 * 9.0;
-    let y = tessera::no_grad(|| x.conv2d(&w, None, p).unwrap());
-    let t = std::time::Instant::now();
-    let reps = 3;
-    for _ in 0..reps {
-        let _ = tessera::no_grad(|| x.conv2d(&w, None, p).unwrap());
-    }
-    let fwd = t.elapsed().as_secs_f64() / reps as f64;
-    let t = std::time::Instant::now();
-    for _ in 0..reps {
-        x.conv2d(&w, None, p)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-    }
-    let all = t.elapsed().as_secs_f64() / reps as f64;
-    println!(
-        "conv2d [8,64,32,32] * [64,64,3,3] f32: forward {:.1} ms ({:.1} GFLOP/s), forward+backward {:.1} ms ({:.1} GFLOP/s)",
-        fwd * 1e3,
-        flops / fwd / 1e9,
-        all * 1e3,
-        3.0 * flops / all / 1e9
-    );
-    assert_eq!(y.dims(), &[8, 64, 32, 32]);
-}
-
-#[test]
 fn absurd_parameters_are_errors_not_panics() {
     let x = randn(&[1, 2, 5, 5], 60);
     let w = randn(&[2, 2, 3, 3], 61);

@@ -127,26 +127,3 @@ fn empty_inner_dimension_gives_zeros() {
     assert_eq!(c.dims(), &[3, 4]);
     assert!(c.to_vec::<f32>().unwrap().iter().all(|&v| v == 0.0));
 }
-
-#[test]
-#[ignore]
-fn gemm_throughput() {
-    for &(m, k, n) in &[(512, 512, 512), (4096, 256, 1024), (1, 4096, 4096)] {
-        for dtype in [DType::F32, DType::F64] {
-            let a = randn(&[m, k], 1, dtype);
-            let b = randn(&[k, n], 2, dtype);
-            let _ = a.matmul(&b).unwrap();
-            let reps = 5;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                let _ = a.matmul(&b).unwrap();
-            }
-            let s = t.elapsed().as_secs_f64() / reps as f64;
-            let gf = 2.0 * (m * k * n) as f64 / s / 1e9;
-            println!(
-                "[{m},{k}]x[{k},{n}] {dtype:?}: {:.2} ms, {gf:.1} GFLOP/s",
-                s * 1e3
-            );
-        }
-    }
-}

@@ -108,7 +108,7 @@ impl MultiHeadAttention {
 }
 
 fn check_heads(dim: usize, heads: usize) -> Result<()> {
-    if heads == 0 || dim % heads != 0 {
+    if heads == 0 || !dim.is_multiple_of(heads) {
         return Err(Error::msg(format!(
             "MultiHeadAttention: width {dim} does not split into {heads} heads"
         )));

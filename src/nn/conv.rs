@@ -21,8 +21,8 @@ impl Conv2d {
         device: Device,
     ) -> Result<Self> {
         if params.groups == 0
-            || in_channels % params.groups != 0
-            || out_channels % params.groups != 0
+            || !in_channels.is_multiple_of(params.groups)
+            || !out_channels.is_multiple_of(params.groups)
         {
             return Err(Error::msg(format!("Conv2d: {in_channels} in / {out_channels} out channels do not split into {} groups", params.groups)));
         }

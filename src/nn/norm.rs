@@ -50,7 +50,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(num_groups: usize, channels: usize, eps: f64, device: Device) -> Result<Self> {
-        if num_groups == 0 || channels % num_groups != 0 {
+        if num_groups == 0 || !channels.is_multiple_of(num_groups) {
             return Err(crate::Error::msg(format!(
                 "GroupNorm: {channels} channels do not split into {num_groups} groups"
             )));

@@ -222,7 +222,7 @@ impl CpuStorage {
     /// Builds a buffer from little-endian bytes; the length must be a multiple of the element size.
     pub fn from_bytes(bytes: &[u8], dtype: DType) -> Result<Self> {
         let es = dtype.size_in_bytes();
-        if bytes.len() % es != 0 {
+        if !bytes.len().is_multiple_of(es) {
             return Err(Error::msg(format!(
                 "{} bytes is not a whole number of {dtype:?} elements",
                 bytes.len()

@@ -103,6 +103,20 @@ fn batch(
     ))
 }
 
+/// Holds out every `every`-th block of `block` ids, so the held-out text samples the whole
+/// corpus (prose and captions alike) rather than only its end.
+pub fn split_held_out(ids: &[u32], block: usize, every: usize) -> (Vec<u32>, Vec<u32>) {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, chunk) in ids.chunks(block).enumerate() {
+        if i % every == every - 1 {
+            val.extend_from_slice(chunk);
+        } else {
+            train.extend_from_slice(chunk);
+        }
+    }
+    (train, val)
+}
+
 fn step_rng(seed: u64, step: u64) -> Rng {
     Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step))
 }
@@ -137,10 +151,18 @@ pub fn train_char_lm(
     cfg: &CharLmTrainConfig,
 ) -> Result<CharLmReport> {
     let device = model.tok_emb.weight.device();
-    let ids = tokenizer.encode(text);
-    let split = ids.len() * 9 / 10;
-    let (train_ids, val_ids) = (&ids[..split], &ids[split..]);
     let t = model.config.block_size;
+    let ids = tokenizer.encode(text);
+    // About 40 blocks, each at least one window long; every tenth is held out.
+    let (train_ids, val_ids) = split_held_out(&ids, (ids.len() / 40).max(t + 2), 10);
+    if val_ids.len() < t + 2 {
+        return Err(Error::msg(format!(
+            "the text has {} characters; training with a context of {t} needs at least {}",
+            ids.len(),
+            10 * (t + 2)
+        )));
+    }
+    let (train_ids, val_ids) = (&train_ids[..], &val_ids[..]);
     let params = model.named_parameters();
     let mut opt = AdamW::new(
         params.clone(),

@@ -80,31 +80,40 @@ impl MultiHeadAttention {
         }
         let (q, k, v) = match &self.proj_in {
             Projections::SelfAttention { qkv } => {
-                let mut parts = self.split_heads(&qkv.forward(x)?, 3)?;
-                let v = parts.pop();
-                let k = parts.pop();
-                (parts.pop(), k, v)
+                let [q, k, v] = three(self.split_heads(&qkv.forward(x)?, 3)?)?;
+                (q, k, v)
             }
             Projections::Cross { q, kv } => {
                 let ctx = context.ok_or_else(|| {
                     Error::msg("MultiHeadAttention: cross-attention needs a context")
                 })?;
-                let mut q = self.split_heads(&q.forward(x)?, 1)?;
-                let mut kv = self.split_heads(&kv.forward(ctx)?, 2)?;
-                let v = kv.pop();
-                (q.pop(), kv.pop(), v)
+                let q = self.split_heads(&q.forward(x)?, 1)?.remove(0);
+                let [k, v] = two(self.split_heads(&kv.forward(ctx)?, 2)?)?;
+                (q, k, v)
             }
         };
-        let (q, k, v) = (
-            q.expect("split_heads(3) returns 3"),
-            k.expect("3 parts"),
-            v.expect("3 parts"),
-        );
         let out = scaled_dot_product_attention(&q, &k, &v, opts)?; // [B, H, T, D]
         let (b, t) = (x.dims()[0], x.dims()[1]);
         let out = out.permute(&[0, 2, 1, 3])?.reshape(vec![b, t, self.dim])?;
         self.proj.forward(&out)
     }
+}
+
+fn three(parts: Vec<Tensor>) -> Result<[Tensor; 3]> {
+    parts.try_into().map_err(|p: Vec<Tensor>| {
+        Error::msg(format!(
+            "MultiHeadAttention: expected 3 projections, got {}",
+            p.len()
+        ))
+    })
+}
+fn two(parts: Vec<Tensor>) -> Result<[Tensor; 2]> {
+    parts.try_into().map_err(|p: Vec<Tensor>| {
+        Error::msg(format!(
+            "MultiHeadAttention: expected 2 projections, got {}",
+            p.len()
+        ))
+    })
 }
 
 fn check_heads(dim: usize, heads: usize) -> Result<()> {

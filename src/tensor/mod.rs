@@ -83,11 +83,9 @@ impl Tensor {
         Self::from_parts(self.0.storage.clone(), layout, None)
     }
 
-    /// Attaches a graph node to a freshly made tensor.
+    /// The same data and view as a graph output produced by `node`.
     pub(crate) fn with_grad_fn(self, node: Arc<Node>) -> Tensor {
-        let inner = Arc::try_unwrap(self.0)
-            .unwrap_or_else(|_| unreachable!("with_grad_fn on a shared tensor"));
-        Tensor::from_parts(inner.storage, inner.layout, Some(node))
+        Tensor::from_parts(self.0.storage.clone(), self.0.layout.clone(), Some(node))
     }
 
     pub fn id(&self) -> TensorId {

@@ -4,12 +4,21 @@
 //!
 //! | trait | file | primitives |
 //! |---|---|---|
-//! | [`BackendStorage`] | `mod.rs` | dtype, copies, casts, host transfer |
+//! | [`BackendStorage`] | `mod.rs` | dtype, strided copy, copy into a view, casts, host transfer |
 //! | [`elementwise::ElementwiseBackend`] | `elementwise.rs` | unary (+ its derivative), binary, compare, where |
 //! | [`reduce::ReduceBackend`] | `reduce.rs` | sum / max / min / argmax / argmin over dims |
+//! | [`matmul::MatmulBackend`] | `matmul.rs` | batched GEMM on strided operands |
+//! | [`softmax::SoftmaxBackend`] | `softmax.rs` | softmax / log_softmax and their backward |
+//! | [`norm::NormBackend`] | `norm.rs` | group norm (LayerNorm is one group), batch norm, running-stat update |
+//! | [`attention::AttentionBackend`] | `attention.rs` | fused attention forward (saves logsumexp) and backward |
+//! | [`loss::LossBackend`] | `loss.rs` | fused cross-entropy and its gradient |
+//! | [`conv::ConvBackend`] | `conv.rs` | conv2d forward, input and weight gradients |
+//! | [`pool::PoolBackend`] | `pool.rs` | window average (avg / adaptive / nearest upsampling), max pool |
+//! | [`index::IndexBackend`] | `index.rs` | index_select, index_add, gather, scatter_add |
+//! | [`optim::OptimBackend`] | `optim.rs` | fused in-place Adam(W) and SGD steps |
 //!
-//! Further families (matmul, conv, norm, attention, index, random, optim) follow the same
-//! pattern: a trait, the `Storage` dispatch beside it, and the CPU routine in `cpu/<family>.rs`.
+//! Each family is a trait, the `Storage` dispatch beside it, and the CPU routine in
+//! `cpu/<family>.rs`; a CUDA backend implements the same traits with NVRTC kernels.
 //! Each primitive receives storages plus their [`Layout`]s (so strided and broadcast views are
 //! read without copies) and returns a fresh contiguous storage.
 

@@ -16,9 +16,9 @@
 //! Each takes storages with any layout and returns a fresh contiguous storage; the geometry
 //! is validated by the op layer and passed as a [`Conv2dGeom`].
 
-use super::{same_dtype, Storage};
+use super::{same_device, same_dtype, Storage};
 use crate::tensor::Layout;
-use crate::{Error, Result};
+use crate::Result;
 
 /// The full geometry of one 2-D convolution, already validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,13 +85,7 @@ pub trait ConvBackend: Sized {
 }
 
 fn check_pair(op: &'static str, a: &Storage, b: &Storage) -> Result<()> {
-    if a.device() != b.device() {
-        return Err(Error::DeviceMismatch {
-            op,
-            lhs: a.device(),
-            rhs: b.device(),
-        });
-    }
+    same_device(op, a, b)?;
     same_dtype(op, a.dtype(), b.dtype())
 }
 

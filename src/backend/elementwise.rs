@@ -2,9 +2,9 @@
 //! backward), binary ops on operands already broadcast to one shape, comparisons (to u8 masks)
 //! and `where`.
 
-use super::{same_dtype, Storage};
+use super::{same_device, same_dtype, Storage};
 use crate::tensor::Layout;
-use crate::{Error, Result};
+use crate::Result;
 
 /// A pointwise map `y = f(x)`; the backward primitive computes `dx = dy * f'(x)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -126,18 +126,6 @@ pub trait ElementwiseBackend: Sized {
     ) -> Result<Self>;
 }
 
-macro_rules! check_devices {
-    ($op:expr, $a:expr, $b:expr) => {
-        if $a.device() != $b.device() {
-            return Err(Error::DeviceMismatch {
-                op: $op,
-                lhs: $a.device(),
-                rhs: $b.device(),
-            });
-        }
-    };
-}
-
 impl Storage {
     pub fn unary(&self, op: UnaryOp, layout: &Layout) -> Result<Storage> {
         match self {
@@ -151,7 +139,7 @@ impl Storage {
         dy: &Storage,
         dy_layout: &Layout,
     ) -> Result<Storage> {
-        check_devices!(op.name(), self, dy);
+        same_device(op.name(), self, dy)?;
         same_dtype(op.name(), self.dtype(), dy.dtype())?;
         match (self, dy) {
             (Storage::Cpu(x), Storage::Cpu(dy)) => {
@@ -166,7 +154,7 @@ impl Storage {
         rhs: &Storage,
         rhs_layout: &Layout,
     ) -> Result<Storage> {
-        check_devices!(op.name(), self, rhs);
+        same_device(op.name(), self, rhs)?;
         same_dtype(op.name(), self.dtype(), rhs.dtype())?;
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
@@ -181,7 +169,7 @@ impl Storage {
         rhs: &Storage,
         rhs_layout: &Layout,
     ) -> Result<Storage> {
-        check_devices!("cmp", self, rhs);
+        same_device("cmp", self, rhs)?;
         same_dtype("cmp", self.dtype(), rhs.dtype())?;
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => {
@@ -197,8 +185,8 @@ impl Storage {
         on_false: &Storage,
         f_layout: &Layout,
     ) -> Result<Storage> {
-        check_devices!("where_cond", self, on_true);
-        check_devices!("where_cond", on_true, on_false);
+        same_device("where_cond", self, on_true)?;
+        same_device("where_cond", on_true, on_false)?;
         same_dtype("where_cond", on_true.dtype(), on_false.dtype())?;
         match (self, on_true, on_false) {
             (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => Ok(Storage::Cpu(

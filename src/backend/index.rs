@@ -12,9 +12,9 @@
 //! `dim` and returns [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) naming the op,
 //! the index and the size. Outputs are fresh contiguous storages.
 
-use super::{same_dtype, Storage};
+use super::{same_device, same_dtype, Storage};
 use crate::tensor::Layout;
-use crate::{Error, Result};
+use crate::Result;
 
 pub trait IndexBackend: Sized {
     /// Entries `ids` (a rank-1 view) of dim `dim`; output shape is the input's with
@@ -53,18 +53,6 @@ pub trait IndexBackend: Sized {
     ) -> Result<Self>;
 }
 
-fn check_devices(op: &'static str, a: &Storage, b: &Storage) -> Result<()> {
-    if a.device() == b.device() {
-        Ok(())
-    } else {
-        Err(Error::DeviceMismatch {
-            op,
-            lhs: a.device(),
-            rhs: b.device(),
-        })
-    }
-}
-
 impl Storage {
     pub fn index_select(
         &self,
@@ -73,7 +61,7 @@ impl Storage {
         ids_layout: &Layout,
         dim: usize,
     ) -> Result<Storage> {
-        check_devices("index_select", self, ids)?;
+        same_device("index_select", self, ids)?;
         match (self, ids) {
             (Storage::Cpu(x), Storage::Cpu(i)) => {
                 Ok(Storage::Cpu(x.index_select(layout, i, ids_layout, dim)?))
@@ -90,8 +78,8 @@ impl Storage {
         src_layout: &Layout,
         dim: usize,
     ) -> Result<Storage> {
-        check_devices("index_add", self, ids)?;
-        check_devices("index_add", self, src)?;
+        same_device("index_add", self, ids)?;
+        same_device("index_add", self, src)?;
         same_dtype("index_add", self.dtype(), src.dtype())?;
         match (self, ids, src) {
             (Storage::Cpu(x), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(
@@ -107,7 +95,7 @@ impl Storage {
         ids_layout: &Layout,
         dim: usize,
     ) -> Result<Storage> {
-        check_devices("gather", self, ids)?;
+        same_device("gather", self, ids)?;
         match (self, ids) {
             (Storage::Cpu(x), Storage::Cpu(i)) => {
                 Ok(Storage::Cpu(x.gather(layout, i, ids_layout, dim)?))
@@ -124,8 +112,8 @@ impl Storage {
         src_layout: &Layout,
         dim: usize,
     ) -> Result<Storage> {
-        check_devices("scatter_add", self, ids)?;
-        check_devices("scatter_add", self, src)?;
+        same_device("scatter_add", self, ids)?;
+        same_device("scatter_add", self, src)?;
         same_dtype("scatter_add", self.dtype(), src.dtype())?;
         match (self, ids, src) {
             (Storage::Cpu(x), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(

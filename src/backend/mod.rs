@@ -137,6 +137,19 @@ impl Storage {
     }
 }
 
+/// Checks that two storages live on one device before a primitive combines them.
+pub(crate) fn same_device(op: &'static str, a: &Storage, b: &Storage) -> Result<()> {
+    if a.device() == b.device() {
+        Ok(())
+    } else {
+        Err(Error::DeviceMismatch {
+            op,
+            lhs: a.device(),
+            rhs: b.device(),
+        })
+    }
+}
+
 /// Checks that two storages share a dtype before a binary primitive runs.
 pub(crate) fn same_dtype(op: &'static str, a: DType, b: DType) -> Result<()> {
     if a == b {

@@ -12,7 +12,7 @@
 //! `max_pool2d` (values plus i64 argmax indices `iy*W + ix` within the plane) and its backward
 //! (scatter-add of `dy` to the argmax). Inputs with any layout; outputs fresh and contiguous.
 
-use super::{same_dtype, Storage};
+use super::{same_device, same_dtype, Storage};
 use crate::tensor::Layout;
 use crate::{Error, Result};
 
@@ -96,13 +96,7 @@ impl Storage {
         idx_layout: &Layout,
         in_hw: (usize, usize),
     ) -> Result<Storage> {
-        if self.device() != indices.device() {
-            return Err(Error::DeviceMismatch {
-                op: "max_pool2d_backward",
-                lhs: self.device(),
-                rhs: indices.device(),
-            });
-        }
+        same_device("max_pool2d_backward", self, indices)?;
         same_dtype(
             "max_pool2d_backward",
             indices.dtype(),

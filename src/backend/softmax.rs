@@ -12,9 +12,9 @@
 //!
 //! Inputs come with any layout; outputs are fresh contiguous storages of the input's shape.
 
-use super::{same_dtype, Storage};
+use super::{same_device, same_dtype, Storage};
 use crate::tensor::Layout;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Which of the two normalizations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,13 +60,7 @@ impl Storage {
         dy_layout: &Layout,
         dim: usize,
     ) -> Result<Storage> {
-        if self.device() != dy.device() {
-            return Err(Error::DeviceMismatch {
-                op: kind.name(),
-                lhs: self.device(),
-                rhs: dy.device(),
-            });
-        }
+        same_device(kind.name(), self, dy)?;
         same_dtype(kind.name(), self.dtype(), dy.dtype())?;
         match (self, dy) {
             (Storage::Cpu(y), Storage::Cpu(dy)) => Ok(Storage::Cpu(

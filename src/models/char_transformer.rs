@@ -128,6 +128,45 @@ impl CharTransformer {
         Ok(model)
     }
 
+    /// As [`new`](Self::new), with every parameter (and the sinusoidal table) in `dtype`
+    /// instead of f32: e.g. f64 to compare a training run with a reference implementation.
+    /// The weights are drawn in f32 as by `new` (same random stream) and then converted.
+    pub fn new_with_dtype(
+        config: CharTransformerConfig,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Self> {
+        CharTransformer::new(config, device)?.into_dtype(dtype)
+    }
+
+    /// The same model with its parameters converted to `dtype` (fresh leaves; optimizers
+    /// built on the old parameters do not see the new ones).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        if !dtype.is_compute_float() {
+            return Err(Error::UnsupportedDType {
+                op: "CharTransformer::into_dtype",
+                dtype,
+                expected: "f32 or f64",
+            });
+        }
+        Ok(CharTransformer {
+            tok_emb: self.tok_emb.into_dtype(dtype)?,
+            pos_emb: self.pos_emb.map(|p| p.into_dtype(dtype)).transpose()?,
+            sinusoidal: self
+                .sinusoidal
+                .map(|t| crate::no_grad(|| t.to_dtype(dtype)?.contiguous_copy()))
+                .transpose()?,
+            blocks: self
+                .blocks
+                .into_iter()
+                .map(|b| b.into_dtype(dtype))
+                .collect::<Result<_>>()?,
+            ln_f: self.ln_f.into_dtype(dtype)?,
+            head: self.head.into_dtype(dtype)?,
+            config: self.config,
+        })
+    }
+
     /// GPT-2 init: N(0, 0.02) for matrices, zeros for biases (norm weights stay at 1).
     fn init_gpt2(&self, device: Device) -> Result<()> {
         for (name, p) in self.named_parameters() {

@@ -8,7 +8,7 @@
 
 use super::{children_parameters, Linear, Module};
 use crate::ops::{scaled_dot_product_attention, AttentionOpts};
-use crate::{Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 enum Projections {
     SelfAttention { qkv: Linear },
@@ -51,6 +51,25 @@ impl MultiHeadAttention {
                 kv: Linear::new(context_dim, 2 * dim, bias, device)?,
             },
             proj: Linear::new(dim, dim, bias, device)?,
+        })
+    }
+
+    /// The same layer with its parameters converted to `dtype` (fresh leaves).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        let proj_in = match self.proj_in {
+            Projections::SelfAttention { qkv } => Projections::SelfAttention {
+                qkv: qkv.into_dtype(dtype)?,
+            },
+            Projections::Cross { q, kv } => Projections::Cross {
+                q: q.into_dtype(dtype)?,
+                kv: kv.into_dtype(dtype)?,
+            },
+        };
+        Ok(MultiHeadAttention {
+            num_heads: self.num_heads,
+            dim: self.dim,
+            proj_in,
+            proj: self.proj.into_dtype(dtype)?,
         })
     }
 

@@ -2,7 +2,7 @@
 //! Ids of any shape give `ids.shape + [dim]`; the backward scatter-adds into the table.
 
 use super::{init, param, Module};
-use crate::{Device, Result, Tensor};
+use crate::{DType, Device, Result, Tensor};
 
 pub struct Embedding {
     pub weight: Tensor,
@@ -22,6 +22,12 @@ impl Embedding {
     }
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         self.weight.embedding(ids)
+    }
+    /// The same table converted to `dtype` (a fresh leaf).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        Ok(Embedding {
+            weight: super::cast_param(&self.weight, dtype)?,
+        })
     }
 }
 

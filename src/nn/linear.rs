@@ -2,7 +2,7 @@
 //! U(-1/sqrt(in), 1/sqrt(in)). `x` may have any number of leading dims.
 
 use super::{init, param, Module};
-use crate::{Device, Result, Tensor};
+use crate::{DType, Device, Result, Tensor};
 
 pub struct Linear {
     pub weight: Tensor,
@@ -31,6 +31,13 @@ impl Linear {
     }
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
         Linear { weight, bias }
+    }
+    /// The same layer with its parameters converted to `dtype` (fresh leaves).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        Ok(Linear {
+            weight: super::cast_param(&self.weight, dtype)?,
+            bias: super::cast_opt(&self.bias, dtype)?,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // The transposed weight is a strided view read by the GEMM directly.

@@ -25,7 +25,7 @@ pub use norm::{BatchNorm2d, GroupNorm, LayerNorm};
 pub use positional::{sinusoidal_positions, LearnedPositionalEmbedding};
 pub use transformer::{Activation, Mlp, TransformerBlock};
 
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 
 pub trait Module {
     /// Trainable (or frozen) parameters with their full dotted names.
@@ -120,4 +120,15 @@ pub fn list_buffers<M: Module>(prefix: &str, items: &[M]) -> Vec<(String, Tensor
 /// A leaf that requires grad: how every layer creates its parameters.
 pub(crate) fn param(t: Tensor) -> Result<Tensor> {
     t.requires_grad_()
+}
+
+/// A fresh leaf holding `t`'s values in `dtype` (always a copy, never shared storage), with
+/// `t`'s requires-grad flag: how the layers' `into_dtype` convert their parameters.
+pub(crate) fn cast_param(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let copy = crate::no_grad(|| t.detach().to_dtype(dtype)?.contiguous_copy())?.detach();
+    copy.set_requires_grad(t.requires_grad())?;
+    Ok(copy)
+}
+fn cast_opt(t: &Option<Tensor>, dtype: DType) -> Result<Option<Tensor>> {
+    t.as_ref().map(|t| cast_param(t, dtype)).transpose()
 }

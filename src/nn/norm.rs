@@ -22,6 +22,14 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.layer_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps)
     }
+    /// The same layer with its affine parameters converted to `dtype` (fresh leaves).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: super::cast_opt(&self.weight, dtype)?,
+            bias: super::cast_opt(&self.bias, dtype)?,
+            eps: self.eps,
+        })
+    }
 }
 
 fn affine_params(weight: &Option<Tensor>, bias: &Option<Tensor>) -> Vec<(String, Tensor)> {

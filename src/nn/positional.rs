@@ -4,7 +4,7 @@
 //! `pe[pos, 2i] = sin(pos / 10000^(2i/D))`, `pe[pos, 2i+1] = cos(pos / 10000^(2i/D))`.
 
 use super::{init, param, Module};
-use crate::{Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// The `[len, dim]` sinusoidal table (not a parameter).
 pub fn sinusoidal_positions(len: usize, dim: usize, device: Device) -> Result<Tensor> {
@@ -37,6 +37,12 @@ impl LearnedPositionalEmbedding {
             return Err(Error::msg(format!("LearnedPositionalEmbedding: sequence length {len} exceeds the table's {max} positions")));
         }
         self.weight.narrow(0, 0, len)
+    }
+    /// The same table converted to `dtype` (a fresh leaf).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        Ok(LearnedPositionalEmbedding {
+            weight: super::cast_param(&self.weight, dtype)?,
+        })
     }
 }
 

@@ -10,7 +10,7 @@
 
 use super::{children_parameters, Dropout, LayerNorm, Linear, Module, MultiHeadAttention};
 use crate::ops::AttentionOpts;
-use crate::{Device, Result, Tensor};
+use crate::{DType, Device, Result, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -46,6 +46,14 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2
             .forward(&self.activation.apply(&self.fc1.forward(x)?)?)
+    }
+    /// The same MLP with its parameters converted to `dtype` (fresh leaves).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        Ok(Mlp {
+            fc1: self.fc1.into_dtype(dtype)?,
+            fc2: self.fc2.into_dtype(dtype)?,
+            activation: self.activation,
+        })
     }
 }
 
@@ -109,6 +117,22 @@ impl TransformerBlock {
             norm2: LayerNorm::new(cfg.dim, cfg.norm_eps, device)?,
             mlp: Mlp::new(cfg.dim, hidden, cfg.activation, device)?,
             dropout: Dropout::new(cfg.dropout),
+        })
+    }
+
+    /// The same block with its parameters converted to `dtype` (fresh leaves).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        let cross = match self.cross {
+            Some((norm, attn)) => Some((norm.into_dtype(dtype)?, attn.into_dtype(dtype)?)),
+            None => None,
+        };
+        Ok(TransformerBlock {
+            norm1: self.norm1.into_dtype(dtype)?,
+            attn: self.attn.into_dtype(dtype)?,
+            cross,
+            norm2: self.norm2.into_dtype(dtype)?,
+            mlp: self.mlp.into_dtype(dtype)?,
+            dropout: self.dropout,
         })
     }
 

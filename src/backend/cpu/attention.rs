@@ -132,6 +132,28 @@ fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     acc[0] + tail
 }
 
+/// The sum of `x`, with the same eight-partial-sum scheme as [`dot`].
+#[inline]
+fn sum<T: Float>(x: &[T]) -> T {
+    const L: usize = 8;
+    let c = x.chunks_exact(L);
+    let tail = c.remainder().iter().fold(T::ZERO, |a, &v| a + v);
+    let mut acc = [T::ZERO; L];
+    for x in c {
+        for j in 0..L {
+            acc[j] += x[j];
+        }
+    }
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for j in 0..w {
+            acc[j] += acc[j + w];
+        }
+    }
+    acc[0] + tail
+}
+
 /// `y += a * x`
 #[inline]
 fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
@@ -162,6 +184,7 @@ fn fwd<T: Float>(
             let mut l = vec![T::ZERO; nr];
             let mut acc = vec![T::ZERO; nr * dv];
             let mut s = [T::ZERO; BK];
+            let mut pb = [T::ZERO; BK];
             for kb in (0..tk).step_by(BK) {
                 if p.causal && kb >= i1 {
                     break;
@@ -188,13 +211,18 @@ fn fwd<T: Float>(
                     l[r] *= corr;
                     let acc_r = &mut acc[r * dv..(r + 1) * dv];
                     acc_r.iter_mut().for_each(|a| *a *= corr);
+                    // p = exp(s - m) for the whole block in one flat (vectorized) loop; masked
+                    // scores are -inf, so their p is exactly 0, and they are skipped below.
+                    let nb = j1 - kb;
+                    for (pj, &sj) in pb[..nb].iter_mut().zip(&s[..nb]) {
+                        *pj = (sj - mnew).exp();
+                    }
+                    l[r] += sum(&pb[..nb]);
                     for j in kb..j1 {
                         if s[j - kb] == T::NEG_INFINITY {
                             continue;
                         }
-                        let pj = (s[j - kb] - mnew).exp();
-                        l[r] += pj;
-                        axpy(acc_r, pj, &v[vo + j * dv..vo + (j + 1) * dv]);
+                        axpy(acc_r, pb[j - kb], &v[vo + j * dv..vo + (j + 1) * dv]);
                     }
                     m[r] = mnew;
                 }

@@ -43,7 +43,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $exp:path, $erf:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -59,7 +59,7 @@ macro_rules! impl_float {
             }
             #[inline(always)]
             fn exp(self) -> Self {
-                <$t>::exp(self)
+                $exp(self)
             }
             #[inline(always)]
             fn ln(self) -> Self {
@@ -104,41 +104,112 @@ macro_rules! impl_float {
         }
     };
 }
-impl_float!(f32, erf_f32);
-impl_float!(f64, erf_f64);
+impl_float!(f32, exp_f32, erf_f32);
+impl_float!(f64, f64::exp, erf_f64);
+
+/// e^x for f32 as branch-free arithmetic, so loops calling it auto-vectorize (libm `expf` is
+/// an opaque call per element). Within 2 ulp of the correctly rounded result on [-87.3, 88.7].
+///
+/// Cody-Waite range reduction: `n = round(x / ln 2)`, `r = x - n ln2_hi - n ln2_lo`, so
+/// `|r| <= ln2 / 2` and `e^x = 2^n e^r`. `e^r` is the degree-7 Taylor polynomial (truncation
+/// < 2e-9 relative on that interval, below f32 rounding), by Horner. `2^n` is built by writing
+/// `n + 127` into the exponent field; it is applied as two factors `2^(n/2)`-ish halves
+/// (`n1 = n >> 1`, `n2 = n - n1`) so both stay normal over the whole clamped range.
+/// Overflow and underflow come from clamping `x` to `[-104, 89]` (giving +inf and 0 through
+/// the scaling); NaN propagates through the arithmetic; -inf clamps to -104 and gives 0.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for |n| < 2^9 (LN2_HI has 9 trailing zero bits).
+    const LN2_HI: f32 = 355.0 / 512.0; // 0.693359375
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer (|v| < 2^22).
+    const ROUND: f32 = 12_582_912.0;
+    // `clamp` keeps a NaN (compares are false), which then propagates through the arithmetic.
+    let xc = x.clamp(-104.0, 89.0);
+    let t = xc * LOG2_E + ROUND;
+    let nf = t - ROUND;
+    // n itself sits in the low mantissa bits of `t` (an integer op, unlike a saturating cast).
+    let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = (xc - nf * LN2_HI) - nf * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    let n1 = n >> 1;
+    let n2 = n - n1;
+    let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n2 + 127) as u32) << 23);
+    p * s1 * s2
+}
 
 /// erf(x) for f32 at a fixed cost, evaluated in f64 and rounded: the Taylor series to degree
 /// 25 for |x| < 1 (truncation < 1e-9), Abramowitz & Stegun 7.1.26 beyond (absolute error
-/// < 1.5e-7 where |erf| > 0.84, so relative error < 2e-7).
+/// < 1.5e-7 where |erf| > 0.84, so relative error < 2e-7). Branch-free so that loops over it
+/// vectorize: both forms are computed and one is selected, and `exp(-x^2)` is
+/// [`exp_neg_f64`] rather than a libm call. |x| is clamped to 4 for the second form
+/// (erf(4) rounds to 1 in f32) to keep that exponent in range.
+#[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
     let xd = x as f64;
     let ax = xd.abs();
-    if ax < 1.0 {
-        // sum_n (-1)^n x^(2n+1) / (n! (2n+1)), n = 0..12, by Horner in x^2.
-        const C: [f64; 13] = {
-            let mut c = [0.0; 13];
-            let (mut fact, mut n) = (1.0, 0);
-            while n < 13 {
-                if n > 0 {
-                    fact *= n as f64;
-                }
-                let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
-                c[n] = sign / (fact * (2 * n + 1) as f64);
-                n += 1;
+    // sum_n (-1)^n x^(2n+1) / (n! (2n+1)), n = 0..12, by Horner in x^2.
+    const C: [f64; 13] = {
+        let mut c = [0.0; 13];
+        let (mut fact, mut n) = (1.0, 0);
+        while n < 13 {
+            if n > 0 {
+                fact *= n as f64;
             }
-            c
-        };
-        let x2 = xd * xd;
-        let p = C.iter().rev().fold(0.0, |acc, &c| acc * x2 + c);
-        return (std::f64::consts::FRAC_2_SQRT_PI * xd * p) as f32;
-    }
-    let t = 1.0 / (1.0 + 0.327_591_1 * ax);
+            let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
+            c[n] = sign / (fact * (2 * n + 1) as f64);
+            n += 1;
+        }
+        c
+    };
+    let xs = xd.clamp(-1.0, 1.0);
+    let x2 = xs * xs;
+    // Estrin's scheme (not Horner): a dependency chain of 4 multiply-adds instead of 12, so
+    // the (latency-bound) vectorized loop overlaps more work.
+    let (y, y2) = (x2, x2 * x2);
+    let (y4, y8) = (y2 * y2, y2 * y2 * (y2 * y2));
+    let q = |k: usize| C[k] + C[k + 1] * y;
+    let lo = (q(0) + q(2) * y2) + (q(4) + q(6) * y2) * y4;
+    let hi = (q(8) + q(10) * y2) + C[12] * y4;
+    let p = lo + hi * y8;
+    let small = std::f64::consts::FRAC_2_SQRT_PI * xs * p;
+    let al = ax.clamp(1.0, 4.0);
+    let t = 1.0 / (1.0 + 0.327_591_1 * al);
     let poly = t
         * (0.254_829_592
             + t * (-0.284_496_736
                 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let y = 1.0 - poly * (-ax * ax).exp();
-    y.copysign(xd) as f32
+    let large = (1.0 - poly * exp_neg_f64(al * al)).copysign(xd);
+    (if ax < 1.0 { small } else { large }) as f32
+}
+
+/// e^-y for y in [0, 16], branch-free, relative error < 1e-9 (ample for an f32 erf):
+/// `y = n ln2 + r'` with |r'| <= ln2/2, degree-8 Taylor for e^-r', 2^-n written into the
+/// exponent field.
+#[inline(always)]
+fn exp_neg_f64(y: f64) -> f64 {
+    const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+    let t = y * std::f64::consts::LOG2_E + ROUND;
+    let nf = t - ROUND;
+    let n = t.to_bits() as i64 - ROUND.to_bits() as i64;
+    let r = nf * std::f64::consts::LN_2 - y; // -y + n ln2, |r| <= 0.35
+                                             // Degree-8 Taylor (truncation < 3e-10 relative), by Estrin's scheme for a short chain.
+    let (r2, r4) = (r * r, r * r * r * r);
+    let a0 = 1.0 + r;
+    let a1 = 1.0 / 2.0 + r * (1.0 / 6.0);
+    let a2 = 1.0 / 24.0 + r * (1.0 / 120.0);
+    let a3 = 1.0 / 720.0 + r * (1.0 / 5040.0);
+    let p = (a0 + a1 * r2) + (a2 + a3 * r2) * r4 + (1.0 / 40320.0) * (r4 * r4);
+    p * f64::from_bits(((1023 - n) as u64) << 52)
 }
 
 /// erf(x) to ~1e-15 relative accuracy: a Taylor series near zero and a continued fraction
@@ -191,6 +262,74 @@ pub fn erf_f64(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    /// Distance in units in the last place between two finite f32 (or subnormals).
+    fn ulps(a: f32, b: f32) -> u32 {
+        let key = |v: f32| {
+            let i = v.to_bits() as i32;
+            if i < 0 {
+                i32::MIN - i
+            } else {
+                i
+            }
+        };
+        key(a).abs_diff(key(b))
+    }
+
+    #[test]
+    fn exp_f32_is_within_2_ulp_of_the_correctly_rounded_exp() {
+        let mut worst = (0, 0f32);
+        let mut check = |x: f32| {
+            let (got, want) = (super::exp_f32(x), (x as f64).exp() as f32);
+            let d = ulps(got, want);
+            if d > worst.0 {
+                worst = (d, x);
+            }
+        };
+        // A dense sweep of [-87, 88] (2^22 points) plus every f32 near the edges and zero.
+        let n = 1 << 22;
+        for i in 0..=n {
+            check(-87.0 + 175.0 * (i as f32 / n as f32));
+        }
+        for edge in [-87.33655f32, 0.0, 88.72283] {
+            let mut v = edge;
+            for _ in 0..2000 {
+                v = f32::from_bits(v.to_bits() - 1);
+            }
+            for _ in 0..4000 {
+                check(v);
+                v = f32::from_bits(v.to_bits() + 1);
+            }
+        }
+        for x in [
+            1e-30f32, -1e-30, 1e-7, -1e-7, 0.5, -0.5, 1.0, -1.0, 10.0, -10.0,
+        ] {
+            check(x);
+        }
+        assert!(worst.0 <= 2, "{} ulp at x = {}", worst.0, worst.1);
+    }
+
+    #[test]
+    fn exp_f32_special_values() {
+        use super::exp_f32;
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(89.0), f32::INFINITY);
+        assert_eq!(exp_f32(1000.0), f32::INFINITY);
+        assert_eq!(exp_f32(f32::MAX), f32::INFINITY);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-1000.0), 0.0);
+        assert_eq!(exp_f32(-f32::MAX), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        // Subnormal results stay close to the true value.
+        for x in [-88.0f32, -95.0, -100.0, -103.0] {
+            let (got, want) = (exp_f32(x) as f64, (x as f64).exp());
+            assert!(
+                (got - want).abs() <= 2.0 * f32::from_bits(1) as f64,
+                "{x}: {got} vs {want}"
+            );
+        }
+    }
+
     #[test]
     fn erf_f32_is_close_to_the_precise_erf() {
         let mut worst = 0f64;
@@ -200,6 +339,24 @@ mod tests {
             worst = worst.max((a - b).abs() / b.abs().max(1e-3));
         }
         assert!(worst < 2.5e-7, "worst relative error {worst}");
+    }
+    #[test]
+    fn exp_neg_f64_is_accurate() {
+        for i in 0..=16_000 {
+            let y = i as f64 * 1e-3;
+            let (a, b) = (super::exp_neg_f64(y), (-y).exp());
+            assert!((a - b).abs() <= 1e-9 * b, "exp(-{y}) = {a} vs {b}");
+        }
+    }
+    #[test]
+    fn erf_f32_edges() {
+        use super::erf_f32;
+        assert_eq!(erf_f32(0.0), 0.0);
+        assert_eq!(erf_f32(10.0), 1.0);
+        assert_eq!(erf_f32(-10.0), -1.0);
+        assert_eq!(erf_f32(f32::INFINITY), 1.0);
+        assert_eq!(erf_f32(f32::NEG_INFINITY), -1.0);
+        assert!(erf_f32(f32::NAN).is_nan());
     }
     #[test]
     fn erf_matches_known_values() {

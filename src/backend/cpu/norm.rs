@@ -1,11 +1,17 @@
 //! CPU normalization kernels (math in `backend/norm.rs`).
 //!
 //! Approach: strided inputs are gathered once into contiguous `[N, C, S]` buffers
-//! (`contiguous_cow`, free for contiguous views). Group statistics are computed one statistic
-//! set per Rayon task, over a contiguous run of `(C/G)·S` elements; channel statistics one
-//! channel per task, walking its `N` runs of `S` elements. Statistics are accumulated in f64
-//! with a two-pass (mean, then centred squares) variance, so f32 inputs lose nothing to
-//! cancellation. The weight/bias partial sums of the group backward are produced per task and
+//! (`contiguous_cow`, free for contiguous views). Group statistics (layer norm is one group
+//! with `S = 1`) are computed per row of `(C/G)·S` contiguous elements; batch statistics one
+//! channel per task, over its `N` contiguous runs of `S` elements. Statistics are accumulated
+//! in f64 with a two-pass (mean, then centred squares) variance, so f32 inputs lose nothing to
+//! cancellation; the f64 sums use [`LANES`] independent partial sums (`sum_by`) so they
+//! vectorize. The output passes run in `T` over plain slices: `y = (x - mean)·(rstd·w) + b`
+//! with the scale hoisted per channel (or, when `S = 1`, zipped with the weight row), and an
+//! absent weight/bias replaced by a ones/zeros vector up front rather than tested per element.
+//! Memory traffic: forward reads x twice for the statistics (the row is in cache for the
+//! second pass) and once more for y; backward reads x and dy twice and writes dx once.
+//! The weight/bias partial sums of the group backward are produced per fixed run of rows and
 //! summed in a fixed order afterwards, so results do not depend on the thread count.
 
 use super::{contiguous_cow, CpuStorage, Float};
@@ -46,14 +52,88 @@ macro_rules! dispatch {
     };
 }
 
-/// Mean and biased variance of `n` values given by `at(i)`, two-pass in f64.
-fn mean_var(n: usize, at: impl Fn(usize) -> f64) -> (f64, f64) {
+/// Lanes of the f64 partial sums in [`sum_by`]: enough independent accumulators for LLVM to
+/// keep them in vector registers (a single running f64 sum is a serial dependency it may not
+/// reorder).
+const LANES: usize = 8;
+
+/// `sum_i f(a[i], b[i])` in f64 with [`LANES`] partial sums combined in a fixed order, so the
+/// loop vectorizes and the result depends only on the data (not on the thread count).
+#[inline(always)]
+fn sum_by<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (ca, cb) in ca.zip(cb) {
+        for j in 0..LANES {
+            acc[j] += f(ca[j], cb[j]);
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(&a, &b)| f(a, b)).sum();
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for j in 0..w {
+            acc[j] += acc[j + w];
+        }
+    }
+    acc[0] + tail
+}
+
+/// Mean and biased variance over `runs` (one statistic set split into contiguous slices),
+/// two-pass in f64: the mean, then the centred squares.
+fn mean_var<'a, T: Float>(runs: impl Iterator<Item = &'a [T]> + Clone) -> (f64, f64) {
+    let n: usize = runs.clone().map(<[T]>::len).sum();
     if n == 0 {
         return (f64::NAN, f64::NAN);
     }
-    let mean = (0..n).map(&at).sum::<f64>() / n as f64;
-    let var = (0..n).map(|i| (at(i) - mean).powi(2)).sum::<f64>() / n as f64;
+    let mean = runs
+        .clone()
+        .map(|r| sum_by(r, r, |v, _| v.to_f64()))
+        .sum::<f64>()
+        / n as f64;
+    let var = runs
+        .map(|r| {
+            sum_by(r, r, |v, _| {
+                let c = v.to_f64() - mean;
+                c * c
+            })
+        })
+        .sum::<f64>()
+        / n as f64;
     (mean, var)
+}
+
+/// The weight, or ones when there is none (one multiply per element is cheaper than an
+/// `Option` test inside every inner loop, and `x * 1` is exact).
+fn or_fill<'a, T: Float>(p: Option<&'a [T]>, c: usize, fill: T, buf: &'a mut Vec<T>) -> &'a [T] {
+    match p {
+        Some(p) => p,
+        None => {
+            *buf = vec![fill; c];
+            buf
+        }
+    }
+}
+
+/// `y = (x - mu) * (rs * w[c]) + b[c]` over `cg` channels of `s` contiguous elements each,
+/// in `T`. With `s == 1` (layer norm) the channel varies per element, so that case gets its
+/// own flat loop; otherwise scale and shift are hoisted per channel.
+#[inline(always)]
+fn affine_rows<T: Float>(x: &[T], y: &mut [T], s: usize, mu: T, rs: T, w: &[T], b: &[T]) {
+    if s == 1 {
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mu) * (rs * w) + b;
+        }
+        return;
+    }
+    for (((y, x), &w), &b) in y.chunks_exact_mut(s).zip(x.chunks_exact(s)).zip(w).zip(b) {
+        let scale = rs * w;
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = (x - mu) * scale + b;
+        }
+    }
 }
 
 type Three<T> = (Vec<T>, Vec<T>, Vec<T>);
@@ -97,28 +177,31 @@ fn group_fwd<T: Float>(
     if m == 0 {
         return (y, mean, rstd);
     }
+    let (mut wbuf, mut bbuf) = (Vec::new(), Vec::new());
+    let w = or_fill(w, d.c, T::ONE, &mut wbuf);
+    let b = or_fill(b, d.c, T::ZERO, &mut bbuf);
     y.par_chunks_mut(m)
+        .zip(x.par_chunks(m))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .enumerate()
-        .for_each(|(r, (yr, (mu, rs)))| {
-            let xr = &x[r * m..(r + 1) * m];
-            let (mf, var) = mean_var(m, |i| xr[i].to_f64());
-            let rf = 1.0 / (var + eps).sqrt();
-            let c0 = (r % groups) * cg;
-            for ci in 0..cg {
-                let c = c0 + ci;
-                let wc = w.map_or(1.0, |w| w[c].to_f64());
-                let bc = b.map_or(0.0, |b| b[c].to_f64());
-                for si in 0..d.s {
-                    let i = ci * d.s + si;
-                    yr[i] = T::from_f64((xr[i].to_f64() - mf) * rf * wc + bc);
-                }
-            }
+        .with_min_len((PAR_ROW_ELEMS / m).max(1))
+        .for_each(|(r, ((yr, xr), (mu, rs)))| {
+            let (mf, var) = mean_var(std::iter::once(xr));
             *mu = T::from_f64(mf);
-            *rs = T::from_f64(rf);
+            *rs = T::from_f64(1.0 / (var + eps).sqrt());
+            let c0 = (r % groups) * cg;
+            let (wg, bg) = (&w[c0..c0 + cg], &b[c0..c0 + cg]);
+            affine_rows(xr, yr, d.s, *mu, *rs, wg, bg);
         });
     (y, mean, rstd)
 }
+
+/// Statistic rows per task of the group backward. Fixed (not derived from the thread count)
+/// so the order of the weight/bias partial sums, hence the result, is too.
+const BWD_ROWS_PER_TASK: usize = 64;
+
+/// Elements below which consecutive rows share one Rayon task.
+const PAR_ROW_ELEMS: usize = 4096;
 
 #[allow(clippy::too_many_arguments)]
 fn group_bwd<T: Float>(
@@ -130,57 +213,80 @@ fn group_bwd<T: Float>(
     groups: usize,
     w: Option<&[T]>,
 ) -> Three<T> {
-    let cg = d.c / groups;
-    let m = cg * d.s;
+    let (cg, s) = (d.c / groups, d.s);
+    let m = cg * s;
     let mut dx = vec![T::ZERO; x.len()];
     let mut dw = vec![0.0f64; d.c];
     let mut db = vec![0.0f64; d.c];
     if m > 0 {
-        // Per statistic set: dx, and this set's partial sums for dw and db (cg channels each).
+        let mut wbuf = Vec::new();
+        let w = or_fill(w, d.c, T::ONE, &mut wbuf);
+        let rows_per_task = BWD_ROWS_PER_TASK;
+        // Per task (a fixed run of statistic rows): dx, and partial sums for dw and db over
+        // all channels, accumulated in f64.
         let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
-            .par_chunks_mut(m)
+            .par_chunks_mut(m * rows_per_task)
             .enumerate()
-            .map(|(r, dxr)| {
-                let (xr, dyr) = (&x[r * m..(r + 1) * m], &dy[r * m..(r + 1) * m]);
-                let (mu, rs) = (mean[r].to_f64(), rstd[r].to_f64());
-                let c0 = (r % groups) * cg;
-                let wc = |ci: usize| w.map_or(1.0, |w| w[c0 + ci].to_f64());
-                let (mut sum_g, mut sum_gx) = (0.0, 0.0);
-                let (mut pw, mut pb) = (vec![0.0; cg], vec![0.0; cg]);
-                for ci in 0..cg {
-                    let wv = wc(ci);
-                    for si in 0..d.s {
-                        let i = ci * d.s + si;
-                        let xhat = (xr[i].to_f64() - mu) * rs;
-                        let g = dyr[i].to_f64();
-                        pw[ci] += g * xhat;
-                        pb[ci] += g;
-                        sum_g += g * wv;
-                        sum_gx += g * wv * xhat;
+            .map(|(t, dxt)| {
+                let (mut pw, mut pb) = (vec![0.0f64; d.c], vec![0.0f64; d.c]);
+                // g * w[c] for the current row, in T.
+                let mut gw = vec![T::ZERO; m];
+                for (k, dxr) in dxt.chunks_exact_mut(m).enumerate() {
+                    let r = t * rows_per_task + k;
+                    let (xr, dyr) = (&x[r * m..(r + 1) * m], &dy[r * m..(r + 1) * m]);
+                    let (mu, rs) = (mean[r], rstd[r]);
+                    let c0 = (r % groups) * cg;
+                    let (wg, pw, pb) =
+                        (&w[c0..c0 + cg], &mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
+                    let xhat = |x: T| ((x - mu) * rs).to_f64();
+                    if s == 1 {
+                        for ((((gw, &g), &wv), &xv), (pw, pb)) in gw
+                            .iter_mut()
+                            .zip(dyr)
+                            .zip(wg)
+                            .zip(xr)
+                            .zip(pw.iter_mut().zip(pb.iter_mut()))
+                        {
+                            *gw = g * wv;
+                            *pw += g.to_f64() * xhat(xv);
+                            *pb += g.to_f64();
+                        }
+                    } else {
+                        for ((((gw, g), xc), &wv), (pw, pb)) in gw
+                            .chunks_exact_mut(s)
+                            .zip(dyr.chunks_exact(s))
+                            .zip(xr.chunks_exact(s))
+                            .zip(wg)
+                            .zip(pw.iter_mut().zip(pb.iter_mut()))
+                        {
+                            gw.iter_mut().zip(g).for_each(|(o, &g)| *o = g * wv);
+                            *pw += sum_by(g, xc, |g, x| g.to_f64() * xhat(x));
+                            *pb += sum_by(g, g, |g, _| g.to_f64());
+                        }
                     }
-                }
-                let (a, bb) = (sum_g / m as f64, sum_gx / m as f64);
-                for ci in 0..cg {
-                    let wv = wc(ci);
-                    for si in 0..d.s {
-                        let i = ci * d.s + si;
-                        let xhat = (xr[i].to_f64() - mu) * rs;
-                        dxr[i] = T::from_f64(rs * (dyr[i].to_f64() * wv - a - xhat * bb));
+                    let a = sum_by(&gw, &gw, |v, _| v.to_f64()) / m as f64;
+                    let bb = sum_by(&gw, xr, |v, x| v.to_f64() * xhat(x)) / m as f64;
+                    let (a, bb) = (T::from_f64(a), T::from_f64(bb));
+                    for ((o, &gw), &xv) in dxr.iter_mut().zip(&gw).zip(xr) {
+                        *o = rs * (gw - a - (xv - mu) * rs * bb);
                     }
                 }
                 (pw, pb)
             })
             .collect();
-        for (r, (pw, pb)) in partials.iter().enumerate() {
-            let c0 = (r % groups) * cg;
-            for ci in 0..cg {
-                dw[c0 + ci] += pw[ci];
-                db[c0 + ci] += pb[ci];
-            }
+        for (pw, pb) in &partials {
+            dw.iter_mut().zip(pw).for_each(|(o, &p)| *o += p);
+            db.iter_mut().zip(pb).for_each(|(o, &p)| *o += p);
         }
     }
     let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect();
     (dx, cast(dw), cast(db))
+}
+
+/// The `N` contiguous runs of `S` elements that make up channel `ch` of an `[N, C, S]` buffer.
+fn channel_runs<T>(x: &[T], d: NormDims, ch: usize) -> impl Iterator<Item = &[T]> + Clone {
+    let (c, s) = (d.c, d.s);
+    (0..d.n).map(move |ni| &x[(ni * c + ch) * s..(ni * c + ch + 1) * s])
 }
 
 fn batch_fwd<T: Float>(
@@ -191,31 +297,38 @@ fn batch_fwd<T: Float>(
     b: Option<&[T]>,
     eps: f64,
 ) -> Three<T> {
-    let (n, c, s) = (d.n, d.c, d.s);
+    let (c, s) = (d.c, d.s);
     let stats: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| match running {
             Some((rm, rv)) => (rm[ch].to_f64(), 1.0 / (rv[ch].to_f64() + eps).sqrt()),
             None => {
-                let (mu, var) = mean_var(n * s, |i| x[((i / s) * c + ch) * s + i % s].to_f64());
+                let (mu, var) = mean_var(channel_runs(x, d, ch));
                 (mu, 1.0 / (var + eps).sqrt())
             }
         })
         .collect();
+    let mean: Vec<T> = stats.iter().map(|p| T::from_f64(p.0)).collect();
+    let rstd: Vec<T> = stats.iter().map(|p| T::from_f64(p.1)).collect();
+    let (mut wbuf, mut bbuf) = (Vec::new(), Vec::new());
+    let w = or_fill(w, c, T::ONE, &mut wbuf);
+    let b = or_fill(b, c, T::ZERO, &mut bbuf);
     let mut y = vec![T::ZERO; x.len()];
     if s > 0 {
-        y.par_chunks_mut(s).enumerate().for_each(|(k, yr)| {
-            let ch = k % c;
-            let (mu, rs) = stats[ch];
-            let wc = w.map_or(1.0, |w| w[ch].to_f64());
-            let bc = b.map_or(0.0, |b| b[ch].to_f64());
-            for (si, yv) in yr.iter_mut().enumerate() {
-                *yv = T::from_f64((x[k * s + si].to_f64() - mu) * rs * wc + bc);
-            }
-        });
+        // One `[C, S]` sample per item: each channel is a contiguous run of `S` elements.
+        y.par_chunks_mut(c * s)
+            .zip(x.par_chunks(c * s))
+            .with_min_len((PAR_ROW_ELEMS / (c * s)).max(1))
+            .for_each(|(ys, xs)| {
+                for (ch, (yr, xr)) in ys.chunks_exact_mut(s).zip(xs.chunks_exact(s)).enumerate() {
+                    let scale = rstd[ch] * w[ch];
+                    let (mu, bc) = (mean[ch], b[ch]);
+                    for (y, &x) in yr.iter_mut().zip(xr) {
+                        *y = (x - mu) * scale + bc;
+                    }
+                }
+            });
     }
-    let mean = stats.iter().map(|p| T::from_f64(p.0)).collect();
-    let rstd = stats.iter().map(|p| T::from_f64(p.1)).collect();
     (y, mean, rstd)
 }
 
@@ -231,40 +344,54 @@ fn batch_bwd<T: Float>(
 ) -> Three<T> {
     let (n, c, s) = (d.n, d.c, d.s);
     let m = n * s;
-    // Per channel: (sum dy, sum dy * xhat).
+    // Per channel: (sum dy, sum dy * xhat), in f64.
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mu, rs) = (mean[ch].to_f64(), rstd[ch].to_f64());
-            let (mut sg, mut sgx) = (0.0, 0.0);
-            for ni in 0..n {
-                let base = (ni * c + ch) * s;
-                for i in base..base + s {
-                    let g = dy[i].to_f64();
-                    sg += g;
-                    sgx += g * (x[i].to_f64() - mu) * rs;
-                }
-            }
-            (sg, sgx)
+            let (mu, rs) = (mean[ch], rstd[ch]);
+            channel_runs(x, d, ch).zip(channel_runs(dy, d, ch)).fold(
+                (0.0, 0.0),
+                |(sg, sgx), (xr, gr)| {
+                    (
+                        sg + sum_by(gr, gr, |g, _| g.to_f64()),
+                        sgx + sum_by(gr, xr, |g, x| g.to_f64() * ((x - mu) * rs).to_f64()),
+                    )
+                },
+            )
+        })
+        .collect();
+    let mut wbuf = Vec::new();
+    let w = or_fill(w, c, T::ONE, &mut wbuf);
+    // Per channel: dx = k * (dy - a - (x - mu) * rs * bb) with k = w * rs.
+    let coef: Vec<(T, T, T)> = sums
+        .iter()
+        .enumerate()
+        .map(|(ch, &(sg, sgx))| {
+            let (a, bb) = if batch_stats {
+                (sg / m as f64, sgx / m as f64)
+            } else {
+                (0.0, 0.0)
+            };
+            (w[ch] * rstd[ch], T::from_f64(a), T::from_f64(bb))
         })
         .collect();
     let mut dx = vec![T::ZERO; x.len()];
     if s > 0 {
-        dx.par_chunks_mut(s).enumerate().for_each(|(k, dxr)| {
-            let ch = k % c;
-            let (mu, rs) = (mean[ch].to_f64(), rstd[ch].to_f64());
-            let wc = w.map_or(1.0, |w| w[ch].to_f64());
-            let (a, bb) = if batch_stats {
-                (sums[ch].0 / m as f64, sums[ch].1 / m as f64)
-            } else {
-                (0.0, 0.0)
-            };
-            for (si, dv) in dxr.iter_mut().enumerate() {
-                let i = k * s + si;
-                let xhat = (x[i].to_f64() - mu) * rs;
-                *dv = T::from_f64(wc * rs * (dy[i].to_f64() - a - xhat * bb));
-            }
-        });
+        dx.par_chunks_mut(c * s)
+            .zip(x.par_chunks(c * s).zip(dy.par_chunks(c * s)))
+            .with_min_len((PAR_ROW_ELEMS / (c * s)).max(1))
+            .for_each(|(dxs, (xs, gs))| {
+                let runs = dxs
+                    .chunks_exact_mut(s)
+                    .zip(xs.chunks_exact(s).zip(gs.chunks_exact(s)));
+                for (ch, (dxr, (xr, gr))) in runs.enumerate() {
+                    let (k, a, bb) = coef[ch];
+                    let (mu, rsb) = (mean[ch], rstd[ch] * bb);
+                    for ((o, &xv), &g) in dxr.iter_mut().zip(xr).zip(gr) {
+                        *o = k * (g - a - (xv - mu) * rsb);
+                    }
+                }
+            });
     }
     let dw = sums.iter().map(|p| T::from_f64(p.1)).collect();
     let db = sums.iter().map(|p| T::from_f64(p.0)).collect();

@@ -10,10 +10,11 @@
 //! block) accumulates dQ, one per (batch·head, key block) accumulates dK and dV
 //! (FlashAttention-2's split, trading one extra recomputation of the scores for no atomics).
 //! Per-task results are concatenated in a fixed order: deterministic for any thread count.
-//! The q·k and dO·v dot products use eight partial sums (`dot`) and p·v is an axpy over the
+//! The q·k and dO·v dot products use eight partial sums (`lanes::dot`) and p·v is an axpy over the
 //! contiguous value row, so both inner loops vectorize; f32 `exp` is the branch-free one of
 //! `float.rs`.
 
+use super::lanes::{dot, sum};
 use super::{contiguous_cow, CpuStorage, Float};
 use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams};
 use crate::backend::BackendStorage;
@@ -102,56 +103,6 @@ fn masks_of<'a>(m: &'a [AttnMask<CpuStorage>], causal: bool, h: usize) -> Result
         })
         .collect::<Result<_>>()?;
     Ok(Masks { list, causal, h })
-}
-
-#[inline]
-fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    // Eight independent partial sums, combined pairwise in a fixed order: a single running
-    // sum is a serial chain the compiler may not reorder, which kept q·k scalar (it was the
-    // top cost of the forward under `perf`).
-    const L: usize = 8;
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .fold(T::ZERO, |acc, (&x, &y)| x.mul_add(y, acc));
-    let mut acc = [T::ZERO; L];
-    for (x, y) in ca.zip(cb) {
-        for j in 0..L {
-            acc[j] = x[j].mul_add(y[j], acc[j]);
-        }
-    }
-    let mut w = L;
-    while w > 1 {
-        w /= 2;
-        for j in 0..w {
-            acc[j] += acc[j + w];
-        }
-    }
-    acc[0] + tail
-}
-
-/// The sum of `x`, with the same eight-partial-sum scheme as [`dot`].
-#[inline]
-fn sum<T: Float>(x: &[T]) -> T {
-    const L: usize = 8;
-    let c = x.chunks_exact(L);
-    let tail = c.remainder().iter().fold(T::ZERO, |a, &v| a + v);
-    let mut acc = [T::ZERO; L];
-    for x in c {
-        for j in 0..L {
-            acc[j] += x[j];
-        }
-    }
-    let mut w = L;
-    while w > 1 {
-        w /= 2;
-        for j in 0..w {
-            acc[j] += acc[j + w];
-        }
-    }
-    acc[0] + tail
 }
 
 /// `y += a * x`

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod float;
 pub mod index;
+pub(crate) mod lanes;
 pub mod loss;
 pub mod matmul;
 pub mod norm;

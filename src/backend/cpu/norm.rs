@@ -5,7 +5,7 @@
 //! with `S = 1`) are computed per row of `(C/G)·S` contiguous elements; batch statistics one
 //! channel per task, over its `N` contiguous runs of `S` elements. Statistics are accumulated
 //! in f64 with a two-pass (mean, then centred squares) variance, so f32 inputs lose nothing to
-//! cancellation; the f64 sums use [`LANES`] independent partial sums (`sum_by`) so they
+//! cancellation; the f64 sums go through `lanes::sum_by` (independent partial sums) so they
 //! vectorize. The output passes run in `T` over plain slices: `y = (x - mean)·(rstd·w) + b`
 //! with the scale hoisted per channel (or, when `S = 1`, zipped with the weight row), and an
 //! absent weight/bias replaced by a ones/zeros vector up front rather than tested per element.
@@ -14,6 +14,7 @@
 //! The weight/bias partial sums of the group backward are produced per fixed run of rows and
 //! summed in a fixed order afterwards, so results do not depend on the thread count.
 
+use super::lanes::sum_by;
 use super::{contiguous_cow, CpuStorage, Float};
 use crate::backend::norm::{NormBackend, NormDims, Param};
 use crate::backend::BackendStorage;
@@ -50,35 +51,6 @@ macro_rules! dispatch {
             }
         }
     };
-}
-
-/// Lanes of the f64 partial sums in [`sum_by`]: enough independent accumulators for LLVM to
-/// keep them in vector registers (a single running f64 sum is a serial dependency it may not
-/// reorder).
-const LANES: usize = 8;
-
-/// `sum_i f(a[i], b[i])` in f64 with [`LANES`] partial sums combined in a fixed order, so the
-/// loop vectorizes and the result depends only on the data (not on the thread count).
-#[inline(always)]
-fn sum_by<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f64; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (ca, cb) in ca.zip(cb) {
-        for j in 0..LANES {
-            acc[j] += f(ca[j], cb[j]);
-        }
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(&a, &b)| f(a, b)).sum();
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for j in 0..w {
-            acc[j] += acc[j + w];
-        }
-    }
-    acc[0] + tail
 }
 
 /// Mean and biased variance over `runs` (one statistic set split into contiguous slices),

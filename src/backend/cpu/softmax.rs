@@ -5,11 +5,12 @@
 //! elements is independent, so slabs run in parallel. Within a slab the reductions run over the
 //! `n` rows for all `inner` columns at once (contiguous inner loops the compiler vectorizes);
 //! when `dim` is the last dimension (`inner == 1`) a slab is one row, whose reductions (max,
-//! sum) use [`LANES`] independent accumulators so they vectorize too. One pass finds the max,
+//! sum) go through `lanes::map_reduce` (independent accumulators) so they vectorize too. One pass finds the max,
 //! one writes `exp(x - max)` (the branch-free f32 `exp` of `float.rs`, which vectorizes), one
 //! sums it, one normalizes; a row is 2 KiB at `n = 512`, so all but the first stay in L1.
 //! Memory traffic: x read once from memory, y written once.
 
+use super::lanes::map_reduce;
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
 use crate::tensor::Layout;
@@ -38,42 +39,16 @@ fn nan_max<T: Float>(m: T, v: T) -> T {
     }
 }
 
-/// Independent partial results for [`lanes_reduce`]: enough for two SIMD registers of f32.
-const LANES: usize = 8;
-
-/// Folds `x` with `f` through [`LANES`] independent accumulators combined pairwise at the end.
-/// The compiler may not reorder a single floating-point fold, so this is what lets the
-/// reduction vectorize; the combination order is fixed, so the result is deterministic.
-#[inline(always)]
-fn lanes_reduce<T: Float>(x: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
-    let mut acc = [init; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for j in 0..LANES {
-            acc[j] = f(acc[j], c[j]);
-        }
-    }
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for j in 0..w {
-            acc[j] = f(acc[j], acc[j + w]);
-        }
-    }
-    tail.iter().fold(acc[0], |a, &v| f(a, v))
-}
-
 /// One slab `[n, inner]` of the forward: `x` in, `y` out.
 fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [T], inner: usize) {
     if inner == 1 {
         // Three separate flat loops (max, exp, sum) so each vectorizes: a running sum fused
         // into the exp loop would be a serial dependency that keeps the whole loop scalar.
-        let max = lanes_reduce(x, T::NEG_INFINITY, nan_max);
+        let max = map_reduce(x, T::NEG_INFINITY, |v| v, nan_max);
         for (o, &v) in y.iter_mut().zip(x) {
             *o = (v - max).exp();
         }
-        let sum = lanes_reduce(y, T::ZERO, |a, b| a + b);
+        let sum = map_reduce(y, T::ZERO, |v| v, |a, b| a + b);
         match kind {
             SoftmaxKind::Softmax => {
                 let inv = T::ONE / sum;
@@ -129,15 +104,15 @@ fn backward_slab<T: Float>(kind: SoftmaxKind, y: &[T], dy: &[T], dx: &mut [T], i
         SoftmaxKind::LogSoftmax => dy - y.exp() * s,
     };
     if inner == 1 {
-        // One row: flat loops, the sum through `lanes_reduce` (dx doubles as scratch).
+        // One row: flat loops, the sum through `map_reduce` (dx doubles as scratch).
         let s = match kind {
             SoftmaxKind::Softmax => {
                 dx.iter_mut()
                     .zip(y.iter().zip(dy))
                     .for_each(|(o, (&y, &d))| *o = d * y);
-                lanes_reduce(dx, T::ZERO, |a, b| a + b)
+                map_reduce(dx, T::ZERO, |v| v, |a, b| a + b)
             }
-            SoftmaxKind::LogSoftmax => lanes_reduce(dy, T::ZERO, |a, b| a + b),
+            SoftmaxKind::LogSoftmax => map_reduce(dy, T::ZERO, |v| v, |a, b| a + b),
         };
         match kind {
             SoftmaxKind::Softmax => dx

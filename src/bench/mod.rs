@@ -84,6 +84,8 @@ pub struct Measurement {
     /// The sizes that define the case (`m`, `n`, `k` for GEMM, ...), as the reference reads them.
     pub sizes: Map<String, Value>,
     pub ms: f64,
+    /// The fastest repetition (less sensitive than the median to a busy machine).
+    pub min_ms: f64,
     pub reps: usize,
     pub unit: Unit,
     /// Work per run: FLOPs, bytes, or 1 step.
@@ -113,6 +115,7 @@ impl Measurement {
             o.insert(k.clone(), v.clone());
         }
         o.insert("ms".into(), json!(round(self.ms, 4)));
+        o.insert("min_ms".into(), json!(round(self.min_ms, 4)));
         o.insert("reps".into(), json!(self.reps));
         o.insert(self.unit.json_key().into(), json!(round(self.rate(), 3)));
         if let Some(c) = self.ceiling {
@@ -150,7 +153,7 @@ fn round(x: f64, digits: i32) -> f64 {
 pub fn time_case(
     opts: &BenchOptions,
     mut f: impl FnMut() -> Result<()>,
-) -> Result<(f64, usize, usize)> {
+) -> Result<(f64, f64, usize, usize)> {
     f()?;
     cpu::reset_peak_bytes();
     let mut times = Vec::new();
@@ -161,7 +164,12 @@ pub fn time_case(
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    Ok((times[times.len() / 2], times.len(), cpu::peak_bytes()))
+    Ok((
+        times[times.len() / 2],
+        times[0],
+        times.len(),
+        cpu::peak_bytes(),
+    ))
 }
 
 /// A case before it is measured: its name, sizes, unit and work, and the closure to time.
@@ -185,12 +193,13 @@ pub fn measure(
             return Ok(None);
         }
     }
-    let (ms, reps, peak_bytes) = time_case(opts, &mut case.run)?;
+    let (ms, min_ms, reps, peak_bytes) = time_case(opts, &mut case.run)?;
     Ok(Some(Measurement {
         suite,
         case: case.name,
         sizes: case.sizes,
         ms,
+        min_ms,
         reps,
         unit: case.unit,
         work: case.work,

@@ -4,6 +4,7 @@
 
 use super::{resolve_device, DeviceArg};
 use clap::{Args, ValueEnum};
+use std::io::Write;
 use std::time::Duration;
 use tessera::bench::{run_suite, BenchOptions, SUITES};
 
@@ -61,10 +62,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     for suite in suites {
         run_suite(suite, &opts, &mut |m| {
-            if a.json {
-                println!("{}", m.to_json(device));
+            let line = if a.json {
+                m.to_json(device).to_string()
             } else {
-                println!("{}", m.to_line());
+                m.to_line()
+            };
+            // A closed pipe (`tessera bench | head`) ends the run quietly instead of panicking.
+            if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+                std::process::exit(0);
             }
         })?;
     }

@@ -28,7 +28,12 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
         if causal {
             fwd_flops /= 2.0;
         }
+        let mask = if causal { "causal" } else { "full" };
         for pass in ["forward", "forward_backward"] {
+            let name = format!("sdpa_b{b}h{h}_t{t}_d{d}_{mask}_{pass}");
+            if !opts.wants(&name) {
+                continue;
+            }
             let seed = 500 + 4 * i as u64;
             let q = randn(&[b, h, t, d], seed, opts.device)?;
             let k = randn(&[b, h, t, d], seed + 1, opts.device)?;
@@ -44,9 +49,8 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
                 causal,
                 ..Default::default()
             };
-            let mask = if causal { "causal" } else { "full" };
             let case = Case {
-                name: format!("sdpa_b{b}h{h}_t{t}_d{d}_{mask}_{pass}"),
+                name,
                 sizes: sizes(&[
                     ("pass", json!(pass)),
                     ("batch", json!(b)),

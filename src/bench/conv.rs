@@ -60,6 +60,9 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
         );
         let fwd_flops = 2.0 * (n * co * ho * wo * ci * kk * kk) as f64;
         for pass in ["forward", "forward_backward"] {
+            if !opts.wants(&format!("{name}_{pass}")) {
+                continue;
+            }
             let seed = 300 + 4 * i as u64;
             let x = randn(&[n, ci, h, w], seed, opts.device)?;
             let wt = randn(&[co, ci, kk, kk], seed + 1, opts.device)?.affine(0.05, 0.0)?;

@@ -29,6 +29,9 @@ fn cases() -> Vec<(String, usize, usize, usize, usize, bool)> {
 pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<()> {
     let peak = ceiling::fma_peak_gflops();
     for (i, (name, batch, m, k, n, bt)) in cases().into_iter().enumerate() {
+        if !opts.wants(&name) {
+            continue;
+        }
         let seed = 100 + 2 * i as u64;
         let a_dims = if batch > 1 {
             vec![batch, m, k]

@@ -181,6 +181,13 @@ pub struct Case<'a> {
     pub run: Box<dyn FnMut() -> Result<()> + 'a>,
 }
 
+impl BenchOptions {
+    /// Whether the filter keeps the case `name` (check before building its inputs).
+    pub fn wants(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+}
+
 /// Measures `case` unless the filter excludes it.
 pub fn measure(
     suite: &'static str,
@@ -188,10 +195,8 @@ pub fn measure(
     ceiling: Option<f64>,
     mut case: Case<'_>,
 ) -> Result<Option<Measurement>> {
-    if let Some(f) = &opts.filter {
-        if !case.name.contains(f.as_str()) {
-            return Ok(None);
-        }
+    if !opts.wants(&case.name) {
+        return Ok(None);
     }
     let (ms, min_ms, reps, peak_bytes) = time_case(opts, &mut case.run)?;
     Ok(Some(Measurement {

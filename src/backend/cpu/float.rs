@@ -39,6 +39,9 @@ pub trait Float:
     /// (the portable x86-64 baseline) that is a call into software libm, ~20x slower. Fused
     /// multiply-adds come from the runtime-dispatched SIMD kernels instead.
     fn mul_add(self, a: Self, b: Self) -> Self;
+    /// `self * a + b` with one rounding (a hardware FMA). Only for code compiled with the
+    /// `fma` target feature (the runtime-dispatched kernels): elsewhere it is a libm call.
+    fn fused_mul_add(self, a: Self, b: Self) -> Self;
     fn is_nan(self) -> bool;
 }
 
@@ -96,6 +99,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {
                 self * a + b
+            }
+            #[inline(always)]
+            fn fused_mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
             #[inline(always)]
             fn is_nan(self) -> bool {

@@ -12,11 +12,13 @@
 //!     for each (MR x NR) tile: micro-kernel, KC rank-1 updates into MR*NR register accumulators,
 //!                              then C_tile += acc
 //! ```
-//! The micro-kernel is plain Rust over fixed-size arrays (`[[T; NR]; MR]`), which LLVM turns into
-//! vector FMAs. It is compiled three times: for AVX-512F, for AVX2+FMA (each via
-//! `#[target_feature]`, chosen at run time with `is_x86_feature_detected!`), and portably
-//! (mul + add, no FMA call). Tile sizes (MR x NR), each checked in the disassembly to become
-//! all-vector FMAs: f32 AVX2 6x16, AVX-512 12x16; f64 AVX2 4x8, AVX-512 8x16; portable 4x8.
+//! Micro-kernels (the [`Micro`] trait), chosen at run time with `is_x86_feature_detected!`:
+//! - f32 on AVX-512: 12 x 32 written with intrinsics (24 zmm accumulators; two loads of B and
+//!   12 broadcasts of A per 24 FMAs). LLVM does not keep a `[[f32; 32]; 12]` array in registers
+//!   (it compiled to scalar code, ~3 GFLOP/s), hence the intrinsics.
+//! - everything else: plain Rust over fixed-size arrays (`[[T; NR]; MR]`), which LLVM turns into
+//!   vector FMAs when inlined into a `#[target_feature]` function: f32 AVX2 6x16; f64 AVX2 4x8,
+//!   AVX-512 8x16; portable 4x8 (mul + add, no FMA call), each checked in the disassembly.
 //! When M < 4 the packing is skipped and B's rows stream straight into C's.
 //!
 //! Determinism: each C element is `((0 + blk_0) + blk_1) + ...` over fixed `KC` blocks, each
@@ -111,6 +113,27 @@ fn pack_b<T: Float, const NR: usize>(
     }
 }
 
+/// A register-tile micro-kernel: `C[0..mr, 0..nr] += sum_kk a[kk] (x) b[kk]` over packed
+/// `MR`-row and `NR`-column panels of depth `kc`; `c` rows are `ldc` apart.
+trait Micro<T> {
+    /// # Safety
+    /// The CPU must have the instruction set the implementation is compiled for.
+    unsafe fn tile(kc: usize, a: &[T], b: &[T], c: &mut [T], ldc: usize, mr: usize, nr: usize);
+}
+
+/// The portable micro-kernel over fixed-size arrays, which LLVM vectorizes for the target
+/// features of the function it is inlined into (`FMA`: fused multiply-adds, only under `fma`).
+struct ArrayMicro<const MR: usize, const NR: usize, const FMA: bool>;
+
+impl<T: Float, const MR: usize, const NR: usize, const FMA: bool> Micro<T>
+    for ArrayMicro<MR, NR, FMA>
+{
+    #[inline(always)]
+    unsafe fn tile(kc: usize, a: &[T], b: &[T], c: &mut [T], ldc: usize, mr: usize, nr: usize) {
+        micro::<T, MR, NR, FMA>(kc, a, b, c, ldc, mr, nr)
+    }
+}
+
 /// `C[0..mr, 0..nr] += sum_kk a[kk] (x) b[kk]` over packed panels; `c` rows `ldc` apart.
 #[inline(always)]
 fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
@@ -130,7 +153,7 @@ fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
             let x = av[r];
             for j in 0..NR {
                 acc[r][j] = if FMA {
-                    x.mul_add(bv[j], acc[r][j])
+                    x.fused_mul_add(bv[j], acc[r][j])
                 } else {
                     acc[r][j] + x * bv[j]
                 };
@@ -148,7 +171,7 @@ fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
 /// One task: rows `i0..i0+mc` of batch `bi`, all of N, into `c` (`mc x n`, contiguous).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn row_block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
+fn row_block<T: Float, const MR: usize, const NR: usize, const FMA: bool, K: Micro<T>>(
     a: &[T],
     oa: Operand,
     b: &[T],
@@ -171,7 +194,7 @@ fn row_block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
                 let brow = &b[bbase + kk * ob.s0..bbase + kk * ob.s0 + n];
                 for (o, &bv) in crow.iter_mut().zip(brow) {
                     *o = if FMA {
-                        av.mul_add(bv, *o)
+                        av.fused_mul_add(bv, *o)
                     } else {
                         *o + av * bv
                     };
@@ -212,7 +235,8 @@ fn row_block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
                     let ap = &apack[iq * kc * MR..(iq + 1) * kc * MR];
                     let mr = MR.min(mc - iq * MR);
                     let cstart = iq * MR * n + jc + jq * NR;
-                    micro::<T, MR, NR, FMA>(kc, ap, bp, &mut c[cstart..], n, mr, nr);
+                    // SAFETY: `K` was chosen for an instruction set this CPU has (see tiles_fn!).
+                    unsafe { K::tile(kc, ap, bp, &mut c[cstart..], n, mr, nr) };
                 }
             }
         }
@@ -233,7 +257,104 @@ fn row_block_avx512<T: Float, const MR: usize, const NR: usize>(
     n: usize,
     c: &mut [T],
 ) {
-    row_block::<T, MR, NR, true>(a, oa, b, ob, bi, i0, k, n, c)
+    row_block::<T, MR, NR, true, ArrayMicro<MR, NR, true>>(a, oa, b, ob, bi, i0, k, n, c)
+}
+
+/// The f32 AVX-512 path: 12 x 32 tiles by [`Avx512F32`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn row_block_avx512_f32(
+    a: &[f32],
+    oa: Operand,
+    b: &[f32],
+    ob: Operand,
+    bi: usize,
+    i0: usize,
+    k: usize,
+    n: usize,
+    c: &mut [f32],
+) {
+    row_block::<f32, 12, 32, true, Avx512F32>(a, oa, b, ob, bi, i0, k, n, c)
+}
+
+/// f32 AVX-512 micro-kernel, 12 x 32: 24 zmm accumulators; per step of k, two 16-lane loads
+/// of B and 12 broadcasts of A feed 24 FMAs (vs 13 loads per 12 FMAs for a 12 x 16 tile), so
+/// the FMA pipes rather than the load ports set the pace. Written with intrinsics because
+/// LLVM does not keep a `[[f32; 32]; 12]` array in registers.
+#[cfg(target_arch = "x86_64")]
+struct Avx512F32;
+
+#[cfg(target_arch = "x86_64")]
+impl Micro<f32> for Avx512F32 {
+    #[inline(always)]
+    unsafe fn tile(
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+    ) {
+        micro_avx512_f32_12x32(kc, a, b, c, ldc, mr, nr)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn micro_avx512_f32_12x32(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 12;
+    const NR: usize = 32;
+    assert!(a.len() >= kc * MR && b.len() >= kc * NR && mr <= MR && nr <= NR);
+    assert!(mr == 0 || c.len() >= (mr - 1) * ldc + nr);
+    let mut lo = [_mm512_setzero_ps(); MR];
+    let mut hi = [_mm512_setzero_ps(); MR];
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for kk in 0..kc {
+        // SAFETY: kk < kc, and the asserts above bound every offset read here.
+        unsafe {
+            let b0 = _mm512_loadu_ps(bp.add(kk * NR));
+            let b1 = _mm512_loadu_ps(bp.add(kk * NR + 16));
+            for r in 0..MR {
+                let x = _mm512_set1_ps(*ap.add(kk * MR + r));
+                lo[r] = _mm512_fmadd_ps(x, b0, lo[r]);
+                hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
+            }
+        }
+    }
+    // C += acc, masked to the `nr` valid columns (and `mr` valid rows).
+    let m0: __mmask16 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
+    let m1: __mmask16 = if nr >= 32 {
+        0xffff
+    } else if nr > 16 {
+        (1u16 << (nr - 16)) - 1
+    } else {
+        0
+    };
+    let cp = c.as_mut_ptr();
+    for r in 0..mr {
+        // SAFETY: row r < mr starts at r*ldc and the masks cover at most nr columns, inside c.
+        unsafe {
+            let row = cp.add(r * ldc);
+            let c0 = _mm512_maskz_loadu_ps(m0, row);
+            _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(c0, lo[r]));
+            if m1 != 0 {
+                let c1 = _mm512_maskz_loadu_ps(m1, row.add(16));
+                _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(c1, hi[r]));
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -250,7 +371,7 @@ fn row_block_avx2<T: Float, const MR: usize, const NR: usize>(
     n: usize,
     c: &mut [T],
 ) {
-    row_block::<T, MR, NR, true>(a, oa, b, ob, bi, i0, k, n, c)
+    row_block::<T, MR, NR, true, ArrayMicro<MR, NR, true>>(a, oa, b, ob, bi, i0, k, n, c)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,7 +477,7 @@ fn gemm<T: Float>(
 }
 
 macro_rules! tiles_fn {
-    ($name:ident, $t:ty, $mr2:expr, $nr2:expr, $mr5:expr, $nr5:expr) => {
+    ($name:ident, $t:ty, $mr2:expr, $nr2:expr, $avx512:expr) => {
         #[allow(clippy::too_many_arguments)]
         fn $name(
             isa: Isa,
@@ -373,20 +494,20 @@ macro_rules! tiles_fn {
             match isa {
                 // SAFETY: `isa` comes from `detect_isa`, which checked these CPU features.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe {
-                    row_block_avx512::<$t, $mr5, $nr5>(a, oa, b, ob, bi, i0, k, n, c)
-                },
+                Isa::Avx512 => unsafe { $avx512(a, oa, b, ob, bi, i0, k, n, c) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe {
                     row_block_avx2::<$t, $mr2, $nr2>(a, oa, b, ob, bi, i0, k, n, c)
                 },
-                _ => row_block::<$t, 4, 8, false>(a, oa, b, ob, bi, i0, k, n, c),
+                _ => row_block::<$t, 4, 8, false, ArrayMicro<4, 8, false>>(
+                    a, oa, b, ob, bi, i0, k, n, c,
+                ),
             }
         }
     };
 }
-tiles_fn!(tiles_f32, f32, 6, 16, 12, 16);
-tiles_fn!(tiles_f64, f64, 4, 8, 8, 16);
+tiles_fn!(tiles_f32, f32, 6, 16, row_block_avx512_f32);
+tiles_fn!(tiles_f64, f64, 4, 8, row_block_avx512::<f64, 8, 16>);
 
 impl MatmulBackend for CpuStorage {
     fn matmul(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
@@ -442,6 +563,8 @@ mod tests {
             (65, 300, 33),
             (129, 7, 129),
             (3, 5, 1000),
+            // 50 = 32 + 18 columns: a partial second half of the 12 x 32 AVX-512 tile.
+            (13, 9, 50),
         ] {
             // a stored transposed: [K, M] memory read as [1, M, K] with strides (0, 1, M).
             let av: Vec<f64> = (0..m * k)

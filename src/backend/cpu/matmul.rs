@@ -19,6 +19,7 @@
 //! - everything else: plain Rust over fixed-size arrays (`[[T; NR]; MR]`), which LLVM turns into
 //!   vector FMAs when inlined into a `#[target_feature]` function: f32 AVX2 6x16; f64 AVX2 4x8,
 //!   AVX-512 8x16; portable 4x8 (mul + add, no FMA call), each checked in the disassembly.
+//!
 //! When M < 4 the packing is skipped and B's rows stream straight into C's.
 //!
 //! Determinism: each C element is `((0 + blk_0) + blk_1) + ...` over fixed `KC` blocks, each

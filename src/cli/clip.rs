@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use tessera::data::mnist::{load_dataset, CaptionedImages, DatasetName, Split};
 use tessera::models::clip::{Clip, ClipConfig};
 use tessera::nn::Module;
-use tessera::train::clip::{load_clip, retrieve, train_clip, zero_shot, ClipTrainConfig, ZeroShot};
+use tessera::train::clip::{
+    confusion_image, load_clip, matches_grid, retrieve, train_clip, zero_shot, ClipTrainConfig,
+    ZeroShot,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainClipArgs {
@@ -273,5 +276,41 @@ fn print_zero_shot(zs: &ZeroShot, data: &CaptionedImages) {
     println!("zero-shot accuracy {:.4}", zs.accuracy);
     for (c, acc) in zs.per_class.iter().enumerate() {
         println!("  {:<30} {acc:.3}", data.class_captions[c]);
+    }
+}
+
+fn write_confusion(zs: &ZeroShot, data: &CaptionedImages, path: &Path) -> anyhow::Result<()> {
+    create_parent(path)?;
+    confusion_image(zs, data)?.write_png(path)?;
+    Ok(())
+}
+
+fn write_grid(gallery: &CaptionedImages, best: &[(usize, f64)], path: &Path) -> anyhow::Result<()> {
+    create_parent(path)?;
+    matches_grid(gallery, best)?.write_png(path)?;
+    Ok(())
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Zero-shot classification of a CLIP checkpoint on the test split.
+    Clip(EvalClipArgs),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum QueryCommand {
+    /// Text-to-image retrieval with a CLIP checkpoint.
+    Clip(QueryClipArgs),
+}
+
+pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
+    match cmd {
+        EvalCommand::Clip(a) => eval(&a),
+    }
+}
+
+pub fn run_query(cmd: QueryCommand) -> anyhow::Result<()> {
+    match cmd {
+        QueryCommand::Clip(a) => query(&a),
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line interface, one file per subcommand. Every command that measures something
 //! accepts `--json` and then prints one final JSON line with its figures.
 
+mod clip;
 mod demo;
 mod info;
 mod sample;
@@ -34,6 +35,12 @@ pub enum Command {
     Sample(sample::SampleCommand),
     /// Prints the build, devices and CPU features found.
     Info(info::InfoArgs),
+    /// Evaluates a trained model.
+    #[command(subcommand)]
+    Eval(clip::EvalCommand),
+    /// Searches with a trained model (text-to-image retrieval).
+    #[command(subcommand)]
+    Query(clip::QueryCommand),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,5 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(c) => train::run(c),
         Command::Sample(c) => sample::run(c),
         Command::Info(a) => info::run(a),
+        Command::Eval(c) => clip::run_eval(c),
+        Command::Query(c) => clip::run_query(c),
     }
 }

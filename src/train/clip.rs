@@ -13,6 +13,7 @@
 //! `encode_each_caption` for like-for-like timing) at a fraction of the text tower's cost.
 
 use crate::data::mnist::CaptionedImages;
+use crate::io::png::{grid, Image};
 use crate::io::Checkpoint;
 use crate::models::clip::{Clip, ClipConfig, TextBatch};
 use crate::nn::Module;
@@ -367,4 +368,58 @@ pub fn load_clip(path: &Path, device: Device) -> Result<(Clip, HashMap<String, S
     let model = Clip::new(config, device)?;
     crate::io::load_named(&model.state_dict(), &ck.model, true)?;
     Ok((model, ck.extra))
+}
+
+/// Image `i` of `data` as an 8-bit picture.
+pub fn picture(data: &CaptionedImages, i: usize) -> Result<Image> {
+    let n = data.channels * data.height * data.width;
+    let chw = &data.pixels[i * n..(i + 1) * n];
+    // Planar [C, H, W] bytes -> interleaved pixels.
+    let hw = data.height * data.width;
+    let bytes = (0..hw)
+        .flat_map(|p| (0..data.channels).map(move |c| chw[c * hw + p]))
+        .collect();
+    Image::new(data.width, data.height, data.channels, bytes)
+}
+
+/// The confusion matrix as a picture: row `t`, column `p` is shaded by the fraction of class
+/// `t`'s images predicted as `p` (white = none, dark blue = all); an example image of each
+/// class heads its row (left) and its column (top).
+pub fn confusion_image(zs: &ZeroShot, data: &CaptionedImages) -> Result<Image> {
+    let k = zs.confusion.len();
+    let cell = data.height.max(data.width).max(8);
+    let pad = 2;
+    let side = (k + 1) * (cell + pad) + pad;
+    let mut img = Image::filled(side, side, &[255, 255, 255]);
+    let at = |j: usize| pad + (j + 1) * (cell + pad);
+    for c in 0..k {
+        if let Some(i) = data.labels.iter().position(|&l| l == c) {
+            let example = picture(data, i)?;
+            img.paste(&example, pad, at(c));
+            img.paste(&example, at(c), pad);
+        }
+    }
+    for (t, row) in zs.confusion.iter().enumerate() {
+        let total = row.iter().sum::<usize>().max(1) as f64;
+        for (p, &count) in row.iter().enumerate() {
+            let v = count as f64 / total;
+            let colour = [
+                (255.0 * (1.0 - 0.9 * v)) as u8,
+                (255.0 * (1.0 - 0.7 * v)) as u8,
+                (255.0 * (1.0 - 0.3 * v)) as u8,
+            ];
+            img.paste(&Image::filled(cell, cell, &colour), at(p), at(t));
+        }
+    }
+    Ok(img)
+}
+
+/// The matched images of a retrieval, best first, as a grid (scaled up for viewing).
+pub fn matches_grid(gallery: &CaptionedImages, matches: &[(usize, f64)]) -> Result<Image> {
+    let pictures = matches
+        .iter()
+        .map(|&(i, _)| Ok(picture(gallery, i)?.upscale(2)))
+        .collect::<Result<Vec<_>>>()?;
+    let cols = (pictures.len() as f64).sqrt().ceil() as usize;
+    Ok(grid(&pictures, cols, 2, 255))
 }

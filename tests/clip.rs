@@ -117,7 +117,9 @@ fn tokenizer_matches_the_article() {
 #[test]
 fn contrastive_loss_value() {
     let b = 4;
-    let vals: Vec<f64> = (0..b * b).map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.4).collect();
+    let vals: Vec<f64> = (0..b * b)
+        .map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.4)
+        .collect();
     let logits = Tensor::from_vec(vals.clone(), (b, b), Device::Cpu).unwrap();
     let got = contrastive_loss(&logits).unwrap().item().unwrap();
     let at = |i: usize, j: usize| vals[i * b + j];
@@ -198,7 +200,10 @@ fn distinct_captions_give_the_same_loss_and_gradients() {
     for each in [false, true] {
         let (text, pairing) = caption_batch(&data, &idx, 16, each, Device::Cpu).unwrap();
         assert_eq!(text.len(), if each { 12 } else { 3 });
-        model.named_parameters().iter().for_each(|(_, p)| p.zero_grad());
+        model
+            .named_parameters()
+            .iter()
+            .for_each(|(_, p)| p.zero_grad());
         let loss = model.loss(&images, &text, Some(&pairing)).unwrap();
         loss.backward().unwrap();
         let grads: Vec<Vec<f32>> = model
@@ -306,9 +311,16 @@ fn seed_model_learns_fashion_mnist_subset() {
     };
     let r = train_clip(&model, &train, &test, &cfg).unwrap();
     let losses: Vec<f64> = r.per_epoch.iter().map(|e| e.mean_loss).collect();
-    println!("losses {losses:?}, zero-shot {before:.3} -> {:.3}", r.zero_shot.accuracy);
+    println!(
+        "losses {losses:?}, zero-shot {before:.3} -> {:.3}",
+        r.zero_shot.accuracy
+    );
     assert!(losses[3] < losses[0] - 0.2, "loss did not drop: {losses:?}");
-    assert!(r.zero_shot.accuracy > 0.35, "zero-shot {}", r.zero_shot.accuracy);
+    assert!(
+        r.zero_shot.accuracy > 0.35,
+        "zero-shot {}",
+        r.zero_shot.accuracy
+    );
     assert_eq!(r.zero_shot.per_class.len(), 10);
     let total: usize = r.zero_shot.confusion.iter().flatten().sum();
     assert_eq!(total, 1000);

@@ -95,10 +95,7 @@ impl VisionTransformer {
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let d = images.dims();
-        if images.rank() != 4
-            || d[1] != c.channels
-            || d[2] != c.image_size
-            || d[3] != c.image_size
+        if images.rank() != 4 || d[1] != c.channels || d[2] != c.image_size || d[3] != c.image_size
         {
             return Err(Error::shape(
                 "VisionTransformer",

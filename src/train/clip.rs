@@ -29,6 +29,9 @@ pub struct ClipTrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
+    /// Cosine decay of the learning rate from `lr` to `lr / 20` over the run (the article
+    /// keeps it constant).
+    pub cosine_decay: bool,
     pub seed: u64,
     pub checkpoint: Option<PathBuf>,
     /// Also checkpoint every this many steps (besides each epoch's end).
@@ -52,6 +55,7 @@ impl Default for ClipTrainConfig {
             epochs: 12,
             batch_size: 128,
             lr: 1e-3,
+            cosine_decay: false,
             seed: 0,
             checkpoint: None,
             checkpoint_every: None,
@@ -102,6 +106,13 @@ fn epoch_rng(seed: u64, epoch: usize) -> Rng {
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(0xC11F_0000 + epoch as u64),
     )
+}
+
+/// `lr` decayed along a half cosine to `lr / 20` at `total` steps.
+pub fn cosine_lr(lr: f64, step: u64, total: u64) -> f64 {
+    let min = lr / 20.0;
+    let t = step as f64 / total.max(1) as f64;
+    min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
 /// The order in which epoch `epoch` visits `n` items.
@@ -197,8 +208,8 @@ pub fn retrieve(
 ) -> Result<Vec<(usize, f64)>> {
     let text = embed_texts(model, &[prompt])?; // [1, E]
     let images = embed_images(model, gallery, 1000)?; // [N, E]
-    let scores: Vec<f64> = crate::no_grad(|| images.matmul(&text.t()?)?.to_dtype(DType::F64))?
-        .to_vec()?;
+    let scores: Vec<f64> =
+        crate::no_grad(|| images.matmul(&text.t()?)?.to_dtype(DType::F64))?.to_vec()?;
     let mut ranked: Vec<(usize, f64)> = scores.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(k);
@@ -267,6 +278,9 @@ pub fn train_clip(
         pb.set_position(first);
         let (t0, mut loss_sum, mut images_seen) = (Instant::now(), 0.0, 0usize);
         for s in first..last {
+            if cfg.cosine_decay {
+                opt.set_lr(cosine_lr(cfg.lr, step, total_steps));
+            }
             let lo = s as usize * cfg.batch_size;
             let idx = &order[lo..(lo + cfg.batch_size).min(n)];
             let images = train.images(idx, device)?;
@@ -360,11 +374,16 @@ pub fn train_clip(
 pub fn load_clip(path: &Path, device: Device) -> Result<(Clip, HashMap<String, String>)> {
     let ck = Checkpoint::load_to(path, device)?;
     if ck.extra.get("model").map(|s| s.as_str()) != Some("clip") {
-        return Err(Error::file(path, "not a CLIP checkpoint (metadata model != clip)"));
+        return Err(Error::file(
+            path,
+            "not a CLIP checkpoint (metadata model != clip)",
+        ));
     }
-    let config = ClipConfig::from_json(ck.extra.get("config").ok_or_else(|| {
-        Error::file(path, "CLIP checkpoint without its model config")
-    })?)?;
+    let config = ClipConfig::from_json(
+        ck.extra
+            .get("config")
+            .ok_or_else(|| Error::file(path, "CLIP checkpoint without its model config"))?,
+    )?;
     let model = Clip::new(config, device)?;
     crate::io::load_named(&model.state_dict(), &ck.model, true)?;
     Ok((model, ck.extra))

@@ -505,8 +505,15 @@ mod tests {
     #[test]
     fn small_backward_matches_blocked() {
         let (b, h, tq, tk, d) = (2, 3, 7, 9, 4);
-        let dm = Dims { h, tq, tk, d, dv: d, bh: b * h };
-        let val = |i: usize, f: f64| ((i as f64 * f).sin() * 0.8) as f64;
+        let dm = Dims {
+            h,
+            tq,
+            tk,
+            d,
+            dv: d,
+            bh: b * h,
+        };
+        let val = |i: usize, f: f64| (i as f64 * f).sin() * 0.8;
         let q: Vec<f64> = (0..b * h * tq * d).map(|i| val(i, 0.37)).collect();
         let k: Vec<f64> = (0..b * h * tk * d).map(|i| val(i, 0.91)).collect();
         let v: Vec<f64> = (0..b * h * tk * d).map(|i| val(i, 0.53)).collect();
@@ -523,7 +530,11 @@ mod tests {
             let (o, lse) = fwd(&q, &k, &v, dm, &mk, p);
             let small = bwd_small(&q, &k, &v, &o, &lse, &g, dm, &mk, p);
             let blocked = bwd_blocked(&q, &k, &v, &o, &lse, &g, dm, &mk, p);
-            for (x, y) in [(&small.0, &blocked.0), (&small.1, &blocked.1), (&small.2, &blocked.2)] {
+            for (x, y) in [
+                (&small.0, &blocked.0),
+                (&small.1, &blocked.1),
+                (&small.2, &blocked.2),
+            ] {
                 for (a, c) in x.iter().zip(y.iter()) {
                     assert!((a - c).abs() < 1e-12, "causal {causal}: {a} vs {c}");
                 }

@@ -467,7 +467,10 @@ fn png_round_trips_rgb_and_grey_bit_exactly() {
     let grey = Image::new(4, 6, 1, (0..24).map(|i| (i * 11) as u8).collect()).unwrap();
     grey.write_png(dir.join("grey.png")).unwrap();
     assert_eq!(Image::read_png(dir.join("grey.png")).unwrap(), grey);
-    assert!(!dir.join("rgb.png.tmp").exists(), "temporary file left behind");
+    assert!(
+        !dir.join("rgb.png.tmp").exists(),
+        "temporary file left behind"
+    );
 }
 
 #[test]

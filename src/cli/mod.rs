@@ -1,6 +1,7 @@
 //! Command-line interface, one file per subcommand. Every command that measures something
 //! accepts `--json` and then prints one final JSON line with its figures.
 
+mod bench;
 mod clip;
 mod demo;
 mod info;
@@ -33,6 +34,8 @@ pub enum Command {
     /// Generates from a trained model.
     #[command(subcommand)]
     Sample(sample::SampleCommand),
+    /// Times the kernels and training steps beside the hardware ceilings (`--json`: a line per case).
+    Bench(bench::BenchArgs),
     /// Prints the build, devices and CPU features found.
     Info(info::InfoArgs),
     /// Evaluates a trained model.
@@ -81,5 +84,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Eval(c) => clip::run_eval(c),
         Command::Query(c) => clip::run_query(c),
+        Command::Bench(a) => bench::run(a),
     }
 }

@@ -153,6 +153,7 @@ def main():
     p.add_argument("--train", action="store_true")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=60, help="timed steps (the first 10 are warm-up)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -198,12 +199,12 @@ def main():
     if not a.train:
         perm = torch.randperm(n)
         times = []
-        for s in range(60):
+        for s in range(a.steps):
             t0 = time.perf_counter()
             step(perm[s * batch:(s + 1) * batch])
             times.append(time.perf_counter() - t0)
         ms = sorted(times[10:])[len(times[10:]) // 2] * 1e3
-        print(f"torch clip seed: {ms:.1f} ms/step (median of 50, batch {batch}, {a.threads} threads), "
+        print(f"torch clip seed: {ms:.1f} ms/step (median of {len(times[10:])}, batch {batch}, {a.threads} threads), "
               f"epoch ~{ms * steps_per_epoch / 1e3:.1f} s ({steps_per_epoch} steps)")
         return
     print(f"untrained zero-shot {zero_shot():.4f}")

@@ -2,6 +2,7 @@
 //! accepts `--json` and then prints one final JSON line with its figures.
 
 mod bench;
+mod clip;
 mod demo;
 mod info;
 mod sample;
@@ -37,6 +38,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Prints the build, devices and CPU features found.
     Info(info::InfoArgs),
+    /// Evaluates a trained model.
+    #[command(subcommand)]
+    Eval(clip::EvalCommand),
+    /// Searches with a trained model (text-to-image retrieval).
+    #[command(subcommand)]
+    Query(clip::QueryCommand),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -75,6 +82,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(c) => train::run(c),
         Command::Sample(c) => sample::run(c),
         Command::Info(a) => info::run(a),
+        Command::Eval(c) => clip::run_eval(c),
+        Command::Query(c) => clip::run_query(c),
         Command::Bench(a) => bench::run(a),
     }
 }

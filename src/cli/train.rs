@@ -11,6 +11,8 @@ use tessera::train::char_lm::{train_char_lm, CharLmReport, CharLmTrainConfig};
 pub enum TrainCommand {
     /// The char-level transformer language model.
     Char(CharArgs),
+    /// CLIP (ViT + text transformer) on Fashion-MNIST / MNIST, evaluated zero-shot.
+    Clip(super::clip::TrainClipArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -59,6 +61,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             print_report(&report, &a.ckpt, a.json);
             Ok(())
         }
+        TrainCommand::Clip(a) => super::clip::train(&a),
     }
 }
 

@@ -1,5 +1,7 @@
 //! Data: built-in corpora, tokenizers, and (later) procedural image data and dataset readers.
 
+pub mod idx;
+pub mod mnist;
 pub mod text;
 pub mod tokenizer;
 

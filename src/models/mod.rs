@@ -1,3 +1,5 @@
 //! Models, one file each, readable top to bottom: config, layers, forward, sampling.
 
 pub mod char_transformer;
+pub mod clip;
+pub mod vit;

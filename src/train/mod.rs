@@ -1,4 +1,5 @@
 //! Training loops, progress display and run reports.
 
 pub mod char_lm;
+pub mod clip;
 pub mod progress;

@@ -24,6 +24,8 @@ use rayon::prelude::*;
 
 const BQ: usize = 16;
 const BK: usize = 64;
+/// Score matrices up to this size take the single-pass backward (`bwd_small`).
+const SMALL_SCORES: usize = 64 * 64;
 
 #[derive(Clone, Copy)]
 struct Dims {
@@ -214,6 +216,25 @@ fn bwd<T: Float>(
     mk: &Masks,
     p: AttnParams,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    if dm.tq * dm.tk <= SMALL_SCORES {
+        bwd_small(q, k, v, o, lse, dout, dm, mk, p)
+    } else {
+        bwd_blocked(q, k, v, o, lse, dout, dm, mk, p)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bwd_blocked<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &[T],
+    lse: &[T],
+    dout: &[T],
+    dm: Dims,
+    mk: &Masks,
+    p: AttnParams,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (tq, tk, d, dv) = (dm.tq, dm.tk, dm.d, dm.dv);
     let scale = T::from_f64(p.scale);
     // D_i = dO_i . O_i
@@ -301,6 +322,86 @@ fn bwd<T: Float>(
         dk.extend(a);
         dvv.extend(b);
     }
+    (dq, dk, dvv)
+}
+
+/// The backward of short sequences (`Tq * Tk <= SMALL_SCORES`, e.g. a ViT's 5 tokens or a
+/// caption's 32 bytes): one task per batch·head computes each `p_ij` and `dS_ij` once into a
+/// `Tq x Tk` scratch and takes dQ, dK and dV from it, instead of recomputing both in the
+/// dQ pass and again in the dK/dV pass. Same formulas and the same fixed summation order for
+/// any thread count (i ascending for dK/dV, j ascending for dQ).
+#[allow(clippy::too_many_arguments)]
+fn bwd_small<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &[T],
+    lse: &[T],
+    dout: &[T],
+    dm: Dims,
+    mk: &Masks,
+    p: AttnParams,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (tq, tk, d, dv) = (dm.tq, dm.tk, dm.d, dm.dv);
+    let scale = T::from_f64(p.scale);
+    // D_i = dO_i . O_i
+    let big_d: Vec<T> = (0..dm.bh * tq)
+        .map(|r| dot(&dout[r * dv..(r + 1) * dv], &o[r * dv..(r + 1) * dv]))
+        .collect();
+    let mut dq = vec![T::ZERO; dm.bh * tq * d];
+    let mut dk = vec![T::ZERO; dm.bh * tk * d];
+    let mut dvv = vec![T::ZERO; dm.bh * tk * dv];
+    dq.par_chunks_mut(tq * d)
+        .zip(dk.par_chunks_mut(tk * d))
+        .zip(dvv.par_chunks_mut(tk * dv))
+        .enumerate()
+        .for_each(|(bhi, ((dq, dk), dvb))| {
+            let (qs, ks) = (&q[bhi * tq * d..], &k[bhi * tk * d..]);
+            let vs = &v[bhi * tk * dv..];
+            let mut pm = vec![T::ZERO; tq * tk];
+            let mut ds = vec![T::ZERO; tq * tk];
+            for i in 0..tq {
+                let row = bhi * tq + i;
+                let l = lse[row];
+                if l == T::NEG_INFINITY {
+                    continue;
+                }
+                let jmax = if p.causal { (i + 1).min(tk) } else { tk };
+                let (qi, doi) = (&qs[i * d..(i + 1) * d], &dout[row * dv..(row + 1) * dv]);
+                for j in 0..jmax {
+                    if !mk.allowed(bhi, i, j) {
+                        continue;
+                    }
+                    let s = scale * dot(qi, &ks[j * d..(j + 1) * d]);
+                    let pij = (s - l).exp();
+                    let dp = dot(doi, &vs[j * dv..(j + 1) * dv]);
+                    pm[i * tk + j] = pij;
+                    ds[i * tk + j] = pij * (dp - big_d[row]) * scale;
+                }
+            }
+            for i in 0..tq {
+                let dq_r = &mut dq[i * d..(i + 1) * d];
+                for j in 0..tk {
+                    let g = ds[i * tk + j];
+                    if g != T::ZERO {
+                        axpy(dq_r, g, &ks[j * d..(j + 1) * d]);
+                    }
+                }
+            }
+            for i in 0..tq {
+                let row = bhi * tq + i;
+                let (qi, doi) = (&qs[i * d..(i + 1) * d], &dout[row * dv..(row + 1) * dv]);
+                for j in 0..tk {
+                    let (pij, g) = (pm[i * tk + j], ds[i * tk + j]);
+                    if pij != T::ZERO {
+                        axpy(&mut dvb[j * dv..(j + 1) * dv], pij, doi);
+                    }
+                    if g != T::ZERO {
+                        axpy(&mut dk[j * d..(j + 1) * d], g, qi);
+                    }
+                }
+            }
+        });
     (dq, dk, dvv)
 }
 
@@ -392,5 +493,52 @@ impl AttentionBackend for CpuStorage {
             }};
         }
         Ok(dispatch!(self.dtype(), run))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The single-pass backward of short sequences equals the two-pass blocked one, with a
+    /// key padding mask, a causal mask and a fully masked row.
+    #[test]
+    fn small_backward_matches_blocked() {
+        let (b, h, tq, tk, d) = (2, 3, 7, 9, 4);
+        let dm = Dims {
+            h,
+            tq,
+            tk,
+            d,
+            dv: d,
+            bh: b * h,
+        };
+        let val = |i: usize, f: f64| (i as f64 * f).sin() * 0.8;
+        let q: Vec<f64> = (0..b * h * tq * d).map(|i| val(i, 0.37)).collect();
+        let k: Vec<f64> = (0..b * h * tk * d).map(|i| val(i, 0.91)).collect();
+        let v: Vec<f64> = (0..b * h * tk * d).map(|i| val(i, 0.53)).collect();
+        let g: Vec<f64> = (0..b * h * tq * d).map(|i| val(i, 0.29)).collect();
+        // Batch 0 pads its last 3 keys; batch 1 pads every key (all rows fully masked).
+        let pad: Vec<u8> = (0..b * tk).map(|i| u8::from(i >= tk - 3)).collect();
+        for causal in [false, true] {
+            let mk = Masks {
+                list: vec![(&pad[..], [tk, 0, 0, 1], 0, false)],
+                causal,
+                h,
+            };
+            let p = AttnParams { scale: 0.5, causal };
+            let (o, lse) = fwd(&q, &k, &v, dm, &mk, p);
+            let small = bwd_small(&q, &k, &v, &o, &lse, &g, dm, &mk, p);
+            let blocked = bwd_blocked(&q, &k, &v, &o, &lse, &g, dm, &mk, p);
+            for (x, y) in [
+                (&small.0, &blocked.0),
+                (&small.1, &blocked.1),
+                (&small.2, &blocked.2),
+            ] {
+                for (a, c) in x.iter().zip(y.iter()) {
+                    assert!((a - c).abs() < 1e-12, "causal {causal}: {a} vs {c}");
+                }
+            }
+        }
     }
 }

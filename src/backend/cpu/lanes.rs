@@ -19,6 +19,15 @@ pub(crate) fn map_reduce2<A: Copy, B: Copy, R: Copy>(
     combine: impl Fn(R, R) -> R,
 ) -> R {
     debug_assert_eq!(a.len(), b.len());
+    if a.len() < LANES {
+        // Rows shorter than the lanes (attention heads of 3 or 4 values): the lane
+        // accumulators would stay at `init` and the result is the plain fold of the remainder
+        // from `init`, so fold directly, without combining LANES idle accumulators.
+        return a
+            .iter()
+            .zip(b)
+            .fold(init, |s, (&x, &y)| combine(s, map(x, y)));
+    }
     let mut acc = [init; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());

@@ -209,9 +209,8 @@ impl BackendStorage for CudaStorage {
                 n * self.dtype.size_in_bytes(),
             );
         }
-        // Merging must not change the element order of either view, so both are merged
-        // against each other's dims only through their own strides: each side gets its own
-        // StridedArg and the kernel walks both by the flat row-major index.
+        // Both views have the same shape, so flat row-major index i names the same element in
+        // each; each side is merged on its own (merging keeps row-major order).
         let dst = StridedArg::new(dst_layout)?;
         let srca = StridedArg::new(src_layout)?;
         let name = format!("copy_strided_{}", dtype_suffix(self.dtype));

@@ -183,7 +183,7 @@ pub fn merge_dims(dims: &[usize], strides: &[usize]) -> (Vec<usize>, Vec<usize>)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::tensor::Shape;
 
@@ -198,6 +198,50 @@ mod tests {
         assert_eq!(merge_dims(&[1, 5, 1], &[9, 1, 7]), (vec![5], vec![1]));
         assert_eq!(merge_dims(&[], &[]), (vec![], vec![]));
         assert_eq!(merge_dims(&[3, 0], &[1, 1]), (vec![0], vec![1]));
+    }
+
+    /// `strided_offset` of common.cuh, line for line.
+    pub(crate) fn strided_offset(s: &StridedArg, mut i: u64) -> u64 {
+        if s.contiguous == 1 {
+            return s.offset + i;
+        }
+        let mut off = s.offset;
+        for d in (0..MAX_RANK).rev() {
+            if d < s.rank as usize {
+                let n = s.dims[d];
+                let q = i / n;
+                off += (i - q * n) * s.strides[d];
+                i = q;
+            }
+        }
+        off
+    }
+
+    #[test]
+    fn kernel_offsets_match_the_layout_for_every_kind_of_view() {
+        let base = Layout::contiguous(Shape::new(vec![4, 5, 6]));
+        let views = [
+            base.clone(),
+            base.narrow(2, 1, 4).unwrap(),
+            base.transpose(0, 2),
+            base.permute(&[1, 2, 0]).unwrap().narrow(0, 2, 3).unwrap(),
+            base.narrow(1, 4, 1).unwrap().squeeze(1),
+            base.unsqueeze(1).narrow(2, 1, 3).unwrap(),
+            Layout::contiguous(Shape::new(vec![5, 1]))
+                .broadcast_as(&Shape::new(vec![3, 5, 7]))
+                .unwrap(),
+            Layout::contiguous_with_offset(Shape::new(vec![7]), 3)
+                .broadcast_as(&Shape::new(vec![2, 3, 7]))
+                .unwrap(),
+        ];
+        for l in &views {
+            let arg = StridedArg::new(l).unwrap();
+            let want = l.offsets();
+            let got: Vec<usize> = (0..l.elem_count() as u64)
+                .map(|i| strided_offset(&arg, i) as usize)
+                .collect();
+            assert_eq!(got, want, "{l:?} -> {arg:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,30 @@ const BLOCK: u32 = 256;
 const WARP_MAX_LEN: usize = 4096;
 const MAX_GRID: usize = 1 << 16;
 
+/// The view as a `[K, R]` problem: element (k, r) is at `off(kept, k) + off(red, r)`, with k
+/// row-major over the kept dims (the keepdim output order) and r over the reduced dims.
+fn split_kept_reduced(
+    layout: &Layout,
+    dims: &[usize],
+) -> Result<(StridedArg, StridedArg, usize, usize)> {
+    let (mut kd, mut ks, mut rd, mut rs) = (vec![], vec![], vec![], vec![]);
+    for (d, (&size, &stride)) in layout.dims().iter().zip(layout.strides()).enumerate() {
+        if dims.contains(&d) {
+            rd.push(size);
+            rs.push(stride);
+        } else {
+            kd.push(size);
+            ks.push(stride);
+        }
+    }
+    Ok((
+        StridedArg::from_parts(&kd, &ks, layout.offset())?,
+        StridedArg::from_parts(&rd, &rs, 0)?,
+        kd.iter().product(),
+        rd.iter().product(),
+    ))
+}
+
 impl ReduceBackend for CudaStorage {
     fn reduce(&self, op: ReduceOp, layout: &Layout, dims: &[usize]) -> Result<Self> {
         let sfx = float_suffix(op.name(), self.dtype)?;
@@ -26,20 +50,7 @@ impl ReduceBackend for CudaStorage {
                 &[layout.shape()],
             ));
         }
-        let (mut kd, mut ks, mut rd, mut rs) = (vec![], vec![], vec![], vec![]);
-        for (d, (&size, &stride)) in layout.dims().iter().zip(layout.strides()).enumerate() {
-            if dims.contains(&d) {
-                rd.push(size);
-                rs.push(stride);
-            } else {
-                kd.push(size);
-                ks.push(stride);
-            }
-        }
-        let k_count: usize = kd.iter().product();
-        let r_count: usize = rd.iter().product();
-        let kept = StridedArg::from_parts(&kd, &ks, layout.offset())?;
-        let red = StridedArg::from_parts(&rd, &rs, 0)?;
+        let (kept, red, k_count, r_count) = split_kept_reduced(layout, dims)?;
         let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
         let out_dtype = if arg { DType::I64 } else { self.dtype };
         let out = CudaStorage::alloc(self.dev(), k_count, out_dtype)?;
@@ -77,5 +88,41 @@ impl ReduceBackend for CudaStorage {
             ],
         )?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::launch::tests::strided_offset;
+    use crate::tensor::Shape;
+
+    /// Every (k, r) of the split names the element the CPU reduction reads: the view's element
+    /// whose kept coordinates unravel k and whose reduced coordinates unravel r.
+    #[test]
+    fn kept_and_reduced_offsets_cover_the_view() {
+        let l = Layout::contiguous(Shape::new(vec![3, 4, 5]))
+            .transpose(0, 2)
+            .narrow(1, 1, 3)
+            .unwrap(); // dims [5, 3, 3]
+        let all = l.offsets();
+        for dims in [vec![0], vec![1], vec![0, 2], vec![0, 1, 2], vec![]] {
+            let (kept, red, k, r) = split_kept_reduced(&l, &dims).unwrap();
+            let mut seen = Vec::new();
+            for ki in 0..k as u64 {
+                for ri in 0..r as u64 {
+                    seen.push((strided_offset(&kept, ki) + strided_offset(&red, ri)) as usize);
+                }
+            }
+            // Same elements, each once; and with the reduced dims last, in the view's order.
+            let mut sorted = seen.clone();
+            sorted.sort();
+            let mut want = all.clone();
+            want.sort();
+            assert_eq!(sorted, want, "dims {dims:?}");
+            let kept_dims: Vec<usize> = (0..3).filter(|d| !dims.contains(d)).collect();
+            let perm: Vec<usize> = kept_dims.iter().chain(&dims).copied().collect();
+            assert_eq!(seen, l.permute(&perm).unwrap().offsets(), "dims {dims:?}");
+        }
     }
 }

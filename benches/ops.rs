@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the core CPU ops at model-sized shapes (GEMM, softmax, LayerNorm,
-//! GELU, fused attention, conv2d), reporting GFLOP/s or GB/s through criterion's throughput. The
-//! side-by-side comparison against OpenBLAS and PyTorch is the CPU-speed milestone's work.
+//! GELU, fused attention, conv2d), reporting GFLOP/s or GB/s through criterion's throughput. GEMM
+//! runs beside the Rust `gemm` crate in the same process; `tessera bench` with
+//! `benches/reference/compare.py` puts numpy (OpenBLAS) and PyTorch beside every case.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tessera::{DType, Device, Tensor};
@@ -9,21 +10,57 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn_with_seed(shape.to_vec(), DType::F32, Device::Cpu, seed, 0).unwrap()
 }
 
+/// `C = A B` (row-major f32) with the Rust `gemm` crate on all Rayon threads: the in-process
+/// reference the GEMM issue asks for (a dev-dependency only, never used by the library).
+fn gemm_crate(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    // SAFETY: the slices hold m*k, k*n and m*n elements, laid out row-major as the strides say.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
+
 fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm");
-    for &n in &[128usize, 256, 512] {
-        let (a, b) = (randn(&[n, n], 1), randn(&[n, n], 2));
-        g.throughput(Throughput::Elements((2 * n * n * n) as u64));
-        g.bench_with_input(BenchmarkId::new("tessera", n), &n, |bch, _| {
+    // Square, then the transformer MLP shape [B*T, C] x [C, 4C].
+    let shapes = [
+        (256, 256, 256),
+        (512, 512, 512),
+        (1024, 1024, 1024),
+        (2048, 256, 1024),
+    ];
+    for (m, k, n) in shapes {
+        let (a, b) = (randn(&[m, k], 1), randn(&[k, n], 2));
+        let (ha, hb) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+        let mut hc = vec![0f32; m * n];
+        let id = format!("{m}x{k}x{n}");
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_with_input(BenchmarkId::new("tessera", &id), &id, |bch, _| {
             bch.iter(|| black_box(a.matmul(&b).unwrap()))
         });
+        g.bench_with_input(BenchmarkId::new("gemm_crate", &id), &id, |bch, _| {
+            bch.iter(|| gemm_crate(m, k, n, &ha, &hb, black_box(&mut hc)))
+        });
     }
-    // Transformer MLP shape: [B*T, C] x [C, 4C].
-    let (x, w) = (randn(&[2048, 256], 3), randn(&[256, 1024], 4));
-    g.throughput(Throughput::Elements(2 * 2048 * 256 * 1024));
-    g.bench_function("tessera/mlp_2048x256x1024", |bch| {
-        bch.iter(|| black_box(x.matmul(&w).unwrap()))
-    });
     g.finish();
 }
 

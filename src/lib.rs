@@ -23,6 +23,7 @@ extern crate self as tessera;
 
 pub mod autograd;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;

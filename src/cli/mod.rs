@@ -1,6 +1,7 @@
 //! Command-line interface, one file per subcommand. Every command that measures something
 //! accepts `--json` and then prints one final JSON line with its figures.
 
+mod bench;
 mod check_kernels;
 mod demo;
 mod info;
@@ -33,6 +34,8 @@ pub enum Command {
     /// Generates from a trained model.
     #[command(subcommand)]
     Sample(sample::SampleCommand),
+    /// Times the kernels and training steps beside the hardware ceilings (`--json`: a line per case).
+    Bench(bench::BenchArgs),
     /// Prints the build, devices and CPU features found.
     Info(info::InfoArgs),
     /// Compiles every CUDA kernel for sm_90 with NVRTC (no GPU needed) and reports registers and spills.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(c) => train::run(c),
         Command::Sample(c) => sample::run(c),
         Command::Info(a) => info::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::CheckKernels(a) => check_kernels::run(a),
     }
 }

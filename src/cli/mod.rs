@@ -3,6 +3,7 @@
 
 mod bench;
 mod clip;
+mod check_kernels;
 mod demo;
 mod info;
 mod sample;
@@ -44,6 +45,8 @@ pub enum Command {
     /// Searches with a trained model (text-to-image retrieval).
     #[command(subcommand)]
     Query(clip::QueryCommand),
+    /// Compiles every CUDA kernel for sm_90 with NVRTC (no GPU needed) and reports registers and spills.
+    CheckKernels(check_kernels::CheckKernelsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,20 +57,21 @@ pub enum DeviceArg {
     Auto,
 }
 
-/// Resolves `--device`. This build has only the CPU backend: `cuda` is an error and `auto`
-/// falls back to the CPU with one line saying so.
+/// Resolves `--device`: `cuda` is GPU 0 and an error (saying why) when no CUDA driver or GPU
+/// is usable; `auto` takes the GPU when one is usable, else the CPU with one line saying why.
 pub fn resolve_device(arg: DeviceArg, quiet: bool) -> tessera::Result<tessera::Device> {
     match arg {
         DeviceArg::Cpu => Ok(tessera::Device::Cpu),
-        DeviceArg::Cuda => Err(tessera::Error::Cuda(
-            "this build has no CUDA backend yet; use --device cpu (or auto)".into(),
-        )),
-        DeviceArg::Auto => {
-            if !quiet {
-                eprintln!("device: cpu (this build has no CUDA backend yet)");
+        DeviceArg::Cuda => tessera::Device::cuda(0),
+        DeviceArg::Auto => match tessera::Device::cuda(0) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                if !quiet {
+                    eprintln!("device: cpu ({e})");
+                }
+                Ok(tessera::Device::Cpu)
             }
-            Ok(tessera::Device::Cpu)
-        }
+        },
     }
 }
 
@@ -85,5 +89,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(c) => clip::run_eval(c),
         Command::Query(c) => clip::run_query(c),
         Command::Bench(a) => bench::run(a),
+        Command::CheckKernels(a) => check_kernels::run(a),
     }
 }

@@ -68,7 +68,7 @@ __device__ __forceinline__ void window_avg2d_bwd_body(
       for (long long bq = col_ptr[xx]; bq < col_ptr[xx + 1]; ++bq) {
         const long long j = col_idx[bq];
         const long long div = rows[3 * i + 2] * cols[3 * j + 2];
-        s += gp[i * s2 + j * s3] / (T)(div < 1 ? 1 : div);
+        s += gp[i * s2 + j * s3] * (T(1) / (T)(div < 1 ? 1 : div));
       }
     }
     dx[e] = s;

@@ -66,19 +66,6 @@ __device__ __forceinline__ void gemm_body(const T* __restrict__ a, const T* __re
   }
 }
 
-// c[e] = sum over s < splits of ws[s·total + e], in order of s.
-template <typename T>
-__device__ __forceinline__ void gemm_splitk_reduce_body(const T* __restrict__ ws,
-                                                        T* __restrict__ c, long long total,
-                                                        long long splits) {
-  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-       e += (long long)gridDim.x * blockDim.x) {
-    T s = T(0);
-    for (long long k = 0; k < splits; ++k) s += ws[k * total + e];
-    c[e] = s;
-  }
-}
-
 #define GEMM_PARAMS(T)                                                                      \
   const T *a, const T *b, T *c, long long batch, long long M, long long N, long long K,      \
       long long a_sb, long long a_sm, long long a_sk, long long b_sb, long long b_sk,       \
@@ -96,9 +83,9 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemm_64x64_f64(GEMM_PARAMS(
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemm_splitk_reduce_f32(const float* ws, float* c, long long total, long long splits) {
-  gemm_splitk_reduce_body<float>(ws, c, total, splits);
+  splitk_reduce<float>(ws, c, total, splits);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemm_splitk_reduce_f64(const double* ws, double* c, long long total, long long splits) {
-  gemm_splitk_reduce_body<double>(ws, c, total, splits);
+  splitk_reduce<double>(ws, c, total, splits);
 }

@@ -204,3 +204,16 @@ __device__ __forceinline__ void tile_gemm_store(const Store& store, long long m0
     }
   }
 }
+
+// Split-K epilogue: c[e] = sum over s < splits of ws[s·total + e], in order of s (so the
+// result does not depend on scheduling). Grid-stride over `total`.
+template <typename T>
+__device__ __forceinline__ void splitk_reduce(const T* __restrict__ ws, T* __restrict__ c,
+                                              long long total, long long splits) {
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (long long)gridDim.x * blockDim.x) {
+    T s = T(0);
+    for (long long k = 0; k < splits; ++k) s += ws[k * total + e];
+    c[e] = s;
+  }
+}

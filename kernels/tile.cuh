@@ -21,6 +21,8 @@ template <> struct Num<float> {
   static __device__ __forceinline__ float exp(float x) { return expf(x); }
   static __device__ __forceinline__ float log(float x) { return logf(x); }
   static __device__ __forceinline__ float sqrt(float x) { return sqrtf(x); }
+  // 1/x correctly rounded, without the IEEE-divide slow-path call (which costs stack).
+  static __device__ __forceinline__ float rcp(float x) { return __frcp_rn(x); }
 };
 
 template <> struct Num<double> {
@@ -30,6 +32,7 @@ template <> struct Num<double> {
   static __device__ __forceinline__ double exp(double x) { return ::exp(x); }
   static __device__ __forceinline__ double log(double x) { return ::log(x); }
   static __device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
+  static __device__ __forceinline__ double rcp(double x) { return __drcp_rn(x); }
 };
 
 // The larger of m and v, a NaN winning (the CPU backend's rule: a NaN makes its row NaN).

@@ -6,7 +6,10 @@ use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    // Read at run time, not with env!(): a build script compiled in one checkout and reused
+    // from a copied target/ folder must still read this checkout's kernels.
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&root).join("kernels");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))

@@ -14,8 +14,8 @@
 //! Memory: O(B·H·(Tq·(D+Dv) + Tk·(D+Dv))) in and out, plus O(block²) scratch per task;
 //! nothing quadratic in the sequence length.
 
-use super::{CpuStorage, Storage};
-use crate::tensor::Layout;
+use super::{on_backend, operand, Operand, Storage};
+use crate::tensor::{Device, Layout};
 use crate::Result;
 
 /// A u8 mask viewed (broadcast) as `[B, H, Tq, Tk]`. A key is allowed by this mask when its
@@ -67,17 +67,19 @@ pub trait AttentionBackend: Sized {
     ) -> Result<(Self, Self, Self)>;
 }
 
-fn cpu(s: &Storage) -> &CpuStorage {
-    match s {
-        Storage::Cpu(c) => c,
-    }
-}
-fn cpu_masks<'a>(m: &[AttnMask<'a, Storage>]) -> Vec<AttnMask<'a, CpuStorage>> {
+/// The masks as storages of the first operand's backend, or a device mismatch.
+fn masks_on<'a, S: Operand>(
+    op: &'static str,
+    d: Device,
+    m: &[AttnMask<'a, Storage>],
+) -> Result<Vec<AttnMask<'a, S>>> {
     m.iter()
-        .map(|m| AttnMask {
-            storage: cpu(m.storage),
-            layout: m.layout.clone(),
-            attend_if_set: m.attend_if_set,
+        .map(|m| {
+            Ok(AttnMask {
+                storage: operand(op, d, m.storage)?,
+                layout: m.layout.clone(),
+                attend_if_set: m.attend_if_set,
+            })
         })
         .collect()
 }
@@ -94,16 +96,20 @@ impl Storage {
         masks: &[AttnMask<Storage>],
         p: AttnParams,
     ) -> Result<(Storage, Storage)> {
-        let (o, lse) = cpu(self).attention_fwd(
-            q_layout,
-            cpu(k),
-            k_layout,
-            cpu(v),
-            v_layout,
-            &cpu_masks(masks),
-            p,
-        )?;
-        Ok((Storage::Cpu(o), Storage::Cpu(lse)))
+        const OP: &str = "attention";
+        let d = self.device();
+        on_backend!(self, |q| {
+            let (o, lse) = q.attention_fwd(
+                q_layout,
+                operand(OP, d, k)?,
+                k_layout,
+                operand(OP, d, v)?,
+                v_layout,
+                &masks_on(OP, d, masks)?,
+                p,
+            )?;
+            Ok((o.into_storage(), lse.into_storage()))
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -121,19 +127,23 @@ impl Storage {
         masks: &[AttnMask<Storage>],
         p: AttnParams,
     ) -> Result<(Storage, Storage, Storage)> {
-        let (dq, dk, dv) = cpu(self).attention_bwd(
-            q_layout,
-            cpu(k),
-            k_layout,
-            cpu(v),
-            v_layout,
-            cpu(out),
-            cpu(lse),
-            cpu(d_out),
-            d_out_layout,
-            &cpu_masks(masks),
-            p,
-        )?;
-        Ok((Storage::Cpu(dq), Storage::Cpu(dk), Storage::Cpu(dv)))
+        const OP: &str = "attention_backward";
+        let d = self.device();
+        on_backend!(self, |q| {
+            let (dq, dk, dv) = q.attention_bwd(
+                q_layout,
+                operand(OP, d, k)?,
+                k_layout,
+                operand(OP, d, v)?,
+                v_layout,
+                operand(OP, d, out)?,
+                operand(OP, d, lse)?,
+                operand(OP, d, d_out)?,
+                d_out_layout,
+                &masks_on(OP, d, masks)?,
+                p,
+            )?;
+            Ok((dq.into_storage(), dk.into_storage(), dv.into_storage()))
+        })
     }
 }

@@ -16,7 +16,7 @@
 //! Each takes storages with any layout and returns a fresh contiguous storage; the geometry
 //! is validated by the op layer and passed as a [`Conv2dGeom`].
 
-use super::{same_device, same_dtype, Storage};
+use super::{on_backend, operand, same_device, same_dtype, Operand, Storage};
 use crate::tensor::Layout;
 use crate::Result;
 
@@ -98,11 +98,10 @@ impl Storage {
         g: &Conv2dGeom,
     ) -> Result<Storage> {
         check_pair("conv2d", self, w)?;
-        match (self, w) {
-            (Storage::Cpu(x), Storage::Cpu(w)) => {
-                Ok(Storage::Cpu(x.conv2d(x_layout, w, w_layout, g)?))
-            }
-        }
+        let d = self.device();
+        on_backend!(self, |x| Ok(x
+            .conv2d(x_layout, operand("conv2d", d, w)?, w_layout, g)?
+            .into_storage()))
     }
     pub fn conv2d_backward_input(
         &self,
@@ -112,11 +111,15 @@ impl Storage {
         g: &Conv2dGeom,
     ) -> Result<Storage> {
         check_pair("conv2d_backward_input", self, w)?;
-        match (self, w) {
-            (Storage::Cpu(dy), Storage::Cpu(w)) => Ok(Storage::Cpu(
-                dy.conv2d_backward_input(dy_layout, w, w_layout, g)?,
-            )),
-        }
+        let d = self.device();
+        on_backend!(self, |dy| Ok(dy
+            .conv2d_backward_input(
+                dy_layout,
+                operand("conv2d_backward_input", d, w)?,
+                w_layout,
+                g
+            )?
+            .into_storage()))
     }
     pub fn conv2d_backward_weight(
         &self,
@@ -126,10 +129,14 @@ impl Storage {
         g: &Conv2dGeom,
     ) -> Result<Storage> {
         check_pair("conv2d_backward_weight", self, dy)?;
-        match (self, dy) {
-            (Storage::Cpu(x), Storage::Cpu(dy)) => Ok(Storage::Cpu(
-                x.conv2d_backward_weight(x_layout, dy, dy_layout, g)?,
-            )),
-        }
+        let d = self.device();
+        on_backend!(self, |x| Ok(x
+            .conv2d_backward_weight(
+                x_layout,
+                operand("conv2d_backward_weight", d, dy)?,
+                dy_layout,
+                g
+            )?
+            .into_storage()))
     }
 }

@@ -2,7 +2,7 @@
 //! backward), binary ops on operands already broadcast to one shape, comparisons (to u8 masks)
 //! and `where`.
 
-use super::{same_device, same_dtype, Storage};
+use super::{on_backend, operand, same_device, same_dtype, Operand, Storage};
 use crate::tensor::Layout;
 use crate::Result;
 
@@ -128,9 +128,7 @@ pub trait ElementwiseBackend: Sized {
 
 impl Storage {
     pub fn unary(&self, op: UnaryOp, layout: &Layout) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.unary(op, layout)?)),
-        }
+        on_backend!(self, |x| Ok(x.unary(op, layout)?.into_storage()))
     }
     pub fn unary_backward(
         &self,
@@ -141,11 +139,10 @@ impl Storage {
     ) -> Result<Storage> {
         same_device(op.name(), self, dy)?;
         same_dtype(op.name(), self.dtype(), dy.dtype())?;
-        match (self, dy) {
-            (Storage::Cpu(x), Storage::Cpu(dy)) => {
-                Ok(Storage::Cpu(x.unary_backward(op, x_layout, dy, dy_layout)?))
-            }
-        }
+        let d = self.device();
+        on_backend!(self, |x| Ok(x
+            .unary_backward(op, x_layout, operand(op.name(), d, dy)?, dy_layout)?
+            .into_storage()))
     }
     pub fn binary(
         &self,
@@ -156,11 +153,10 @@ impl Storage {
     ) -> Result<Storage> {
         same_device(op.name(), self, rhs)?;
         same_dtype(op.name(), self.dtype(), rhs.dtype())?;
-        match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => {
-                Ok(Storage::Cpu(a.binary(op, lhs_layout, b, rhs_layout)?))
-            }
-        }
+        let d = self.device();
+        on_backend!(self, |a| Ok(a
+            .binary(op, lhs_layout, operand(op.name(), d, rhs)?, rhs_layout)?
+            .into_storage()))
     }
     pub fn cmp(
         &self,
@@ -171,11 +167,10 @@ impl Storage {
     ) -> Result<Storage> {
         same_device("cmp", self, rhs)?;
         same_dtype("cmp", self.dtype(), rhs.dtype())?;
-        match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => {
-                Ok(Storage::Cpu(a.cmp(op, lhs_layout, b, rhs_layout)?))
-            }
-        }
+        let d = self.device();
+        on_backend!(self, |a| Ok(a
+            .cmp(op, lhs_layout, operand("cmp", d, rhs)?, rhs_layout)?
+            .into_storage()))
     }
     pub fn where_cond(
         &self,
@@ -188,10 +183,15 @@ impl Storage {
         same_device("where_cond", self, on_true)?;
         same_device("where_cond", on_true, on_false)?;
         same_dtype("where_cond", on_true.dtype(), on_false.dtype())?;
-        match (self, on_true, on_false) {
-            (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => Ok(Storage::Cpu(
-                c.where_cond(layout, t, t_layout, f, f_layout)?,
-            )),
-        }
+        let d = self.device();
+        on_backend!(self, |c| Ok(c
+            .where_cond(
+                layout,
+                operand("where_cond", d, on_true)?,
+                t_layout,
+                operand("where_cond", d, on_false)?,
+                f_layout,
+            )?
+            .into_storage()))
     }
 }

@@ -12,7 +12,7 @@
 //! `dim` and returns [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) naming the op,
 //! the index and the size. Outputs are fresh contiguous storages.
 
-use super::{same_device, same_dtype, Storage};
+use super::{on_backend, operand, same_device, same_dtype, Operand, Storage};
 use crate::tensor::Layout;
 use crate::Result;
 
@@ -62,11 +62,10 @@ impl Storage {
         dim: usize,
     ) -> Result<Storage> {
         same_device("index_select", self, ids)?;
-        match (self, ids) {
-            (Storage::Cpu(x), Storage::Cpu(i)) => {
-                Ok(Storage::Cpu(x.index_select(layout, i, ids_layout, dim)?))
-            }
-        }
+        let d = self.device();
+        on_backend!(self, |x| Ok(x
+            .index_select(layout, operand("index_select", d, ids)?, ids_layout, dim)?
+            .into_storage()))
     }
 
     pub fn index_add(
@@ -81,11 +80,17 @@ impl Storage {
         same_device("index_add", self, ids)?;
         same_device("index_add", self, src)?;
         same_dtype("index_add", self.dtype(), src.dtype())?;
-        match (self, ids, src) {
-            (Storage::Cpu(x), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(
-                x.index_add(layout, i, ids_layout, s, src_layout, dim)?,
-            )),
-        }
+        let d = self.device();
+        on_backend!(self, |x| Ok(x
+            .index_add(
+                layout,
+                operand("index_add", d, ids)?,
+                ids_layout,
+                operand("index_add", d, src)?,
+                src_layout,
+                dim,
+            )?
+            .into_storage()))
     }
 
     pub fn gather(
@@ -96,11 +101,10 @@ impl Storage {
         dim: usize,
     ) -> Result<Storage> {
         same_device("gather", self, ids)?;
-        match (self, ids) {
-            (Storage::Cpu(x), Storage::Cpu(i)) => {
-                Ok(Storage::Cpu(x.gather(layout, i, ids_layout, dim)?))
-            }
-        }
+        let d = self.device();
+        on_backend!(self, |x| Ok(x
+            .gather(layout, operand("gather", d, ids)?, ids_layout, dim)?
+            .into_storage()))
     }
 
     pub fn scatter_add(
@@ -115,10 +119,16 @@ impl Storage {
         same_device("scatter_add", self, ids)?;
         same_device("scatter_add", self, src)?;
         same_dtype("scatter_add", self.dtype(), src.dtype())?;
-        match (self, ids, src) {
-            (Storage::Cpu(x), Storage::Cpu(i), Storage::Cpu(s)) => Ok(Storage::Cpu(
-                x.scatter_add(layout, i, ids_layout, s, src_layout, dim)?,
-            )),
-        }
+        let d = self.device();
+        on_backend!(self, |x| Ok(x
+            .scatter_add(
+                layout,
+                operand("scatter_add", d, ids)?,
+                ids_layout,
+                operand("scatter_add", d, src)?,
+                src_layout,
+                dim,
+            )?
+            .into_storage()))
     }
 }

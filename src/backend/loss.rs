@@ -11,7 +11,7 @@
 //! Memory traffic: the forward reads the logits twice (max, then Σ exp) and saves only `lse`
 //! (`N` values); the backward reads the logits once and writes the gradient once.
 
-use super::{CpuStorage, Storage};
+use super::{on_backend, operand, Operand, Storage};
 use crate::tensor::Layout;
 use crate::Result;
 
@@ -50,12 +50,6 @@ pub trait LossBackend: Sized {
     ) -> Result<Self>;
 }
 
-fn cpu(s: &Storage) -> &CpuStorage {
-    match s {
-        Storage::Cpu(c) => c,
-    }
-}
-
 impl Storage {
     pub fn cross_entropy_fwd(
         &self,
@@ -64,9 +58,16 @@ impl Storage {
         targets_layout: &Layout,
         p: CrossEntropyParams,
     ) -> Result<(Storage, Storage, usize)> {
-        let (l, lse, n) =
-            cpu(self).cross_entropy_fwd(logits_layout, cpu(targets), targets_layout, p)?;
-        Ok((Storage::Cpu(l), Storage::Cpu(lse), n))
+        let d = self.device();
+        on_backend!(self, |x| {
+            let (l, lse, n) = x.cross_entropy_fwd(
+                logits_layout,
+                operand("cross_entropy", d, targets)?,
+                targets_layout,
+                p,
+            )?;
+            Ok((l.into_storage(), lse.into_storage(), n))
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -81,15 +82,19 @@ impl Storage {
         count: usize,
         p: CrossEntropyParams,
     ) -> Result<Storage> {
-        Ok(Storage::Cpu(cpu(self).cross_entropy_bwd(
-            logits_layout,
-            cpu(targets),
-            targets_layout,
-            cpu(lse),
-            cpu(grad),
-            grad_layout,
-            count,
-            p,
-        )?))
+        const OP: &str = "cross_entropy_backward";
+        let d = self.device();
+        on_backend!(self, |x| Ok(x
+            .cross_entropy_bwd(
+                logits_layout,
+                operand(OP, d, targets)?,
+                targets_layout,
+                operand(OP, d, lse)?,
+                operand(OP, d, grad)?,
+                grad_layout,
+                count,
+                p,
+            )?
+            .into_storage()))
     }
 }

@@ -2,9 +2,9 @@
 //! (`[B, M, K]` and `[B, K, N]`) with any strides, so transposed and batch-broadcast
 //! (stride 0) operands are read without a copy. Output is contiguous `[B, M, N]`.
 
-use super::{same_dtype, Storage};
+use super::{on_backend, operand, same_device, same_dtype, Operand, Storage};
 use crate::tensor::Layout;
-use crate::{Error, Result};
+use crate::Result;
 
 pub trait MatmulBackend: Sized {
     fn matmul(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
@@ -17,17 +17,11 @@ impl Storage {
         rhs: &Storage,
         rhs_layout: &Layout,
     ) -> Result<Storage> {
+        same_device("matmul", self, rhs)?;
         same_dtype("matmul", self.dtype(), rhs.dtype())?;
-        match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => {
-                Ok(Storage::Cpu(a.matmul(lhs_layout, b, rhs_layout)?))
-            }
-            #[allow(unreachable_patterns)]
-            _ => Err(Error::DeviceMismatch {
-                op: "matmul",
-                lhs: self.device(),
-                rhs: rhs.device(),
-            }),
-        }
+        let d = self.device();
+        on_backend!(self, |a| Ok(a
+            .matmul(lhs_layout, operand("matmul", d, rhs)?, rhs_layout)?
+            .into_storage()))
     }
 }

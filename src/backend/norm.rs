@@ -18,8 +18,8 @@
 //! Memory traffic: forward reads x twice (statistics, then normalize) and writes y once;
 //! backward reads x and dy twice and writes dx once. Saved state is two values per statistic set.
 
-use super::{CpuStorage, Storage};
-use crate::tensor::Layout;
+use super::{on_backend, operand, Operand, Storage};
+use crate::tensor::{Device, Layout};
 use crate::Result;
 
 /// An optional per-channel parameter (weight or bias): a `[C]` storage and its layout.
@@ -102,16 +102,16 @@ pub trait NormBackend: Sized {
     ) -> Result<()>;
 }
 
-fn cpu(s: &Storage) -> &CpuStorage {
-    match s {
-        Storage::Cpu(c) => c,
-    }
+/// A parameter of the first operand's backend, or a device mismatch naming `op`.
+fn param<'a, S: Operand>(
+    op: &'static str,
+    d: Device,
+    p: Param<'a, Storage>,
+) -> Result<Param<'a, S>> {
+    p.map(|(s, l)| Ok((operand(op, d, s)?, l))).transpose()
 }
-fn cpu_param<'a>(p: Param<'a, Storage>) -> Param<'a, CpuStorage> {
-    p.map(|(s, l)| (cpu(s), l))
-}
-fn wrap3(t: (CpuStorage, CpuStorage, CpuStorage)) -> (Storage, Storage, Storage) {
-    (Storage::Cpu(t.0), Storage::Cpu(t.1), Storage::Cpu(t.2))
+fn wrap3<S: Operand>(t: (S, S, S)) -> (Storage, Storage, Storage) {
+    (t.0.into_storage(), t.1.into_storage(), t.2.into_storage())
 }
 
 impl Storage {
@@ -124,15 +124,16 @@ impl Storage {
         bias: Param<Storage>,
         eps: f64,
     ) -> Result<(Storage, Storage, Storage)> {
-        let x = cpu(self);
-        Ok(wrap3(x.group_norm_fwd(
+        const OP: &str = "group_norm";
+        let d = self.device();
+        on_backend!(self, |x| Ok(wrap3(x.group_norm_fwd(
             x_layout,
             dims,
             groups,
-            cpu_param(weight),
-            cpu_param(bias),
+            param(OP, d, weight)?,
+            param(OP, d, bias)?,
             eps,
-        )?))
+        )?)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -147,16 +148,18 @@ impl Storage {
         groups: usize,
         weight: Param<Storage>,
     ) -> Result<(Storage, Storage, Storage)> {
-        Ok(wrap3(cpu(self).group_norm_bwd(
+        const OP: &str = "group_norm_backward";
+        let d = self.device();
+        on_backend!(self, |x| Ok(wrap3(x.group_norm_bwd(
             x_layout,
-            cpu(dy),
+            operand(OP, d, dy)?,
             dy_layout,
-            cpu(mean),
-            cpu(rstd),
+            operand(OP, d, mean)?,
+            operand(OP, d, rstd)?,
             dims,
             groups,
-            cpu_param(weight),
-        )?))
+            param(OP, d, weight)?,
+        )?)))
     }
 
     pub fn batch_norm_fwd(
@@ -168,14 +171,22 @@ impl Storage {
         bias: Param<Storage>,
         eps: f64,
     ) -> Result<(Storage, Storage, Storage)> {
-        Ok(wrap3(cpu(self).batch_norm_fwd(
-            x_layout,
-            dims,
-            running.map(|(m, v)| (cpu_param(m), cpu_param(v))),
-            cpu_param(weight),
-            cpu_param(bias),
-            eps,
-        )?))
+        const OP: &str = "batch_norm";
+        let d = self.device();
+        on_backend!(self, |x| {
+            let running = match running {
+                Some((m, v)) => Some((param(OP, d, m)?, param(OP, d, v)?)),
+                None => None,
+            };
+            Ok(wrap3(x.batch_norm_fwd(
+                x_layout,
+                dims,
+                running,
+                param(OP, d, weight)?,
+                param(OP, d, bias)?,
+                eps,
+            )?))
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -190,16 +201,18 @@ impl Storage {
         weight: Param<Storage>,
         batch_stats: bool,
     ) -> Result<(Storage, Storage, Storage)> {
-        Ok(wrap3(cpu(self).batch_norm_bwd(
+        const OP: &str = "batch_norm_backward";
+        let d = self.device();
+        on_backend!(self, |x| Ok(wrap3(x.batch_norm_bwd(
             x_layout,
-            cpu(dy),
+            operand(OP, d, dy)?,
             dy_layout,
-            cpu(mean),
-            cpu(rstd),
+            operand(OP, d, mean)?,
+            operand(OP, d, rstd)?,
             dims,
-            cpu_param(weight),
+            param(OP, d, weight)?,
             batch_stats,
-        )?))
+        )?)))
     }
 
     pub fn batch_norm_update_running(
@@ -211,15 +224,14 @@ impl Storage {
         eps: f64,
         count: usize,
     ) -> Result<()> {
-        match self {
-            Storage::Cpu(s) => s.batch_norm_update_running(
-                layout,
-                cpu(stat),
-                momentum,
-                unbiased_var_from_rstd,
-                eps,
-                count,
-            ),
-        }
+        let d = self.device();
+        on_backend!(self, |s| s.batch_norm_update_running(
+            layout,
+            operand("batch_norm_update_running", d, stat)?,
+            momentum,
+            unbiased_var_from_rstd,
+            eps,
+            count,
+        ))
     }
 }

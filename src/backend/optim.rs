@@ -20,7 +20,7 @@
 //! The parameter may be any strided view; the gradient any view of the same shape; the state
 //! buffers are contiguous with one element per parameter element, in the parameter's dtype.
 
-use super::Storage;
+use super::{on_backend, operand, operand_mut, Storage};
 use crate::tensor::Layout;
 use crate::{Error, Result};
 
@@ -94,11 +94,15 @@ impl Storage {
         hyper: &AdamStep,
     ) -> Result<()> {
         check_grad_shape("adam_step", layout, grad_layout)?;
-        match (self, grad, m, v) {
-            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
-                p.adam_step(layout, g, grad_layout, m, v, hyper)
-            }
-        }
+        let d = self.device();
+        on_backend!(self, |p| p.adam_step(
+            layout,
+            operand("adam_step", d, grad)?,
+            grad_layout,
+            operand_mut("adam_step", d, m)?,
+            operand_mut("adam_step", d, v)?,
+            hyper,
+        ))
     }
     pub fn sgd_step(
         &mut self,
@@ -109,13 +113,19 @@ impl Storage {
         hyper: &SgdStep,
     ) -> Result<()> {
         check_grad_shape("sgd_step", layout, grad_layout)?;
-        match (self, grad) {
-            (Storage::Cpu(p), Storage::Cpu(g)) => {
-                let buf = momentum_buf.map(|b| match b {
-                    Storage::Cpu(b) => b,
-                });
-                p.sgd_step(layout, g, grad_layout, buf, hyper)
-            }
-        }
+        let d = self.device();
+        on_backend!(self, |p| {
+            let buf = match momentum_buf {
+                Some(b) => Some(operand_mut("sgd_step", d, b)?),
+                None => None,
+            };
+            p.sgd_step(
+                layout,
+                operand("sgd_step", d, grad)?,
+                grad_layout,
+                buf,
+                hyper,
+            )
+        })
     }
 }

@@ -12,7 +12,7 @@
 //! `max_pool2d` (values plus i64 argmax indices `iy*W + ix` within the plane) and its backward
 //! (scatter-add of `dy` to the argmax). Inputs with any layout; outputs fresh and contiguous.
 
-use super::{same_device, same_dtype, Storage};
+use super::{on_backend, operand, same_device, same_dtype, Operand, Storage};
 use crate::tensor::Layout;
 use crate::{Error, Result};
 
@@ -72,22 +72,18 @@ pub trait PoolBackend: Sized {
 
 impl Storage {
     pub fn window_avg2d(&self, layout: &Layout, win: &Windows2d) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.window_avg2d(layout, win)?)),
-        }
+        on_backend!(self, |s| Ok(s.window_avg2d(layout, win)?.into_storage()))
     }
     pub fn window_avg2d_backward(&self, dy_layout: &Layout, win: &Windows2d) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.window_avg2d_backward(dy_layout, win)?)),
-        }
+        on_backend!(self, |s| Ok(s
+            .window_avg2d_backward(dy_layout, win)?
+            .into_storage()))
     }
     pub fn max_pool2d(&self, layout: &Layout, win: &Windows2d) -> Result<(Storage, Storage)> {
-        match self {
-            Storage::Cpu(s) => {
-                let (v, i) = s.max_pool2d(layout, win)?;
-                Ok((Storage::Cpu(v), Storage::Cpu(i)))
-            }
-        }
+        on_backend!(self, |s| {
+            let (v, i) = s.max_pool2d(layout, win)?;
+            Ok((v.into_storage(), i.into_storage()))
+        })
     }
     pub fn max_pool2d_backward(
         &self,
@@ -102,10 +98,14 @@ impl Storage {
             indices.dtype(),
             crate::tensor::DType::I64,
         )?;
-        match (self, indices) {
-            (Storage::Cpu(dy), Storage::Cpu(ix)) => Ok(Storage::Cpu(
-                dy.max_pool2d_backward(dy_layout, ix, idx_layout, in_hw)?,
-            )),
-        }
+        let d = self.device();
+        on_backend!(self, |dy| Ok(dy
+            .max_pool2d_backward(
+                dy_layout,
+                operand("max_pool2d_backward", d, indices)?,
+                idx_layout,
+                in_hw
+            )?
+            .into_storage()))
     }
 }

@@ -1,7 +1,7 @@
 //! Reductions over a set of dimensions. The output has the input's rank with the reduced
 //! dims set to 1 (keepdim); the op layer squeezes them when asked.
 
-use super::Storage;
+use super::{on_backend, Operand, Storage};
 use crate::tensor::Layout;
 use crate::Result;
 
@@ -35,8 +35,6 @@ pub trait ReduceBackend: Sized {
 
 impl Storage {
     pub fn reduce(&self, op: ReduceOp, layout: &Layout, dims: &[usize]) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.reduce(op, layout, dims)?)),
-        }
+        on_backend!(self, |s| Ok(s.reduce(op, layout, dims)?.into_storage()))
     }
 }

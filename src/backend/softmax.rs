@@ -12,7 +12,7 @@
 //!
 //! Inputs come with any layout; outputs are fresh contiguous storages of the input's shape.
 
-use super::{same_device, same_dtype, Storage};
+use super::{on_backend, operand, same_device, same_dtype, Operand, Storage};
 use crate::tensor::Layout;
 use crate::Result;
 
@@ -48,9 +48,7 @@ pub trait SoftmaxBackend: Sized {
 
 impl Storage {
     pub fn softmax(&self, kind: SoftmaxKind, layout: &Layout, dim: usize) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.softmax(kind, layout, dim)?)),
-        }
+        on_backend!(self, |s| Ok(s.softmax(kind, layout, dim)?.into_storage()))
     }
     pub fn softmax_backward(
         &self,
@@ -62,10 +60,9 @@ impl Storage {
     ) -> Result<Storage> {
         same_device(kind.name(), self, dy)?;
         same_dtype(kind.name(), self.dtype(), dy.dtype())?;
-        match (self, dy) {
-            (Storage::Cpu(y), Storage::Cpu(dy)) => Ok(Storage::Cpu(
-                y.softmax_backward(kind, y_layout, dy, dy_layout, dim)?,
-            )),
-        }
+        let d = self.device();
+        on_backend!(self, |y| Ok(y
+            .softmax_backward(kind, y_layout, operand(kind.name(), d, dy)?, dy_layout, dim)?
+            .into_storage()))
     }
 }

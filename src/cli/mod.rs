@@ -1,6 +1,7 @@
 //! Command-line interface, one file per subcommand. Every command that measures something
 //! accepts `--json` and then prints one final JSON line with its figures.
 
+mod check_kernels;
 mod demo;
 mod info;
 mod sample;
@@ -34,6 +35,8 @@ pub enum Command {
     Sample(sample::SampleCommand),
     /// Prints the build, devices and CPU features found.
     Info(info::InfoArgs),
+    /// Compiles every CUDA kernel for sm_90 with NVRTC (no GPU needed) and reports registers and spills.
+    CheckKernels(check_kernels::CheckKernelsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -44,20 +47,21 @@ pub enum DeviceArg {
     Auto,
 }
 
-/// Resolves `--device`. This build has only the CPU backend: `cuda` is an error and `auto`
-/// falls back to the CPU with one line saying so.
+/// Resolves `--device`: `cuda` is GPU 0 and an error (saying why) when no CUDA driver or GPU
+/// is usable; `auto` takes the GPU when one is usable, else the CPU with one line saying why.
 pub fn resolve_device(arg: DeviceArg, quiet: bool) -> tessera::Result<tessera::Device> {
     match arg {
         DeviceArg::Cpu => Ok(tessera::Device::Cpu),
-        DeviceArg::Cuda => Err(tessera::Error::Cuda(
-            "this build has no CUDA backend yet; use --device cpu (or auto)".into(),
-        )),
-        DeviceArg::Auto => {
-            if !quiet {
-                eprintln!("device: cpu (this build has no CUDA backend yet)");
+        DeviceArg::Cuda => tessera::Device::cuda(0),
+        DeviceArg::Auto => match tessera::Device::cuda(0) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                if !quiet {
+                    eprintln!("device: cpu ({e})");
+                }
+                Ok(tessera::Device::Cpu)
             }
-            Ok(tessera::Device::Cpu)
-        }
+        },
     }
 }
 
@@ -72,5 +76,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(c) => train::run(c),
         Command::Sample(c) => sample::run(c),
         Command::Info(a) => info::run(a),
+        Command::CheckKernels(a) => check_kernels::run(a),
     }
 }

@@ -9,7 +9,7 @@
 //! multiplies the gradient by the same `mask` (kept entries scaled by `1/(1-p)`).
 
 use crate::random;
-use crate::tensor::{DType, Tensor, WithDType};
+use crate::tensor::{DType, Device, Tensor, WithDType};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -44,6 +44,20 @@ impl Tensor {
         self.check_float("dropout")?;
         let (seed, offset) = random::next_draw();
         let n = self.elem_count();
+        if let Device::Cuda(ordinal) = self.device() {
+            // The same mask, drawn on the device (no upload).
+            let mask = crate::backend::cuda::random::dropout_mask(
+                n,
+                self.dtype(),
+                p,
+                (seed, offset),
+                ordinal,
+            )?;
+            return self.mul(&Tensor::from_storage(
+                crate::backend::Storage::Cuda(mask),
+                self.shape().clone(),
+            ));
+        }
         let mask = match self.dtype() {
             DType::F32 => Tensor::from_vec(
                 mask_values::<f32>(n, p, seed, offset),

@@ -1,6 +1,7 @@
 //! Creating tensors: constants, ranges, host data, and seeded random draws.
 
 use super::{DType, Device, Shape, Tensor, WithDType};
+use crate::backend::cuda::{self, CudaStorage};
 use crate::backend::{CpuStorage, Storage};
 use crate::random;
 use crate::{Error, Result};
@@ -30,6 +31,23 @@ fn host_from_fn(n: usize, dtype: DType, f: impl Fn(usize) -> f64 + Sync + Send) 
     }
 }
 
+/// A tensor whose element `i` is `f(i)`: computed on the host for the CPU, and by `on_gpu(len,
+/// ordinal)` directly in GPU memory (a kernel of the same formula, no upload) for a GPU.
+fn generated(
+    shape: Shape,
+    dtype: DType,
+    device: Device,
+    f: impl Fn(usize) -> f64 + Sync + Send,
+    on_gpu: impl FnOnce(usize, usize) -> Result<CudaStorage>,
+) -> Result<Tensor> {
+    let n = shape.elem_count();
+    let storage = match device {
+        Device::Cpu => Storage::Cpu(host_from_fn(n, dtype, f)),
+        Device::Cuda(ordinal) => Storage::Cuda(on_gpu(n, ordinal)?),
+    };
+    Ok(Tensor::from_storage(storage, shape))
+}
+
 impl Tensor {
     fn from_host(cpu: CpuStorage, shape: Shape, device: Device) -> Result<Tensor> {
         Ok(Tensor::from_storage(Storage::from_cpu(cpu, device)?, shape))
@@ -51,11 +69,12 @@ impl Tensor {
         dtype: DType,
         device: Device,
     ) -> Result<Tensor> {
-        let shape = shape.into();
-        Self::from_host(
-            host_from_fn(shape.elem_count(), dtype, |_| value),
-            shape,
+        generated(
+            shape.into(),
+            dtype,
             device,
+            |_| value,
+            |n, i| cuda::random::full(n, dtype, value, i),
         )
     }
     pub fn zeros_like(&self) -> Result<Tensor> {
@@ -137,13 +156,12 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let (seed, offset) = random::next_draw();
-        let shape = shape.into();
-        Self::from_host(
-            host_from_fn(shape.elem_count(), dtype, |i| {
-                lo + (hi - lo) * random::uniform_at(seed, offset, i as u64)
-            }),
-            shape,
+        generated(
+            shape.into(),
+            dtype,
             device,
+            |i| lo + (hi - lo) * random::uniform_at(seed, offset, i as u64),
+            |n, i| cuda::random::uniform(n, dtype, (seed, offset), (lo, hi), i),
         )
     }
     /// Standard normal from the global generator.
@@ -160,13 +178,12 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let (seed, offset) = random::next_draw();
-        let shape = shape.into();
-        Self::from_host(
-            host_from_fn(shape.elem_count(), dtype, |i| {
-                mean + std * random::normal_at(seed, offset, i as u64)
-            }),
-            shape,
+        generated(
+            shape.into(),
+            dtype,
             device,
+            |i| mean + std * random::normal_at(seed, offset, i as u64),
+            |n, i| cuda::random::normal(n, dtype, (seed, offset), (mean, std), i),
         )
     }
     /// Uniform [0, 1) at an explicit (seed, offset): the same numbers on every backend.
@@ -177,13 +194,12 @@ impl Tensor {
         seed: u64,
         offset: u64,
     ) -> Result<Tensor> {
-        let shape = shape.into();
-        Self::from_host(
-            host_from_fn(shape.elem_count(), dtype, |i| {
-                random::uniform_at(seed, offset, i as u64)
-            }),
-            shape,
+        generated(
+            shape.into(),
+            dtype,
             device,
+            |i| random::uniform_at(seed, offset, i as u64),
+            |n, i| cuda::random::uniform(n, dtype, (seed, offset), (0.0, 1.0), i),
         )
     }
     /// Standard normal at an explicit (seed, offset).
@@ -194,13 +210,12 @@ impl Tensor {
         seed: u64,
         offset: u64,
     ) -> Result<Tensor> {
-        let shape = shape.into();
-        Self::from_host(
-            host_from_fn(shape.elem_count(), dtype, |i| {
-                random::normal_at(seed, offset, i as u64)
-            }),
-            shape,
+        generated(
+            shape.into(),
+            dtype,
             device,
+            |i| random::normal_at(seed, offset, i as u64),
+            |n, i| cuda::random::normal(n, dtype, (seed, offset), (0.0, 1.0), i),
         )
     }
 }

@@ -203,6 +203,28 @@ impl Tensor {
             .copy_into(self.layout(), &src_storage, src.layout())
     }
 
+    // ---- devices ----------------------------------------------------------------------
+
+    /// This tensor on `device`: the same tensor when it is already there, else a contiguous
+    /// copy that goes through host memory exactly once (device to host, host to device).
+    /// Recorded in the graph: the gradient travels back to this tensor's device.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        let device = *device;
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let host = self.to_cpu_storage()?;
+        let out = Tensor::from_storage(Storage::from_cpu(host, device)?, self.shape().clone());
+        let from = self.device();
+        Ok(Tensor::record(out, "to_device", &[self], move |g| {
+            Ok(vec![Some(g.to_device(&from)?)])
+        }))
+    }
+    /// Short form of [`to_device`](Self::to_device).
+    pub fn to(&self, device: Device) -> Result<Tensor> {
+        self.to_device(&device)
+    }
+
     // ---- data out ---------------------------------------------------------------------
 
     /// A contiguous host copy of the data.

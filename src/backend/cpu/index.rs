@@ -53,7 +53,7 @@ fn checked_indices(
 }
 
 /// `(outer, size, inner)`: the products of the dims before `dim`, `dim` itself, and after it.
-fn split_at_dim(dims: &[usize], dim: usize) -> (usize, usize, usize) {
+pub(crate) fn split_at_dim(dims: &[usize], dim: usize) -> (usize, usize, usize) {
     (
         dims[..dim].iter().product(),
         dims[dim],
@@ -62,7 +62,7 @@ fn split_at_dim(dims: &[usize], dim: usize) -> (usize, usize, usize) {
 }
 
 /// `dim` must name a dimension of `layout` (the op layer guarantees it; this guards direct calls).
-fn check_dim(op: &'static str, layout: &Layout, dim: usize) -> Result<()> {
+pub(crate) fn check_dim(op: &'static str, layout: &Layout, dim: usize) -> Result<()> {
     if dim < layout.dims().len() {
         Ok(())
     } else {
@@ -160,7 +160,7 @@ fn offsets_without_dim(
 
 /// `ids` must have `layout`'s rank and fit inside it in every dim but `dim` (and, when
 /// `src_dims` is given, inside `src` in every dim).
-fn check_index_fits(
+pub(crate) fn check_index_fits(
     op: &'static str,
     layout: &Layout,
     ids_layout: &Layout,

@@ -6,7 +6,7 @@
 //! 16 rows x 32 keys; more than 48 KiB of shared memory (large head dims, f64) is requested
 //! from the driver explicitly.
 
-use super::kernel_io::{launch_large_smem, ll};
+use super::kernel_io::{launch_large_smem, ll, push_strides};
 use super::storage::float_suffix;
 use super::{kernel_args, CudaStorage, KernelArgs, LaunchConfig};
 use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams};
@@ -86,13 +86,6 @@ impl Dims {
     }
 }
 
-fn strides_args(mut a: KernelArgs, l: &Layout) -> KernelArgs {
-    for &s in l.strides() {
-        a = a.arg(ll(s));
-    }
-    a
-}
-
 /// Two mask slots (pointer, 4 strides, mode: 0 none, 1 allowed when set, 2 allowed when clear).
 fn mask_args(mut a: KernelArgs, masks: &[AttnMask<CudaStorage>]) -> Result<KernelArgs> {
     if masks.len() > 2 {
@@ -107,7 +100,7 @@ fn mask_args(mut a: KernelArgs, masks: &[AttnMask<CudaStorage>]) -> Result<Kerne
                 crate::backend::same_dtype(OP, m.storage.dtype(), DType::U8)?;
                 m.storage.check_view(OP, &m.layout)?;
                 a = a.arg(m.storage.ptr_at(m.layout.offset()));
-                a = strides_args(a, &m.layout);
+                a = push_strides(a, &m.layout);
                 a = a.arg(if m.attend_if_set { 1i64 } else { 2i64 });
             }
             None => {
@@ -161,8 +154,8 @@ impl AttentionBackend for CudaStorage {
             lse.ptr()
         ];
         let args = dm.shape_args(args, p.causal);
-        let args = strides_args(
-            strides_args(strides_args(args, q_layout), k_layout),
+        let args = push_strides(
+            push_strides(push_strides(args, q_layout), k_layout),
             v_layout,
         );
         let args = mask_args(args, masks)?.arg(p.scale);
@@ -232,7 +225,7 @@ impl AttentionBackend for CudaStorage {
         let args = dm
             .shape_args(kernel_args![out.ptr(), gp, delta.ptr()], p.causal)
             .arg(ll(rows));
-        let args = strides_args(args, d_out_layout);
+        let args = push_strides(args, d_out_layout);
         dev.launch(
             FILE,
             &format!("attention_bwd_delta_{sfx}"),
@@ -243,8 +236,8 @@ impl AttentionBackend for CudaStorage {
         let smem = TILE * dm.d + TILE * dm.dv + STEP * (dm.d + 1) + STEP * (dm.dv + 1);
         let operand_args = |a: KernelArgs| -> Result<KernelArgs> {
             let a = dm.shape_args(a, p.causal);
-            let a = strides_args(strides_args(a, q_layout), k_layout);
-            let a = strides_args(strides_args(a, v_layout), d_out_layout);
+            let a = push_strides(push_strides(a, q_layout), k_layout);
+            let a = push_strides(push_strides(a, v_layout), d_out_layout);
             Ok(mask_args(a, masks)?.arg(p.scale))
         };
         let inputs = || kernel_args![qp, kp, vp, gp, lse.ptr(), delta.ptr()];
@@ -267,5 +260,34 @@ impl AttentionBackend for CudaStorage {
             args,
         )?;
         Ok((dq, dk, dv))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_dims_pick_the_smallest_instantiation_that_fits() {
+        let dims = |d, dv| Dims {
+            b: 1,
+            h: 1,
+            tq: 1,
+            tk: 1,
+            d,
+            dv,
+        };
+        let cases = [
+            (1, 1, 1),
+            (32, 8, 1),
+            (33, 8, 2),
+            (16, 64, 2),
+            (65, 3, 4),
+            (128, 128, 4),
+        ];
+        for (d, dv, ch) in cases {
+            assert_eq!(dims(d, dv).chunks(), ch, "D {d}, Dv {dv}");
+        }
+        assert_eq!(dims(129, 256).chunks(), 8);
     }
 }

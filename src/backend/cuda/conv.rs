@@ -4,7 +4,7 @@
 //! `N·OH·OW` output pixels while its output is small, so when its tiles cannot fill the GPU
 //! it splits that reduction over grid.y into a workspace summed afterwards in a fixed order.
 
-use super::kernel_io::ll;
+use super::kernel_io::{ll, push_strides};
 use super::storage::float_suffix;
 use super::{kernel_args, launch_1d, CudaStorage, KernelArgs, LaunchConfig};
 use crate::backend::conv::{Conv2dGeom, ConvBackend};
@@ -98,13 +98,6 @@ fn geom_args(mut a: KernelArgs, g: &Conv2dGeom) -> KernelArgs {
     a
 }
 
-fn strides_args(mut a: KernelArgs, l: &Layout) -> KernelArgs {
-    for &s in l.strides() {
-        a = a.arg(ll(s));
-    }
-    a
-}
-
 /// One block per 64 x 64 output tile of an `m x n` GEMM per group.
 fn tile_grid(m: usize, n: usize, splits: usize, groups: usize) -> LaunchConfig {
     LaunchConfig {
@@ -154,7 +147,7 @@ impl ConvBackend for CudaStorage {
             w.ptr_at(w_layout.offset()),
             out.ptr()
         ];
-        let args = strides_args(strides_args(geom_args(args, g), x_layout), w_layout);
+        let args = push_strides(push_strides(geom_args(args, g), x_layout), w_layout);
         let cfg = tile_grid(g.cout_g(), g.n * g.p(), 1, g.groups);
         dev.launch(FILE, &format!("conv2d_fwd_{sfx}"), cfg, args)?;
         Ok(out)
@@ -183,7 +176,7 @@ impl ConvBackend for CudaStorage {
             w.ptr_at(w_layout.offset()),
             dx.ptr()
         ];
-        let args = strides_args(strides_args(geom_args(args, g), dy_layout), w_layout);
+        let args = push_strides(push_strides(geom_args(args, g), dy_layout), w_layout);
         let cfg = tile_grid(g.cin_g(), g.n * g.h * g.w, 1, g.groups);
         dev.launch(FILE, &format!("conv2d_bwd_input_{sfx}"), cfg, args)?;
         Ok(dx)
@@ -228,7 +221,7 @@ impl ConvBackend for CudaStorage {
             dy.ptr_at(dy_layout.offset()),
             dst
         ];
-        let args = strides_args(strides_args(geom_args(args, g), x_layout), dy_layout);
+        let args = push_strides(push_strides(geom_args(args, g), x_layout), dy_layout);
         let cfg = tile_grid(g.cout_g(), g.k(), splits, g.groups);
         dev.launch(FILE, &format!("conv2d_bwd_weight_{sfx}"), cfg, args)?;
         if let Some(ws) = &workspace {

@@ -17,6 +17,14 @@ pub fn ll(v: usize) -> i64 {
     v as i64
 }
 
+/// Appends a view's strides (in elements, outermost first) as `long long` arguments.
+pub fn push_strides(mut args: KernelArgs, layout: &Layout) -> KernelArgs {
+    for &s in layout.strides() {
+        args = args.arg(ll(s));
+    }
+    args
+}
+
 /// A view as one contiguous run of elements: the device address of its first element, and
 /// the copy that holds it when the view was strided (kept alive until after the launch; the
 /// allocator's stream-ordered reuse makes dropping it right after enqueueing safe).

@@ -241,3 +241,27 @@ impl PoolBackend for CudaStorage {
         Ok(dx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(start: usize, end: usize) -> Window {
+        Window { start, end, div: 1 }
+    }
+
+    #[test]
+    fn inverse_windows_list_every_covering_window() {
+        // Overlapping windows, an empty one, and an input position no window covers.
+        let ws = [w(0, 3), w(2, 5), w(4, 4), w(4, 6)];
+        let mut meta = vec![7, 7];
+        let (ptr_at, idx_at) = push_inverse(&mut meta, &ws, 7);
+        assert_eq!((ptr_at, idx_at), (2, 10));
+        let ptr = &meta[ptr_at..idx_at];
+        let list = |p: usize| &meta[idx_at + ptr[p] as usize..idx_at + ptr[p + 1] as usize];
+        let want: [&[i64]; 7] = [&[0], &[0], &[0, 1], &[1], &[1, 3], &[3], &[]];
+        for (p, want) in want.iter().enumerate() {
+            assert_eq!(list(p), *want, "position {p}");
+        }
+    }
+}

@@ -125,3 +125,27 @@ impl SoftmaxBackend for CudaStorage {
         Ok(dx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_plans_cover_every_row_and_column() {
+        let (name, cfg, rows) = plan("fwd", "f32", 9, 1024, 1);
+        assert_eq!(
+            (name.as_str(), cfg.grid.0, cfg.block.0, rows),
+            ("softmax_fwd_warp_f32", 3, 128, true)
+        );
+        let (name, cfg, rows) = plan("bwd", "f64", 5, 1025, 1);
+        assert_eq!(
+            (name.as_str(), cfg.grid.0, cfg.block.0, rows),
+            ("softmax_bwd_block_f64", 5, 256, true)
+        );
+        let (name, cfg, rows) = plan("fwd", "f32", 3, 7, 100);
+        assert_eq!(
+            (name.as_str(), cfg.grid.0, cfg.block.0, rows),
+            ("softmax_fwd_cols_f32", 2, 256, false)
+        );
+    }
+}

@@ -66,8 +66,14 @@ __device__ __forceinline__ double to_f64(u8 x) { return (double)x; }
 template <typename T> __device__ __forceinline__ T from_f64(double x);
 template <> __device__ __forceinline__ float from_f64<float>(double x) { return (float)x; }
 template <> __device__ __forceinline__ double from_f64<double>(double x) { return x; }
-template <> __device__ __forceinline__ f16 from_f64<f16>(double x) { return __double2half(x); }
-template <> __device__ __forceinline__ bf16 from_f64<bf16>(double x) { return __double2bfloat16(x); }
+// The `half` crate's conversions, bit for bit (not the correctly rounded __double2half):
+// f64 -> f16 rounds to f32 first (its x86 F16C path), f64 -> bf16 drops the low 32 bits of the
+// f64 and then rounds to nearest even.
+template <> __device__ __forceinline__ f16 from_f64<f16>(double x) { return __float2half_rn((float)x); }
+template <> __device__ __forceinline__ bf16 from_f64<bf16>(double x) {
+    const double t = __longlong_as_double(__double_as_longlong(x) & (long long)0xFFFFFFFF00000000ULL);
+    return __float2bfloat16_rn((float)t);
+}
 // Rust's float-to-int `as`: truncate toward zero, saturate at the type's range, NaN -> 0.
 template <> __device__ __forceinline__ i64 from_f64<i64>(double x) {
     if (x != x) return 0;

@@ -149,34 +149,34 @@ template <typename T> __device__ __forceinline__ u8 cmp_op(int op, T x, T y) {
 
 // 16-byte vector types: 4 floats or 2 doubles.
 template <typename T> struct Vec16;
-template <> struct Vec16<float> { typedef float4 type; static const int N = 4; };
-template <> struct Vec16<double> { typedef double2 type; static const int N = 2; };
+template <> struct Vec16<float> { typedef float4 type; static const int WIDTH = 4; };
+template <> struct Vec16<double> { typedef double2 type; static const int WIDTH = 2; };
 
 template <typename T> __device__ __forceinline__ T& lane(typename Vec16<T>::type& v, int k);
 template <> __device__ __forceinline__ float& lane<float>(float4& v, int k) { return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w; }
 template <> __device__ __forceinline__ double& lane<double>(double2& v, int k) { return k == 0 ? v.x : v.y; }
 
-#define DEFINE_FLOAT_KERNELS(N, T)                                                                          \
-    extern "C" __global__ void unary_##N(T* __restrict__ out, const T* __restrict__ x, Strided xl, u64 n,    \
+#define DEFINE_FLOAT_KERNELS(NAME, T)                                                                          \
+    extern "C" __global__ void unary_##NAME(T* __restrict__ out, const T* __restrict__ x, Strided xl, u64 n,    \
                                          int op, double a, double b) {                                       \
         GRID_STRIDE_LOOP(i, n) { out[i] = unary_fwd<T>(op, x[strided_offset(xl, i)], a, b); }              \
     }                                                                                                        \
-    extern "C" __global__ void unary_bwd_##N(T* __restrict__ out, const T* __restrict__ x, Strided xl,       \
+    extern "C" __global__ void unary_bwd_##NAME(T* __restrict__ out, const T* __restrict__ x, Strided xl,       \
                                              const T* __restrict__ dy, Strided dl, u64 n, int op, double a,  \
                                              double b) {                                                     \
         GRID_STRIDE_LOOP(i, n) {                                                                             \
             out[i] = dy[strided_offset(dl, i)] * unary_deriv<T>(op, x[strided_offset(xl, i)], a, b);        \
         }                                                                                                    \
     }                                                                                                        \
-    extern "C" __global__ void binary_##N(T* __restrict__ out, const T* __restrict__ l, Strided ll,          \
+    extern "C" __global__ void binary_##NAME(T* __restrict__ out, const T* __restrict__ l, Strided ll,          \
                                           const T* __restrict__ r, Strided rl, u64 n, int op) {              \
         GRID_STRIDE_LOOP(i, n) { out[i] = binary_op<T>(op, l[strided_offset(ll, i)], r[strided_offset(rl, i)]); } \
     }                                                                                                        \
     /* x, out: contiguous, 16-byte aligned; n elements. */                                                   \
-    extern "C" __global__ void unary_vec_##N(T* __restrict__ out, const T* __restrict__ x, u64 n, int op,    \
+    extern "C" __global__ void unary_vec_##NAME(T* __restrict__ out, const T* __restrict__ x, u64 n, int op,    \
                                              double a, double b) {                                           \
         typedef typename Vec16<T>::type V;                                                                   \
-        const int W = Vec16<T>::N;                                                                           \
+        const int W = Vec16<T>::WIDTH;                                                                           \
         const u64 nv = n / W;                                                                                \
         GRID_STRIDE_LOOP(j, nv) {                                                                            \
             V v = reinterpret_cast<const V*>(x)[j];                                                          \
@@ -186,10 +186,10 @@ template <> __device__ __forceinline__ double& lane<double>(double2& v, int k) {
         GRID_STRIDE_LOOP(t, n - nv * W) { out[nv * W + t] = unary_fwd<T>(op, x[nv * W + t], a, b); }        \
     }                                                                                                        \
     /* l, r, out: contiguous, 16-byte aligned; n elements. */                                                \
-    extern "C" __global__ void binary_vec_##N(T* __restrict__ out, const T* __restrict__ l,                  \
+    extern "C" __global__ void binary_vec_##NAME(T* __restrict__ out, const T* __restrict__ l,                  \
                                               const T* __restrict__ r, u64 n, int op) {                      \
         typedef typename Vec16<T>::type V;                                                                   \
-        const int W = Vec16<T>::N;                                                                           \
+        const int W = Vec16<T>::WIDTH;                                                                           \
         const u64 nv = n / W;                                                                                \
         GRID_STRIDE_LOOP(j, nv) {                                                                            \
             V u = reinterpret_cast<const V*>(l)[j];                                                          \

@@ -142,9 +142,12 @@ fn unary_ops_forward_and_backward() {
             } else {
                 randn(&[13, 7], dtype, 1)
             };
-            check_op(&format!("{name} {dtype:?}"), dev, &[x.clone()], |t| {
-                op(&t[0]).unwrap()
-            });
+            check_op(
+                &format!("{name} {dtype:?}"),
+                dev,
+                std::slice::from_ref(&x),
+                |t| op(&t[0]).unwrap(),
+            );
             check_op(&format!("{name} {dtype:?} transposed"), dev, &[x], |t| {
                 op(&t[0].t().unwrap()).unwrap()
             });
@@ -241,22 +244,31 @@ fn reductions_over_dims() {
     for dtype in FLOATS {
         let x = randn(&[5, 6, 7], dtype, 10);
         for dims in [vec![0], vec![1], vec![2], vec![0, 2], vec![0, 1, 2]] {
-            check_op(&format!("sum {dims:?} {dtype:?}"), dev, &[x.clone()], |t| {
-                t[0].sum_dims(&dims, false).unwrap()
-            });
-            check_op(&format!("max {dims:?} {dtype:?}"), dev, &[x.clone()], |t| {
-                t[0].max_dims(&dims, true).unwrap()
-            });
+            check_op(
+                &format!("sum {dims:?} {dtype:?}"),
+                dev,
+                std::slice::from_ref(&x),
+                |t| t[0].sum_dims(&dims, false).unwrap(),
+            );
+            check_op(
+                &format!("max {dims:?} {dtype:?}"),
+                dev,
+                std::slice::from_ref(&x),
+                |t| t[0].max_dims(&dims, true).unwrap(),
+            );
         }
         check_op(
             &format!("min {dtype:?} transposed"),
             dev,
-            &[x.clone()],
+            std::slice::from_ref(&x),
             |t| t[0].transpose(0, 2).unwrap().min(1).unwrap(),
         );
-        check_op(&format!("mean {dtype:?}"), dev, &[x.clone()], |t| {
-            t[0].mean(1).unwrap()
-        });
+        check_op(
+            &format!("mean {dtype:?}"),
+            dev,
+            std::slice::from_ref(&x),
+            |t| t[0].mean(1).unwrap(),
+        );
         for d in 0..3 {
             assert_exact(
                 &format!("argmax {d} {dtype:?}"),
@@ -271,9 +283,12 @@ fn reductions_over_dims() {
         }
         // A long reduction takes the block-per-output kernel.
         let long = randn(&[3, 10_000], dtype, 11);
-        check_op(&format!("sum long {dtype:?}"), dev, &[long.clone()], |t| {
-            t[0].sum(1).unwrap()
-        });
+        check_op(
+            &format!("sum long {dtype:?}"),
+            dev,
+            std::slice::from_ref(&long),
+            |t| t[0].sum(1).unwrap(),
+        );
         assert_exact(
             &format!("argmax long {dtype:?}"),
             &long.argmax(1).unwrap(),

@@ -17,6 +17,36 @@ pub struct CheckKernelsArgs {
     /// Target architecture.
     #[arg(long, default_value = "sm_90")]
     pub arch: String,
+    /// Read the .cu/.cuh files from this folder instead of those embedded in the binary
+    /// (for editing kernels without rebuilding tessera).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// `(name, source)` of every kernel file and header: from `dir`, else the embedded ones.
+fn sources(dir: Option<&std::path::Path>) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(dir) = dir else {
+        return Ok(tessera::kernel_sources::KERNEL_SOURCES
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect());
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))? {
+        let p = e?.path();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if name.ends_with(".cu") || name.ends_with(".cuh") {
+            let src =
+                std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            out.push((name, src));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Kernels allowed to spill, each with the reason. Empty: nothing spills today.
@@ -105,10 +135,16 @@ pub fn run(a: CheckKernelsArgs) -> anyhow::Result<()> {
             "file", "kernel", "regs", "smem (B)", "stack", "spill st", "spill ld"
         );
     }
-    let files = compile::kernel_files();
+    let all = sources(a.dir.as_deref())?;
+    let headers: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|(n, _)| n.ends_with(".cuh"))
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let files: Vec<&(String, String)> = all.iter().filter(|(n, _)| n.ends_with(".cu")).collect();
     let (mut errors, mut bad_spills, mut count) = (Vec::new(), Vec::new(), 0usize);
-    for file in &files {
-        let compiled = match compile::compile(file, &options) {
+    for (file, src) in &files {
+        let compiled = match compile::compile_source(file, src, &headers, &options) {
             Ok(c) => c,
             Err(e) => {
                 if a.json {

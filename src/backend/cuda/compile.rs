@@ -110,7 +110,10 @@ pub fn cuda_include_dir() -> Option<(PathBuf, String)> {
     wheel_candidates
         .into_iter()
         .find(|d| has_headers(d))
-        .map(|d| (d, "pip wheel (nvidia-cuda-runtime)".into()))
+        .map(|d| {
+            let d = std::fs::canonicalize(&d).unwrap_or(d);
+            (d, "pip wheel (nvidia-cuda-runtime)".into())
+        })
 }
 
 /// The folder compiled modules are cached in: `TESSERA_KERNEL_CACHE`, else
@@ -176,16 +179,28 @@ pub struct Compiled {
 /// Compiles embedded kernel file `file` to a CUBIN with `options` (see [`base_options`]).
 /// A compile error is an [`Error::Cuda`] naming the file and carrying NVRTC's log.
 pub fn compile(file: &str, options: &[String]) -> Result<Compiled> {
+    let headers: Vec<(&str, &str)> = headers().collect();
+    compile_source(file, kernel_source(file)?, &headers, options)
+}
+
+/// Compiles `src` (named `file` in messages) with `headers` given to NVRTC by include name:
+/// [`compile`] passes the embedded files; `check-kernels --dir` passes files read from disk.
+pub fn compile_source(
+    file: &str,
+    src: &str,
+    headers: &[(&str, &str)],
+    options: &[String],
+) -> Result<Compiled> {
     nvrtc_info()?;
-    let src = kernel_source(file)?;
     let c_src =
         CString::new(src).map_err(|_| Error::Cuda(format!("{file}: NUL byte in source")))?;
     let c_name = CString::new(file).map_err(|_| Error::Cuda(format!("{file}: bad file name")))?;
-    let (hdr_names, hdr_srcs): (Vec<CString>, Vec<CString>) = headers()
-        .map(|(n, s)| {
+    let (hdr_names, hdr_srcs): (Vec<CString>, Vec<CString>) = headers
+        .iter()
+        .map(|&(n, s)| {
             (
-                CString::new(n).expect("header names have no NUL"),
-                CString::new(s).expect("header sources have no NUL"),
+                CString::new(n).unwrap_or_default(),
+                CString::new(s).unwrap_or_default(),
             )
         })
         .unzip();

@@ -60,7 +60,7 @@ fn cmp_code(op: CmpOp) -> i32 {
 fn aligned_start(s: &CudaStorage, layout: &Layout) -> Option<u64> {
     let (start, _) = layout.contiguous_range()?;
     let p = s.ptr_at(start);
-    (p % 16 == 0).then_some(p)
+    p.is_multiple_of(16).then_some(p)
 }
 
 fn check_same_shape(op: &'static str, a: &Layout, b: &Layout) -> Result<()> {

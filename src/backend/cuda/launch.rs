@@ -26,8 +26,7 @@ impl LaunchConfig {
     pub fn validate(&self, file: &str, name: &str) -> Result<()> {
         let (bx, by, bz) = self.block;
         let threads = bx as u64 * by as u64 * bz as u64;
-        let ok = threads >= 1
-            && threads <= 1024
+        let ok = (1..=1024).contains(&threads)
             && bz <= 64
             && self.grid.0 < (1u32 << 31)
             && self.grid.1 <= 65535

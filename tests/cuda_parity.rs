@@ -13,13 +13,18 @@
 //!   `a*b + c`, and reductions add in a tree instead of in sequence.
 //! - casts, copies, index selects and uniform draws: exact (bit-identical).
 
+use std::sync::{Mutex, MutexGuard};
 use tessera::backend::cuda;
 use tessera::{CmpOp, DType, Device, Error, Tensor};
 
 const CPU: Device = Device::Cpu;
 
-fn gpu() -> Option<Device> {
-    cuda::test_device()
+/// The GPU and a lock held for the whole test: GPU tests run one at a time, so the
+/// allocator's counters and the global random generator see only the running test.
+fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
+    static GPU_LOCK: Mutex<()> = Mutex::new(());
+    let dev = cuda::test_device()?;
+    Some((dev, GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner())))
 }
 
 fn tol(dtype: DType) -> (f64, f64) {
@@ -113,7 +118,9 @@ const FLOATS: [DType; 2] = [DType::F32, DType::F64];
 
 #[test]
 fn unary_ops_forward_and_backward() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     type Op = fn(&Tensor) -> tessera::Result<Tensor>;
     let ops: [(&str, Op, bool); 17] = [
         ("neg", Tensor::neg, false),
@@ -157,7 +164,9 @@ fn unary_ops_forward_and_backward() {
 
 #[test]
 fn binary_ops_with_broadcasting_and_views() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     type Op = fn(&Tensor, &Tensor) -> tessera::Result<Tensor>;
     let ops: [(&str, Op); 6] = [
         ("add", Tensor::add),
@@ -191,7 +200,9 @@ fn binary_ops_with_broadcasting_and_views() {
 
 #[test]
 fn compare_and_where() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     for dtype in [DType::F32, DType::F64, DType::I64, DType::U32, DType::U8] {
         // Small integers so equality happens often.
         let a = randn(&[5, 7], DType::F64, 6)
@@ -240,7 +251,9 @@ fn compare_and_where() {
 
 #[test]
 fn reductions_over_dims() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     for dtype in FLOATS {
         let x = randn(&[5, 6, 7], dtype, 10);
         for dims in [vec![0], vec![1], vec![2], vec![0, 2], vec![0, 1, 2]] {
@@ -299,7 +312,9 @@ fn reductions_over_dims() {
 
 #[test]
 fn index_ops_forward_and_backward() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     let ids = Tensor::from_vec(vec![2i64, 0, 4, 2, 1], 5, CPU).unwrap();
     for dtype in FLOATS {
         let x = randn(&[3, 5, 4], dtype, 12);
@@ -360,7 +375,9 @@ fn index_ops_forward_and_backward() {
 
 #[test]
 fn device_round_trip_and_casts_are_exact() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     let all = [
         DType::F32,
         DType::F64,
@@ -417,7 +434,9 @@ fn assert_close_cpu(a: &Tensor, b: &Tensor) {
 
 #[test]
 fn creation_and_random_numbers_match_the_cpu() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
         let (c, g) = (
             Tensor::rand_with_seed((33, 17), dtype, CPU, 42, 3).unwrap(),
@@ -453,12 +472,21 @@ fn creation_and_random_numbers_match_the_cpu() {
 #[test]
 fn fused_optimizer_steps_match_the_cpu() {
     use tessera::optim::{Adam, AdamConfig, AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     for dtype in FLOATS {
         for kind in 0..3 {
             let init = randn(&[5, 7], dtype, 22);
             let run = |device: Device| -> Tensor {
-                let p = init.to(device).unwrap().requires_grad_().unwrap();
+                // A fresh copy each run: the optimizer updates its parameter in place.
+                let p = init
+                    .contiguous_copy()
+                    .unwrap()
+                    .to(device)
+                    .unwrap()
+                    .requires_grad_()
+                    .unwrap();
                 let params = vec![("w".to_string(), p.clone())];
                 let mut opt: Box<dyn Optimizer> = match kind {
                     0 => Box::new(
@@ -514,7 +542,9 @@ fn fused_optimizer_steps_match_the_cpu() {
 
 #[test]
 fn allocator_reuses_blocks_and_counts_peak() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     let Device::Cuda(ordinal) = dev else {
         unreachable!()
     };
@@ -539,7 +569,9 @@ fn allocator_reuses_blocks_and_counts_peak() {
 
 #[test]
 fn out_of_memory_is_an_error() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     // 2^48 f32 = 1 PiB.
     let err = Tensor::zeros(1usize << 48, DType::F32, dev).unwrap_err();
     assert!(err.to_string().contains("out of memory"), "{err}");
@@ -550,7 +582,9 @@ fn out_of_memory_is_an_error() {
 
 #[test]
 fn mixing_devices_is_an_error() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
     let a = Tensor::ones(3, DType::F32, dev).unwrap();
     let b = Tensor::ones(3, DType::F32, CPU).unwrap();
     assert!(matches!(a.add(&b), Err(Error::DeviceMismatch { .. })));

@@ -16,6 +16,7 @@
 //! Without a CUDA device every test prints `skipped: no CUDA device` and passes; with
 //! `TESSERA_REQUIRE_GPU=1` a missing GPU fails them.
 
+use std::sync::{Mutex, MutexGuard};
 use tessera::backend::cuda::test_device;
 use tessera::ops::{
     cross_entropy, scaled_dot_product_attention, AttentionOpts, Conv2dParams, CrossEntropyOpts,
@@ -23,6 +24,14 @@ use tessera::ops::{
 use tessera::{DType, Device, Result, Tensor};
 
 const DTYPES: [DType; 2] = [DType::F32, DType::F64];
+
+/// The GPU, and a lock held for the whole test so GPU tests run one at a time (failures and
+/// memory use then belong to one test).
+fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
+    static GPU_LOCK: Mutex<()> = Mutex::new(());
+    let dev = test_device()?;
+    Some((dev, GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner())))
+}
 
 fn tol(dtype: DType) -> f64 {
     match dtype {
@@ -129,7 +138,9 @@ fn parity(
 
 #[test]
 fn matmul_matches_cpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     for dt in DTYPES {
         let t = tol(dt);
         // Odd sizes, batched; 64 and 128 tiles both partial.
@@ -156,7 +167,9 @@ fn matmul_matches_cpu() {
 
 #[test]
 fn softmax_matches_cpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     for dt in DTYPES {
         let t = tol(dt);
         for (shape, dim, what) in [
@@ -189,7 +202,9 @@ fn softmax_matches_cpu() {
 
 #[test]
 fn layer_and_group_norm_match_cpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     for dt in DTYPES {
         let t = tol(dt);
         let eps = 1e-5;
@@ -236,7 +251,9 @@ fn layer_and_group_norm_match_cpu() {
 
 #[test]
 fn batch_norm_matches_cpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     for dt in DTYPES {
         let t = tol(dt);
         let eps = 1e-5;
@@ -292,7 +309,9 @@ fn batch_norm_matches_cpu() {
 
 #[test]
 fn cross_entropy_matches_cpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     for dt in DTYPES {
         let t = tol(dt);
         for (n, c) in [(19, 37), (6, 1500)] {
@@ -338,7 +357,9 @@ fn cross_entropy_matches_cpu() {
 
 #[test]
 fn cross_entropy_bad_target_is_an_error_on_gpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     let x = randn(&[4, 5], DType::F32, 42).to(gpu).unwrap();
     let t = Tensor::from_vec(vec![0i64, 7, 1, 2], vec![4], gpu).unwrap();
     assert!(cross_entropy(&x, &t, CrossEntropyOpts::default()).is_err());
@@ -388,7 +409,9 @@ fn attention_case(
 
 #[test]
 fn attention_matches_cpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     for dt in DTYPES {
         // Every head-dim instantiation (<= 32, 64, 128, 256), Tq != Tk, sizes off the tiles.
         attention_case(gpu, dt, (2, 3, 37, 45, 16, 16), false, false, false, 50);
@@ -403,7 +426,9 @@ fn attention_matches_cpu() {
 
 #[test]
 fn attention_head_dim_limit_is_an_error_on_gpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     let q = randn(&[1, 1, 3, 300], DType::F32, 70).to(gpu).unwrap();
     let r = scaled_dot_product_attention(&q, &q, &q, &AttentionOpts::default());
     assert!(
@@ -416,7 +441,9 @@ fn attention_head_dim_limit_is_an_error_on_gpu() {
 
 #[test]
 fn conv2d_matches_cpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     for dt in DTYPES {
         let t = tol(dt);
         // (N, C_in, H, W, C_out, KH, KW, stride, padding, dilation, groups)
@@ -460,7 +487,9 @@ fn conv2d_matches_cpu() {
 
 #[test]
 fn pooling_matches_cpu() {
-    let Some(gpu) = test_device() else { return };
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
     for dt in DTYPES {
         let t = tol(dt);
         let x = randn(&[2, 3, 11, 9], dt, 110);

@@ -45,6 +45,7 @@ pub mod compile;
 pub mod conv;
 pub mod elementwise;
 pub mod index;
+pub mod kernel_io;
 pub mod launch;
 pub mod loss;
 pub mod matmul;

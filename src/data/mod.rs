@@ -1,5 +1,6 @@
 //! Data: built-in corpora, tokenizers, and (later) procedural image data and dataset readers.
 
+pub mod shapes;
 pub mod text;
 pub mod tokenizer;
 

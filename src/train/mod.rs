@@ -2,3 +2,4 @@
 
 pub mod char_lm;
 pub mod progress;
+pub mod shapes_resnet;

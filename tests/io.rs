@@ -453,3 +453,63 @@ fn plain_safetensors_is_not_a_checkpoint() -> Result<()> {
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
+
+// ---- PNG ----------------------------------------------------------------------------------
+
+#[test]
+fn png_round_trips_rgb_and_grey_bit_exactly() {
+    use tessera::io::Image;
+    let dir = scratch("png");
+    let rgb_data: Vec<u8> = (0..7 * 5 * 3).map(|i| (i * 37 % 256) as u8).collect();
+    let rgb = Image::new(7, 5, 3, rgb_data).unwrap();
+    rgb.write_png(dir.join("rgb.png")).unwrap();
+    assert_eq!(Image::read_png(dir.join("rgb.png")).unwrap(), rgb);
+    let grey = Image::new(4, 6, 1, (0..24).map(|i| (i * 11) as u8).collect()).unwrap();
+    grey.write_png(dir.join("grey.png")).unwrap();
+    assert_eq!(Image::read_png(dir.join("grey.png")).unwrap(), grey);
+    assert!(!dir.join("rgb.png.tmp").exists(), "temporary file left behind");
+}
+
+#[test]
+fn image_tensor_conversion_is_channel_major_and_clamped() {
+    use tessera::io::Image;
+    // [C=3, H=1, W=2]: channel-major in the tensor, interleaved in the image.
+    let t = Tensor::from_vec(vec![0.0f32, 1.0, 0.5, -2.0, 1.0, 3.0], (3, 1, 2), CPU).unwrap();
+    let img = Image::from_tensor(&t).unwrap();
+    assert_eq!(img.data, vec![0, 128, 255, 255, 0, 255]);
+    let back = img.to_tensor(CPU).unwrap().to_vec::<f32>().unwrap();
+    let want = [0.0, 1.0, 128.0 / 255.0, 0.0, 1.0, 1.0];
+    for (a, b) in back.iter().zip(want) {
+        assert!((a - b).abs() < 1e-6, "{back:?}");
+    }
+    let bad = Tensor::zeros((2, 4, 4), DType::F32, CPU).unwrap();
+    assert!(Image::from_tensor(&bad).is_err());
+}
+
+#[test]
+fn grid_places_each_image_in_its_cell() {
+    use tessera::io::{grid, Image};
+    let red = Image::filled(2, 2, &[255, 0, 0]);
+    let grey = Image::filled(2, 1, &[9]);
+    let g = grid(&[red, grey.clone(), grey], 2, 1, 255);
+    assert_eq!((g.width, g.height, g.channels), (2 * 2 + 3, 2 * 2 + 3, 3));
+    let px = |x: usize, y: usize| &g.data[(y * g.width + x) * 3..(y * g.width + x) * 3 + 3];
+    assert_eq!(px(0, 0), [255, 255, 255]); // padding
+    assert_eq!(px(1, 1), [255, 0, 0]); // first cell
+    assert_eq!(px(4, 1), [9, 9, 9]); // second cell, grey made RGB
+    assert_eq!(px(4, 2), [255, 255, 255]); // below the shorter image
+    assert_eq!(px(1, 4), [9, 9, 9]); // second row
+}
+
+#[test]
+fn png_errors_name_the_file() {
+    use tessera::io::Image;
+    let dir = scratch("png-errors");
+    let missing = dir.join("missing.png");
+    let e = Image::read_png(&missing).unwrap_err().to_string();
+    assert!(e.contains("missing.png"), "{e}");
+    let junk = dir.join("junk.png");
+    std::fs::write(&junk, b"not a png at all").unwrap();
+    let e = Image::read_png(&junk).unwrap_err().to_string();
+    assert!(e.contains("junk.png") && e.contains("PNG"), "{e}");
+}

@@ -10,6 +10,7 @@
 //!
 //! Data are little-endian on disk; tessera's host buffers are too (x86-64, AArch64).
 
+use super::atomic::{commit_tmp, tmp_path};
 use crate::backend::{CpuStorage, Storage};
 use crate::optim::assign;
 use crate::tensor::{DType, Device, Tensor};
@@ -87,15 +88,6 @@ fn describe(e: &SafeTensorError) -> String {
 }
 
 /// The temporary path an atomic write goes through: `<path>.tmp` in the same folder.
-pub(crate) fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
 /// Writes named tensors and optional string metadata to `path`, atomically.
 pub fn save_safetensors(
     path: impl AsRef<Path>,
@@ -129,25 +121,8 @@ pub fn save_safetensors(
         views.push((name.as_str(), view));
     }
     let tmp = tmp_path(path);
-    let result = write_and_sync(&tmp, views.iter().map(|(n, v)| (*n, v)), &metadata)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if result.is_err() {
-        // Best effort: a partial temporary file is of no use to anyone.
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // Persist the rename itself (the directory entry); not every platform can open a folder.
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    let written = write_and_sync(&tmp, views.iter().map(|(n, v)| (*n, v)), &metadata);
+    commit_tmp(&tmp, path, written)
 }
 
 fn write_and_sync<'a>(

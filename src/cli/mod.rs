@@ -1,9 +1,13 @@
 //! Command-line interface, one file per subcommand. Every command that measures something
 //! accepts `--json` and then prints one final JSON line with its figures.
 
+mod caption;
+mod data;
 mod demo;
 mod info;
+mod query;
 mod sample;
+mod t2f_train;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -34,6 +38,14 @@ pub enum Command {
     Sample(sample::SampleCommand),
     /// Prints the build, devices and CPU features found.
     Info(info::InfoArgs),
+    /// Writes built-in data to disk (PNG pictures with captions).
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Queries a trained model (text to image features, nearest picture).
+    #[command(subcommand)]
+    Query(query::QueryCommand),
+    /// Captions a picture with the trained captioner.
+    Caption(caption::CaptionArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,5 +84,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(c) => train::run(c),
         Command::Sample(c) => sample::run(c),
         Command::Info(a) => info::run(a),
+        Command::Data(c) => data::run(c),
+        Command::Query(c) => query::run(c),
+        Command::Caption(a) => caption::run(a),
     }
 }

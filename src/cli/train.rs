@@ -11,6 +11,12 @@ use tessera::train::char_lm::{train_char_lm, CharLmReport, CharLmTrainConfig};
 pub enum TrainCommand {
     /// The char-level transformer language model.
     Char(CharArgs),
+    /// ResNet-18 on the built-in shapes (shape + colour), frozen afterwards: the feature extractor.
+    Resnet(super::t2f_train::StageArgs),
+    /// The captioner (image features prefix a char transformer) on frozen ResNet features.
+    Caption(super::t2f_train::StageArgs),
+    /// The text-to-feature model, initialized from the captioner.
+    T2f(super::t2f_train::StageArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -59,6 +65,9 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             print_report(&report, &a.ckpt, a.json);
             Ok(())
         }
+        TrainCommand::Resnet(a) => super::t2f_train::resnet(&a),
+        TrainCommand::Caption(a) => super::t2f_train::caption(&a),
+        TrainCommand::T2f(a) => super::t2f_train::t2f(&a),
     }
 }
 

@@ -195,6 +195,11 @@ impl ShapesDataset {
         })
     }
 
+    /// Picture `i` as `[3, S, S]`.
+    pub fn image(&self, i: usize) -> Result<Tensor> {
+        let s = self.image_size;
+        self.images.narrow(0, i, 1)?.reshape((3, s, s))
+    }
     pub fn len(&self) -> usize {
         self.labels.len()
     }

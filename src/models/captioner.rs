@@ -87,7 +87,12 @@ pub struct Captioner {
 }
 
 /// The pieces of a captioner's text stack, shared with the text-to-feature model.
-pub fn text_blocks(dim: usize, heads: usize, layers: usize, device: Device) -> Result<Vec<TransformerBlock>> {
+pub fn text_blocks(
+    dim: usize,
+    heads: usize,
+    layers: usize,
+    device: Device,
+) -> Result<Vec<TransformerBlock>> {
     let cfg = TransformerBlockConfig::new(dim, heads);
     (0..layers)
         .map(|_| TransformerBlock::new(&cfg, device))

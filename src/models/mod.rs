@@ -1,7 +1,7 @@
 //! Models, one file each, readable top to bottom: config, layers, forward, sampling.
 
-pub mod char_transformer;
 pub mod captioner;
+pub mod char_transformer;
 pub mod resnet;
 pub mod retrieval;
 pub mod text_to_feature;

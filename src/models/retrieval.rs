@@ -63,9 +63,10 @@ pub fn nearest(queries: &Tensor, gallery: &Tensor, metric: Metric) -> Result<Vec
     let v = s.to_vec_f64()?;
     Ok(v.chunks(n)
         .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+            row.iter().enumerate().fold(
+                (0, f64::NEG_INFINITY),
+                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+            )
         })
         .collect())
 }

@@ -17,8 +17,8 @@
 use crate::data::tokenizer::{self, CharTokenizer};
 use crate::models::captioner::{init_gpt2, pad_batch, text_blocks, Captioner};
 use crate::nn::{
-    children_parameters, list_parameters, Embedding, LayerNorm, LearnedPositionalEmbedding,
-    Linear, Module, TransformerBlock,
+    children_parameters, list_parameters, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear,
+    Module, TransformerBlock,
 };
 use crate::ops::AttentionOpts;
 use crate::{Device, Error, Result, Tensor};
@@ -151,7 +151,12 @@ impl TextToFeature {
 
     /// Token ids for prompts: `<SOS>` then the characters (unknown ones as `<UNK>`), cut at
     /// `max_len`, right-padded.
-    pub fn encode(&self, tokenizer: &CharTokenizer, prompts: &[&str], device: Device) -> Result<Tensor> {
+    pub fn encode(
+        &self,
+        tokenizer: &CharTokenizer,
+        prompts: &[&str],
+        device: Device,
+    ) -> Result<Tensor> {
         let rows: Vec<Vec<u32>> = prompts
             .iter()
             .map(|p| {

@@ -138,7 +138,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             got.shape == want.shape && got.colour == want.colour,
         ));
     }
-    for r in p.retrieval.iter().step_by(7).take(10) {
+    for r in p.retrieval.iter().step_by(13).take(10) {
         rows.push((r.prompt.clone(), r.matched, r.correct));
     }
     let grid_path = a.out.join("retrieval_grid.png");

@@ -32,7 +32,7 @@ pub struct QueryArgs {
     #[arg(long, default_value = "euclidean")]
     pub metric: String,
     /// The gallery holds every shape x colour this many times.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub gallery_repeats: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -24,8 +24,9 @@ pub struct StageArgs {
     pub dir: PathBuf,
     #[arg(long)]
     pub steps: Option<u64>,
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
+    /// Batch size (default: 16 for the ResNet, 32 for the sequence models).
+    #[arg(long)]
+    pub batch: Option<usize>,
     #[arg(long)]
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
@@ -70,7 +71,7 @@ fn pool_features(
 fn seq_cfg(a: &StageArgs, default_steps: u64, file: &str) -> SeqTrainConfig {
     SeqTrainConfig {
         steps: a.steps.unwrap_or(default_steps),
-        batch_size: a.batch,
+        batch_size: a.batch.unwrap_or(32),
         lr: a.lr.unwrap_or(3e-3),
         seed: a.seed,
         checkpoint: Some(a.dir.join(file)),
@@ -103,9 +104,9 @@ pub fn resnet(a: &StageArgs) -> anyhow::Result<()> {
     let r = train_shapes_resnet(
         &m,
         &ResNetTrainConfig {
-            steps: a.steps.unwrap_or(120),
-            batch_size: a.batch,
-            lr: a.lr.unwrap_or(2e-3),
+            steps: a.steps.unwrap_or(300),
+            batch_size: a.batch.unwrap_or(16),
+            lr: a.lr.unwrap_or(1.5e-3),
             seed: a.seed,
             image_size: a.image_size,
             checkpoint: Some(path.clone()),
@@ -137,7 +138,7 @@ pub fn caption(a: &StageArgs) -> anyhow::Result<()> {
         },
         device,
     )?;
-    let cfg = seq_cfg(a, 400, CAPTIONER_FILE);
+    let cfg = seq_cfg(a, 300, CAPTIONER_FILE);
     let r = train_captioner(&m, &tokenizer, &f, &pool.labels, &cfg)?;
     finish(
         a,
@@ -162,7 +163,7 @@ pub fn t2f(a: &StageArgs) -> anyhow::Result<()> {
     let (captioner, tokenizer) = load_captioner(&cap_path, device)?;
     let (pool, f) = pool_features(a, device)?;
     let m = TextToFeature::from_captioner(&captioner, device)?;
-    let cfg = seq_cfg(a, 400, T2F_FILE);
+    let cfg = seq_cfg(a, 300, T2F_FILE);
     let r = train_text_to_feature(&m, &tokenizer, &f, &pool.labels, &cfg)?;
     finish(
         a,

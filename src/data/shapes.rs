@@ -27,9 +27,15 @@ pub const COLOUR_RGB: [[f32; 3]; 6] = [
 ];
 
 /// Radius (half-width) of each size in [`SIZES`] order, as a fraction of the image side.
-const SIZE_RADIUS: [f64; 3] = [0.14, 0.20, 0.27];
+const SIZE_RADIUS: [f64; 3] = [0.19, 0.25, 0.31];
 /// Centre of each place in [`PLACES`] order, as fractions of the image side.
-const PLACE_CENTRE: [(f64, f64); 5] = [(0.3, 0.5), (0.7, 0.5), (0.5, 0.3), (0.5, 0.7), (0.5, 0.5)];
+const PLACE_CENTRE: [(f64, f64); 5] = [
+    (0.36, 0.5),
+    (0.64, 0.5),
+    (0.5, 0.36),
+    (0.5, 0.64),
+    (0.5, 0.5),
+];
 
 /// What one picture shows: indices into [`SHAPES`], [`COLOURS`], [`SIZES`], [`PLACES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

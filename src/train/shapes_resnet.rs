@@ -37,9 +37,9 @@ pub struct ResNetTrainConfig {
 impl Default for ResNetTrainConfig {
     fn default() -> Self {
         ResNetTrainConfig {
-            steps: 150,
-            batch_size: 32,
-            lr: 2e-3,
+            steps: 300,
+            batch_size: 16,
+            lr: 1.5e-3,
             seed: 0,
             image_size: 32,
             small_input: false,

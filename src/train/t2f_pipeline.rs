@@ -60,8 +60,8 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             image_size: 32,
-            resnet_steps: 120,
-            resnet_batch: 32,
+            resnet_steps: 400,
+            resnet_batch: 16,
             pool_size: 600,
             caption_steps: 400,
             t2f_steps: 400,
@@ -71,7 +71,7 @@ impl Default for PipelineConfig {
             heads: 4,
             layers: 2,
             caption_eval_images: 60,
-            gallery_repeats: 2,
+            gallery_repeats: 1,
             metric: Metric::Euclidean,
             seed: 0,
             progress: true,

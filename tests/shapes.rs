@@ -50,7 +50,7 @@ fn the_shape_has_its_colour_and_white_around_it() {
         jitter: false,
         antialias: false,
     };
-    for colour in 0..COLOURS.len() {
+    for (colour, rgb) in COLOUR_RGB.iter().enumerate() {
         let label = ShapeLabel {
             shape: 1,
             colour,
@@ -60,8 +60,8 @@ fn the_shape_has_its_colour_and_white_around_it() {
         let d = ShapesDataset::from_labels(&[label], &opts, 0, Device::Cpu).unwrap();
         let v = d.images.to_vec::<f32>().unwrap();
         let px = |c: usize, y: usize, x: usize| v[c * 64 * 64 + y * 64 + x];
-        for c in 0..3 {
-            assert!((px(c, 32, 32) - COLOUR_RGB[colour][c]).abs() < 1e-6);
+        for (c, &value) in rgb.iter().enumerate() {
+            assert!((px(c, 32, 32) - value).abs() < 1e-6);
             assert_eq!(px(c, 0, 0), 1.0);
         }
     }

@@ -69,10 +69,10 @@ fn write_grid(p: &Pipeline, rows: &[(String, usize, bool)], path: &Path) -> tess
 
 /// The original example's seven prompts against its own three 64x64 pictures (pooled to the
 /// ResNet's input size): how many retrieve the picture they name.
-fn original_example_top1(
-    p: &Pipeline,
-    metric: Metric,
-) -> tessera::Result<(usize, usize, Vec<(String, ShapeLabel)>)> {
+/// (hits, prompts, each prompt with the label of the picture it names).
+type ExampleTop1 = (usize, usize, Vec<(String, ShapeLabel)>);
+
+fn original_example_top1(p: &Pipeline, metric: Metric) -> tessera::Result<ExampleTop1> {
     let device = p.gallery.images.device();
     let ex = original_example(device)?;
     let f = 64 / p.gallery.image_size.max(1);

@@ -234,7 +234,7 @@ pub fn random_label(rng: &mut Rng) -> ShapeLabel {
 pub type Template = &'static str;
 
 /// Templates seen in training.
-pub const TRAIN_TEMPLATES: [Template; 12] = [
+pub const TRAIN_TEMPLATES: [Template; 16] = [
     "{a} {c} {s}",
     "the {s} is {c}",
     "{a} {z} {c} {s} {p}",
@@ -247,6 +247,10 @@ pub const TRAIN_TEMPLATES: [Template; 12] = [
     "there is {a} {c} {s} {p}",
     "a {z} {s} in {c}",
     "one {c} {s} on white",
+    "{s} in {c}",
+    "{a} {c} coloured {s}",
+    "the shape is a {s} and it is {c}",
+    "it is {c}, a {s}",
 ];
 
 /// Templates kept out of training, for evaluation only.

@@ -9,7 +9,7 @@ use crate::data::CharTokenizer;
 use crate::io::Checkpoint;
 use crate::models::captioner::{Captioner, CaptionerConfig};
 use crate::nn::Module;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, WarmupCosine};
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, Optimizer, WarmupCosine};
 use crate::random::Rng;
 use crate::{Device, Error, Result, Tensor};
 use std::collections::HashMap;
@@ -84,11 +84,11 @@ pub(crate) fn run_steps(
                 "{what} training diverged at step {step}: loss {lv}"
             )));
         }
-        crate::optim::Optimizer::zero_grad(&mut opt);
+        opt.zero_grad();
         loss.backward()?;
         drop(loss);
         clip_grad_norm(&params, 1.0)?;
-        crate::optim::Optimizer::step(&mut opt)?;
+        opt.step()?;
         if step == 0 {
             first = lv;
         }

@@ -60,11 +60,11 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             image_size: 32,
-            resnet_steps: 400,
+            resnet_steps: 350,
             resnet_batch: 16,
             pool_size: 600,
-            caption_steps: 400,
-            t2f_steps: 400,
+            caption_steps: 350,
+            t2f_steps: 500,
             seq_batch: 32,
             lr: 3e-3,
             dim: 64,

@@ -252,6 +252,36 @@ fn padding_does_not_change_a_prompts_features_and_unknowns_are_unk() {
 }
 
 #[test]
+fn the_default_context_holds_the_longest_caption() {
+    let mut max = 0;
+    for t in tessera::data::shapes::TRAIN_TEMPLATES
+        .iter()
+        .chain(tessera::data::shapes::HELD_OUT_TEMPLATES.iter())
+    {
+        for shape in 0..SHAPES.len() {
+            for colour in 0..COLOURS.len() {
+                for size in 0..3 {
+                    for place in 0..5 {
+                        let l = ShapeLabel {
+                            shape,
+                            colour,
+                            size,
+                            place,
+                        };
+                        max = max.max(tessera::data::shapes::fill(t, &l).chars().count());
+                    }
+                }
+            }
+        }
+    }
+    // <SOS> + caption must fit, and <EOS> is predicted at the last position.
+    assert!(
+        CaptionerConfig::small(40, 512).max_len > max,
+        "longest caption {max}"
+    );
+}
+
+#[test]
 fn retrieval_finds_the_nearest_row_by_either_metric() {
     let g = Tensor::from_vec(vec![1f32, 0., 0., 1., 10., 10.], (3, 2), Device::Cpu).unwrap();
     let q = Tensor::from_vec(vec![0.9f32, 0.1, 8., 8.5], (2, 2), Device::Cpu).unwrap();

@@ -41,7 +41,7 @@ impl CaptionerConfig {
     pub fn small(vocab_size: usize, feature_dim: usize) -> Self {
         CaptionerConfig {
             vocab_size,
-            max_len: 48,
+            max_len: 64,
             dim: 64,
             num_heads: 4,
             num_layers: 2,

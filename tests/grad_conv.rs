@@ -244,6 +244,9 @@ fn conv2d_large_shapes_match_naive_forward_and_backward() {
         ([2, 20, 13, 14], [40, 10, 3, 3], params(1, 1, 1, 2)),
         ([1, 9, 17, 15], [35, 9, 5, 3], params(2, 2, 1, 1)),
         ([3, 16, 12, 12], [16, 1, 3, 3], params(1, 2, 2, 16)),
+        // Small maps over many images (whole images share a column tile): 2x2 and 1x1 outputs.
+        ([37, 12, 3, 3], [70, 6, 3, 3], params(2, 1, 1, 2)),
+        ([19, 8, 1, 1], [16, 8, 3, 3], params(1, 1, 1, 1)),
     ];
     for (i, (xs, ws, p)) in cases.into_iter().enumerate() {
         let x = randn(&xs, 800 + i as u64).requires_grad_().unwrap();

@@ -230,7 +230,7 @@ pub fn eval(a: &EvalClipArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn query(a: &QueryClipArgs) -> anyhow::Result<()> {
+pub(super) fn query(a: &QueryClipArgs) -> anyhow::Result<()> {
     let device = resolve_device(a.device, a.json)?;
     let (model, extra) = load_clip(&a.ckpt, device)?;
     let name = checkpoint_dataset(&extra, None)?;
@@ -296,11 +296,6 @@ pub enum EvalCommand {
     Clip(EvalClipArgs),
 }
 
-#[derive(clap::Subcommand, Debug)]
-pub enum QueryCommand {
-    /// Text-to-image retrieval with a CLIP checkpoint.
-    Clip(QueryClipArgs),
-}
 
 pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
@@ -308,8 +303,3 @@ pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
     }
 }
 
-pub fn run_query(cmd: QueryCommand) -> anyhow::Result<()> {
-    match cmd {
-        QueryCommand::Clip(a) => query(&a),
-    }
-}

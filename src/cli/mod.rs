@@ -2,11 +2,15 @@
 //! accepts `--json` and then prints one final JSON line with its figures.
 
 mod bench;
-mod clip;
+mod caption;
 mod check_kernels;
+mod clip;
+mod data;
 mod demo;
 mod info;
+mod query;
 mod sample;
+mod t2f_train;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -42,11 +46,16 @@ pub enum Command {
     /// Evaluates a trained model.
     #[command(subcommand)]
     Eval(clip::EvalCommand),
-    /// Searches with a trained model (text-to-image retrieval).
-    #[command(subcommand)]
-    Query(clip::QueryCommand),
     /// Compiles every CUDA kernel for sm_90 with NVRTC (no GPU needed) and reports registers and spills.
     CheckKernels(check_kernels::CheckKernelsArgs),
+    /// Writes built-in data to disk (PNG pictures with captions).
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Queries a trained model: text to image features (t2f) or text-to-image retrieval (clip).
+    #[command(subcommand)]
+    Query(query::QueryCommand),
+    /// Captions a picture with the trained captioner.
+    Caption(caption::CaptionArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -87,8 +96,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(c) => sample::run(c),
         Command::Info(a) => info::run(a),
         Command::Eval(c) => clip::run_eval(c),
-        Command::Query(c) => clip::run_query(c),
         Command::Bench(a) => bench::run(a),
         Command::CheckKernels(a) => check_kernels::run(a),
+        Command::Data(c) => data::run(c),
+        Command::Query(c) => query::run(c),
+        Command::Caption(a) => caption::run(a),
     }
 }

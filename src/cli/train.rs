@@ -13,6 +13,12 @@ pub enum TrainCommand {
     Char(CharArgs),
     /// CLIP (ViT + text transformer) on Fashion-MNIST / MNIST, evaluated zero-shot.
     Clip(super::clip::TrainClipArgs),
+    /// ResNet-18 on the built-in shapes (shape + colour), frozen afterwards: the feature extractor.
+    Resnet(super::t2f_train::StageArgs),
+    /// The captioner (image features prefix a char transformer) on frozen ResNet features.
+    Caption(super::t2f_train::StageArgs),
+    /// The text-to-feature model, initialized from the captioner.
+    T2f(super::t2f_train::StageArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -62,6 +68,9 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TrainCommand::Clip(a) => super::clip::train(&a),
+        TrainCommand::Resnet(a) => super::t2f_train::resnet(&a),
+        TrainCommand::Caption(a) => super::t2f_train::caption(&a),
+        TrainCommand::T2f(a) => super::t2f_train::t2f(&a),
     }
 }
 

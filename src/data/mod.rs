@@ -2,6 +2,7 @@
 
 pub mod idx;
 pub mod mnist;
+pub mod shapes;
 pub mod text;
 pub mod tokenizer;
 

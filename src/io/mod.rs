@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod font;
 pub mod png;
 pub mod safetensors;
 

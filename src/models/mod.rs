@@ -1,5 +1,9 @@
 //! Models, one file each, readable top to bottom: config, layers, forward, sampling.
 
+pub mod captioner;
 pub mod char_transformer;
 pub mod clip;
 pub mod vit;
+pub mod resnet;
+pub mod retrieval;
+pub mod text_to_feature;

@@ -1,5 +1,9 @@
 //! Training loops, progress display and run reports.
 
+pub mod captioner;
 pub mod char_lm;
 pub mod clip;
 pub mod progress;
+pub mod shapes_resnet;
+pub mod t2f_pipeline;
+pub mod text_to_feature;

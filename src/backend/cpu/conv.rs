@@ -251,11 +251,129 @@ fn pack_cols<T: Float>(
     });
 }
 
+/// Images per column tile when a whole image has fewer than [`TILE_P`] output pixels (deep
+/// layers of a CNN on small pictures: a 1x1 map alone would fill 1 of the micro-kernel's 16
+/// columns and waste the rest). Whole images then share one tile, capped so that the batch
+/// still splits into at least one tile per thread.
+fn images_per_tile(n: usize, p: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (TILE_P / p.max(1)).min(n.div_ceil(threads)).max(1)
+}
+
+/// [`conv2d_fwd`] for small maps: tasks = tiles of whole images; the GEMM's columns are
+/// (image, pixel) pairs, written back to each image's planes.
+fn conv2d_fwd_small<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
+    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
+    let hw = g.h * g.w;
+    let mut out = vec![T::ZERO; g.n * g.c_out * p];
+    let ipt = images_per_tile(g.n, p);
+    out.par_chunks_mut(ipt * g.c_out * p)
+        .enumerate()
+        .for_each(|(ti, ot)| {
+            let (n0, imgs) = (ti * ipt, ot.len() / (g.c_out * p));
+            let cols = imgs * p;
+            let ldb = round_up(cols, NR);
+            let mut col = vec![T::ZERO; k * ldb];
+            let mut acc = vec![T::ZERO; cout_g * ldb];
+            for gi in 0..g.groups {
+                for i in 0..imgs {
+                    let xg = &x[((n0 + i) * g.c_in + gi * cin_g) * hw..][..cin_g * hw];
+                    pack_cols(xg, g, 0, p, p, &mut col[i * p..], ldb, 1);
+                }
+                let wg = &w[gi * cout_g * k..][..cout_g * k];
+                gemm_tile(cout_g, cols, k, wg, k, &col, ldb, &mut acc, ldb, false);
+                for i in 0..imgs {
+                    for co in 0..cout_g {
+                        ot[(i * g.c_out + gi * cout_g + co) * p..][..p]
+                            .copy_from_slice(&acc[co * ldb + i * p..][..p]);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// [`conv2d_bwd_input`] for small maps: tasks = tiles of whole images, each owning their `dx`.
+fn conv2d_bwd_input_small<T: Float>(dy: &[T], wt: &[T], g: &Conv2dGeom) -> Vec<T> {
+    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
+    let hw = g.h * g.w;
+    let mut dx = vec![T::ZERO; g.n * g.c_in * hw];
+    let ipt = images_per_tile(g.n, p);
+    dx.par_chunks_mut(ipt * g.c_in * hw)
+        .enumerate()
+        .for_each(|(ti, dxt)| {
+            let (n0, imgs) = (ti * ipt, dxt.len() / (g.c_in * hw));
+            let cols = imgs * p;
+            let ldb = round_up(cols, NR);
+            let mut dyt = vec![T::ZERO; cout_g * ldb];
+            let mut colg = vec![T::ZERO; k * ldb];
+            for gi in 0..g.groups {
+                for i in 0..imgs {
+                    for co in 0..cout_g {
+                        dyt[co * ldb + i * p..][..p].copy_from_slice(
+                            &dy[((n0 + i) * g.c_out + gi * cout_g + co) * p..][..p],
+                        );
+                    }
+                }
+                let a = &wt[gi * k * cout_g..][..k * cout_g];
+                gemm_tile(k, cols, cout_g, a, cout_g, &dyt, ldb, &mut colg, ldb, false);
+                for i in 0..imgs {
+                    let dxg = &mut dxt[(i * g.c_in + gi * cin_g) * hw..][..cin_g * hw];
+                    for_each_tap(g, 0..cin_g, 0, p, |kk, t, xi| {
+                        dxg[xi] += colg[kk * ldb + i * p + t];
+                    });
+                }
+            }
+        });
+    dx
+}
+
+/// [`conv2d_bwd_weight`] for small maps: the GEMM's inner dimension runs over (image, pixel)
+/// pairs of [`TILE_P`] / p whole images at a time instead of one image's few pixels.
+fn conv2d_bwd_weight_small<T: Float>(x: &[T], dy: &[T], g: &Conv2dGeom) -> Vec<T> {
+    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
+    let mut dw = vec![T::ZERO; g.c_out * k];
+    let hw = g.h * g.w;
+    let kpad = round_up(k, NR);
+    let cob = CO_BLOCK.min(cout_g);
+    let ipt = (TILE_P / p).max(1);
+    dw.par_chunks_mut(cout_g * k)
+        .enumerate()
+        .for_each(|(gi, dwg)| {
+            dwg.par_chunks_mut(cob * k)
+                .enumerate()
+                .for_each(|(bi, dwb)| {
+                    let co0 = gi * cout_g + bi * cob;
+                    let m = dwb.len() / k;
+                    let mut colt = vec![T::ZERO; ipt * p * kpad];
+                    let mut dyt = vec![T::ZERO; m * ipt * p];
+                    for n0 in (0..g.n).step_by(ipt) {
+                        let imgs = ipt.min(g.n - n0);
+                        let cols = imgs * p;
+                        for i in 0..imgs {
+                            let xg = &x[((n0 + i) * g.c_in + gi * cin_g) * hw..][..cin_g * hw];
+                            pack_cols(xg, g, 0, p, p, &mut colt[i * p * kpad..], 1, kpad);
+                            for r in 0..m {
+                                dyt[r * cols + i * p..][..p].copy_from_slice(
+                                    &dy[((n0 + i) * g.c_out + co0 + r) * p..][..p],
+                                );
+                            }
+                        }
+                        gemm_tile(m, k, cols, &dyt, cols, &colt, kpad, dwb, k, true);
+                    }
+                });
+        });
+    dw
+}
+
 fn conv2d_fwd<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
     let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
     let mut out = vec![T::ZERO; g.n * g.c_out * p];
     if out.is_empty() || k == 0 {
         return out;
+    }
+    if p < TILE_P {
+        return conv2d_fwd_small(x, w, g);
     }
     let cob = CO_BLOCK.min(cout_g);
     let hw = g.h * g.w;
@@ -296,6 +414,9 @@ fn conv2d_bwd_input<T: Float>(dy: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
                 wt[(gi * k + kk) * cout_g + co] = w[(gi * cout_g + co) * k + kk];
             }
         }
+    }
+    if p < TILE_P {
+        return conv2d_bwd_input_small(dy, &wt, g);
     }
     let khw = g.kh * g.kw;
     let cib = CI_BLOCK.min(cin_g);
@@ -340,6 +461,9 @@ fn conv2d_bwd_weight<T: Float>(x: &[T], dy: &[T], g: &Conv2dGeom) -> Vec<T> {
     let mut dw = vec![T::ZERO; g.c_out * k];
     if dw.is_empty() || p == 0 || g.n == 0 {
         return dw;
+    }
+    if p < TILE_P {
+        return conv2d_bwd_weight_small(x, dy, g);
     }
     let hw = g.h * g.w;
     let kpad = round_up(k, NR);

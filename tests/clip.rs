@@ -325,3 +325,28 @@ fn seed_model_learns_fashion_mnist_subset() {
     let total: usize = r.zero_shot.confusion.iter().flatten().sum();
     assert_eq!(total, 1000);
 }
+
+#[test]
+fn shapes_is_a_built_in_clip_dataset() {
+    // No files needed: the folder is not read for the built-in shapes.
+    let test = load_dataset(
+        DatasetName::Shapes,
+        std::path::Path::new("/nonexistent"),
+        Split::Test,
+    )
+    .unwrap();
+    assert_eq!((test.channels, test.height, test.width), (3, 28, 28));
+    assert_eq!(test.class_captions.len(), 30);
+    assert_eq!(test.class_captions[0], "An image of a red square");
+    assert_eq!(test.labels.len(), tessera::data::mnist::SHAPES_TEST_COUNT);
+    // Every class occurs, and the pictures are not blank.
+    let mut seen = [false; 30];
+    test.labels.iter().for_each(|&l| seen[l] = true);
+    assert!(
+        seen.iter().all(|&s| s),
+        "a shape x colour class never occurs"
+    );
+    let batch = test.images(&[0, 1], tessera::Device::Cpu).unwrap();
+    let v = batch.to_vec::<f32>().unwrap();
+    assert!(v.iter().any(|&x| x < 0.5) && v.iter().any(|&x| x > 0.9));
+}

@@ -296,10 +296,8 @@ pub enum EvalCommand {
     Clip(EvalClipArgs),
 }
 
-
 pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Clip(a) => eval(&a),
     }
 }
-

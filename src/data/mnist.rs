@@ -46,7 +46,17 @@ impl DatasetName {
         match self {
             DatasetName::FashionMnist => FASHION_CAPTIONS.iter().map(|s| s.to_string()).collect(),
             DatasetName::Mnist => (0..10).map(|d| format!("An image of {d}")).collect(),
-            DatasetName::Shapes => Vec::new(),
+            DatasetName::Shapes => {
+                use super::shapes::{COLOURS, SHAPES};
+                SHAPES
+                    .iter()
+                    .flat_map(|s| {
+                        COLOURS
+                            .iter()
+                            .map(move |c| format!("An image of a {c} {s}"))
+                    })
+                    .collect()
+            }
         }
     }
 }
@@ -243,13 +253,47 @@ pub fn load_idx_dataset(name: DatasetName, dir: &Path, split: Split) -> Result<C
     )
 }
 
-/// Loads a split of any dataset by name. `shapes` is wired here once the procedural
-/// shapes data (`data::shapes`) is part of the build.
+/// Loads a split of any dataset by name (`dir` is not read for `shapes`, which is generated).
 pub fn load_dataset(name: DatasetName, dir: &Path, split: Split) -> Result<CaptionedImages> {
     match name {
-        DatasetName::Shapes => Err(Error::msg(
-            "the shapes dataset is not available in this build (it comes with data::shapes); use --dataset fashion-mnist or mnist",
-        )),
+        DatasetName::Shapes => shapes_dataset(split),
         _ => load_idx_dataset(name, dir, split),
     }
+}
+
+/// Pictures per split of the built-in shapes as a CLIP dataset.
+pub const SHAPES_TRAIN_COUNT: usize = 12_000;
+pub const SHAPES_TEST_COUNT: usize = 3_000;
+
+/// The built-in shapes as a CLIP dataset: 28 x 28 RGB pictures (the MNIST size, so both named
+/// configurations apply), one class per shape x colour (30), captioned "An image of a red
+/// square". Train and test are drawn with different seeds, so no picture is in both.
+fn shapes_dataset(split: Split) -> Result<CaptionedImages> {
+    use super::shapes::{RenderOpts, ShapesDataset, COLOURS};
+    let (count, seed) = match split {
+        Split::Train => (SHAPES_TRAIN_COUNT, 0x5EED_0001),
+        Split::Test => (SHAPES_TEST_COUNT, 0x5EED_0002),
+    };
+    let size = 28;
+    let data = ShapesDataset::generate(count, &RenderOpts::new(size), seed, Device::Cpu)?;
+    let pixels: Vec<u8> = data
+        .images
+        .to_dtype(crate::DType::F32)?
+        .to_vec::<f32>()?
+        .into_iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    let labels = data
+        .labels
+        .iter()
+        .map(|l| l.shape * COLOURS.len() + l.colour)
+        .collect();
+    let captions = DatasetName::Shapes.class_captions();
+    CaptionedImages::new(
+        DatasetName::Shapes,
+        (3, size, size),
+        pixels,
+        labels,
+        captions,
+    )
 }

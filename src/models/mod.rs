@@ -3,7 +3,7 @@
 pub mod captioner;
 pub mod char_transformer;
 pub mod clip;
-pub mod vit;
 pub mod resnet;
 pub mod retrieval;
 pub mod text_to_feature;
+pub mod vit;

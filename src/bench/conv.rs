@@ -47,7 +47,8 @@ fn cases() -> Vec<ConvCase> {
 }
 
 pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<()> {
-    let peak = ceiling::fma_peak_gflops();
+    // The CPU ceiling; GPU ceilings come with the GPU-speed work (no ceiling reported there).
+    let peak = opts.device.is_cpu().then(ceiling::fma_peak_gflops);
     for (i, &(name, n, ci, co, h, w, kk, stride, pad)) in cases().iter().enumerate() {
         let params = Conv2dParams {
             stride: (stride, stride),
@@ -97,7 +98,7 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
                     Ok(())
                 }),
             };
-            if let Some(r) = measure("conv", opts, Some(peak), case)? {
+            if let Some(r) = measure("conv", opts, peak, case)? {
                 report(&r);
             }
         }

@@ -11,8 +11,11 @@
 //!
 //! Method: inputs are random (never zeros) and created before timing; each case runs once
 //! to warm up, then repeatedly until its time budget is spent (at least `min_reps` times),
-//! and the median is reported. `peak_bytes` is the largest host memory held by tensors while
-//! the case ran, inputs included (the CPU backend counts every allocation). The same cases
+//! waiting for the device after each run, and the median (and the fastest run) is reported.
+//! `peak_bytes` is the largest memory held by tensors on the device while the case ran,
+//! inputs included (the CPU backend and the CUDA allocator count every allocation). Ceilings
+//! are measured on the CPU only so far; on a GPU none is reported until the GPU-speed work
+//! adds its own (device copy bandwidth, tensor-core peak). The same cases
 //! are run by `benches/reference/compare.py` in numpy (OpenBLAS) and PyTorch, which prints
 //! both side by side with the ratio.
 

@@ -19,7 +19,10 @@ const ROWS: usize = 32768;
 const COLS: usize = 1024;
 
 pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<()> {
-    let bandwidth = ceiling::copy_bandwidth_gbps(256);
+    let bandwidth = opts
+        .device
+        .is_cpu()
+        .then(|| ceiling::copy_bandwidth_gbps(256));
     let dev = opts.device;
     let elems = (ROWS * COLS) as f64;
     let x = randn(&[ROWS, COLS], 900, dev)?;
@@ -119,7 +122,7 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
         });
     }
     for case in cases {
-        if let Some(r) = measure("norm", opts, Some(bandwidth), case)? {
+        if let Some(r) = measure("norm", opts, bandwidth, case)? {
             report(&r);
         }
     }

@@ -10,7 +10,7 @@ use tessera::data::mnist::{load_dataset, CaptionedImages, DatasetName, Split};
 use tessera::models::clip::{contrastive_loss, tokenize, Clip, ClipConfig, TextBatch};
 use tessera::nn::Module;
 use tessera::random::Rng;
-use tessera::train::clip::{caption_batch, train_clip, zero_shot, ClipTrainConfig};
+use tessera::train::clip::{caption_batch, shifted_images, train_clip, zero_shot, ClipTrainConfig};
 use tessera::{DType, Device, Tensor};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -227,6 +227,7 @@ fn tiny_run(
     ckpt: &std::path::Path,
     stop: Option<u64>,
     resume: bool,
+    max_shift: usize,
 ) -> tessera::train::clip::ClipReport {
     let cfg = ClipTrainConfig {
         epochs: 3,
@@ -236,6 +237,7 @@ fn tiny_run(
         checkpoint: Some(ckpt.to_path_buf()),
         resume,
         stop_at_step: stop,
+        max_shift,
         progress: false,
         ..Default::default()
     };
@@ -243,10 +245,15 @@ fn tiny_run(
 }
 
 /// A run stopped mid-epoch and resumed from its checkpoint ends with exactly the weights of
-/// an uninterrupted run.
+/// an uninterrupted run, with and without the shift augmentation.
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
-    let dir = temp_dir("resume");
+    resumed_run_equals_uninterrupted_run_with(0);
+    resumed_run_equals_uninterrupted_run_with(2);
+}
+
+fn resumed_run_equals_uninterrupted_run_with(max_shift: usize) {
+    let dir = temp_dir(&format!("resume{max_shift}"));
     let data = synthetic(40, 2); // 3 steps per epoch, the last one short
     let fresh = || Clip::new(tiny_config(), Device::Cpu).unwrap();
     let a = fresh();
@@ -255,17 +262,24 @@ fn resumed_run_equals_uninterrupted_run() {
         .into_iter()
         .map(|(n, t)| (n, t.contiguous_copy().unwrap()))
         .collect();
-    let whole = tiny_run(&a, &data, &dir.join("a.safetensors"), None, false);
+    let whole = tiny_run(
+        &a,
+        &data,
+        &dir.join("a.safetensors"),
+        None,
+        false,
+        max_shift,
+    );
     assert_eq!(whole.steps, 9);
 
     let b = fresh();
     tessera::io::load_named(&b.state_dict(), &init, true).unwrap();
     let ck = dir.join("b.safetensors");
-    let first = tiny_run(&b, &data, &ck, Some(4), false);
+    let first = tiny_run(&b, &data, &ck, Some(4), false, max_shift);
     assert_eq!(first.steps, 4);
     drop(b);
     let c = fresh(); // a new process would start from other weights; the checkpoint decides
-    let second = tiny_run(&c, &data, &ck, None, true);
+    let second = tiny_run(&c, &data, &ck, None, true, max_shift);
     assert_eq!((second.start_step, second.steps), (4, 9));
     for ((n, x), (_, y)) in a.state_dict().iter().zip(c.state_dict().iter()) {
         assert_eq!(
@@ -276,6 +290,48 @@ fn resumed_run_equals_uninterrupted_run() {
     }
     assert_eq!(whole.zero_shot.accuracy, second.zero_shot.accuracy);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The shift augmentation: shift 0 is exactly `images`; otherwise every image is its
+/// original translated by one `(dy, dx)` within the bound, zero-filled, and the shifts vary.
+#[test]
+fn shifted_images_translate_within_the_bound() {
+    let data = synthetic(30, 3);
+    let idx: Vec<usize> = (0..30).collect();
+    let plain = data
+        .images(&idx, Device::Cpu)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let same = shifted_images(&data, &idx, 0, &mut Rng::new(1), Device::Cpu).unwrap();
+    assert_eq!(same.dims(), &[30, 1, 8, 8]);
+    assert_eq!(same.to_vec::<f32>().unwrap(), plain);
+
+    let shifted = shifted_images(&data, &idx, 2, &mut Rng::new(1), Device::Cpu)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..30 {
+        let (src, dst) = (&plain[i * 64..(i + 1) * 64], &shifted[i * 64..(i + 1) * 64]);
+        let found = (-2isize..=2)
+            .flat_map(|dy| (-2isize..=2).map(move |dx| (dy, dx)))
+            .find(|&(dy, dx)| {
+                (0..8isize).all(|y| {
+                    (0..8isize).all(|x| {
+                        let (sy, sx) = (y - dy, x - dx);
+                        let want = if (0..8).contains(&sy) && (0..8).contains(&sx) {
+                            src[(sy * 8 + sx) as usize]
+                        } else {
+                            0.0
+                        };
+                        dst[(y * 8 + x) as usize] == want
+                    })
+                })
+            });
+        seen.insert(found.unwrap_or_else(|| panic!("image {i} is no shift of its original")));
+    }
+    assert!(seen.len() > 5, "shifts barely vary: {seen:?}");
 }
 
 fn data_dir() -> Option<PathBuf> {

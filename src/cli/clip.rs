@@ -44,6 +44,10 @@ pub struct TrainClipArgs {
     /// of each distinct caption of a batch once (same loss and gradients, less work).
     #[arg(long)]
     pub encode_each_caption: bool,
+    /// Shift each training image by up to this many pixels (random, zero-filled). 0, the
+    /// article's way, is the default: 2 did not help a 10-epoch run (docs/PERF.md).
+    #[arg(long, default_value_t = 0)]
+    pub max_shift: usize,
     /// Checkpoint, written atomically after every epoch.
     #[arg(long, default_value = "runs/clip.safetensors")]
     pub ckpt: PathBuf,
@@ -140,6 +144,7 @@ pub fn train(a: &TrainClipArgs) -> anyhow::Result<()> {
         stop_at_step: a.steps,
         eval_every_epoch: !a.no_epoch_eval,
         encode_each_caption: a.encode_each_caption,
+        max_shift: a.max_shift,
         progress: !a.json,
         extra,
     };

@@ -44,6 +44,10 @@ pub struct ClipTrainConfig {
     pub eval_every_epoch: bool,
     /// Encode every image's caption, as the article does, instead of each distinct caption once.
     pub encode_each_caption: bool,
+    /// Shift each training image by up to this many pixels in each direction (uniformly drawn,
+    /// zero-filled): a cheap augmentation that lets a longer run keep improving instead of
+    /// memorizing. 0 (the article's way) leaves the images untouched.
+    pub max_shift: usize,
     pub progress: bool,
     /// Free-form strings stored in the checkpoint (dataset name, ...).
     pub extra: HashMap<String, String>,
@@ -63,6 +67,7 @@ impl Default for ClipTrainConfig {
             stop_at_step: None,
             eval_every_epoch: true,
             encode_each_caption: false,
+            max_shift: 0,
             progress: true,
             extra: HashMap::new(),
         }
@@ -113,6 +118,52 @@ pub fn cosine_lr(lr: f64, step: u64, total: u64) -> f64 {
     let min = lr / 20.0;
     let t = step as f64 / total.max(1) as f64;
     min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// The generator of step `step`'s augmentation: a function of the seed and the global step
+/// only, so a resumed run draws the same shifts as one that never stopped.
+fn shift_rng(seed: u64, step: u64) -> Rng {
+    Rng::new(
+        seed.wrapping_mul(0xD1B5_4A32_D192_ED03)
+            .wrapping_add(0x5A1F_7000_0000 + step),
+    )
+}
+
+/// The images at `indices`, each translated by `(dy, dx)` drawn uniformly from
+/// `[-max_shift, max_shift]^2`; pixels moved in from outside are 0 (the background).
+/// `[B, C, H, W]` f32 in [0, 1] as [`CaptionedImages::images`].
+pub fn shifted_images(
+    data: &CaptionedImages,
+    indices: &[usize],
+    max_shift: usize,
+    rng: &mut Rng,
+    device: Device,
+) -> Result<Tensor> {
+    let (c, h, w) = (data.channels, data.height, data.width);
+    let n = c * h * w;
+    let span = 2 * max_shift + 1;
+    let mut out = vec![0f32; indices.len() * n];
+    for (dst, &i) in out.chunks_mut(n).zip(indices) {
+        let dy = rng.below(span) as isize - max_shift as isize;
+        let dx = rng.below(span) as isize - max_shift as isize;
+        let src = &data.pixels[i * n..(i + 1) * n];
+        for ch in 0..c {
+            for y in 0..h {
+                let sy = y as isize - dy;
+                if sy < 0 || sy >= h as isize {
+                    continue;
+                }
+                for x in 0..w {
+                    let sx = x as isize - dx;
+                    if sx >= 0 && sx < w as isize {
+                        dst[(ch * h + y) * w + x] =
+                            src[(ch * h + sy as usize) * w + sx as usize] as f32 * (1.0 / 255.0);
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (indices.len(), c, h, w), device)
 }
 
 /// The order in which epoch `epoch` visits `n` items.
@@ -283,7 +334,12 @@ pub fn train_clip(
             }
             let lo = s as usize * cfg.batch_size;
             let idx = &order[lo..(lo + cfg.batch_size).min(n)];
-            let images = train.images(idx, device)?;
+            let images = if cfg.max_shift > 0 {
+                let mut rng = shift_rng(cfg.seed, step);
+                shifted_images(train, idx, cfg.max_shift, &mut rng, device)?
+            } else {
+                train.images(idx, device)?
+            };
             let (text, pairing) = caption_batch(
                 train,
                 idx,

@@ -56,7 +56,8 @@ pub struct PipelineConfig {
 }
 
 impl Default for PipelineConfig {
-    /// The demo's sizes: budgeted for about 100 s on two quiet CPU cores.
+    /// The demo's sizes: budgeted for the 3-minute limit on two CPU cores (about 170 s of user
+    /// CPU over both, measured on a busy machine).
     fn default() -> Self {
         PipelineConfig {
             image_size: 32,

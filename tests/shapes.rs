@@ -92,6 +92,29 @@ fn held_out_templates_never_appear_in_training_captions() {
 }
 
 #[test]
+fn the_captioner_learns_only_the_plain_caption_templates() {
+    use tessera::data::shapes::{captioner_caption, fill, CAPTION_TEMPLATES};
+    let mut rng = Rng::new(5);
+    let l = ShapeLabel {
+        shape: 1,
+        colour: 2,
+        size: 0,
+        place: 3,
+    };
+    let plain: Vec<String> = TRAIN_TEMPLATES[..CAPTION_TEMPLATES]
+        .iter()
+        .map(|t| fill(t, &l))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..500 {
+        let c = captioner_caption(&l, &mut rng);
+        assert!(plain.contains(&c), "{c:?}");
+        seen.insert(c);
+    }
+    assert_eq!(seen.len(), plain.len());
+}
+
+#[test]
 fn the_caption_tokenizer_knows_every_prompt_and_marks_unknowns() {
     let tok = CharTokenizer::from_text(&caption_alphabet());
     let example = original_example(Device::Cpu).unwrap();

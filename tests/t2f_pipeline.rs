@@ -16,7 +16,8 @@ use tessera::train::captioner::{
 };
 use tessera::train::t2f_pipeline::{run_pipeline, PipelineConfig};
 use tessera::train::text_to_feature::{
-    held_out_prompts, load_text_to_feature, retrieval_accuracy, train_text_to_feature,
+    drop_a_filler_word, held_out_prompts, load_text_to_feature, retrieval_accuracy,
+    train_text_to_feature,
 };
 use tessera::{DType, Device, Tensor};
 
@@ -354,4 +355,43 @@ fn tiny_pipeline_runs_and_reuses_its_checkpoints() {
         second.gallery_features.to_vec::<f32>().unwrap()
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn word_dropout_keeps_shape_and_colour_and_never_makes_a_held_out_prompt() {
+    use tessera::data::shapes::{fill, held_out_captions, TRAIN_TEMPLATES};
+    let mut rng = Rng::new(11);
+    let mut held = std::collections::HashSet::new();
+    let mut dropped_some = false;
+    for (shape, shape_name) in SHAPES.iter().enumerate() {
+        for (colour, colour_name) in COLOURS.iter().enumerate() {
+            for size in 0..3 {
+                for place in 0..5 {
+                    let l = ShapeLabel {
+                        shape,
+                        colour,
+                        size,
+                        place,
+                    };
+                    held.extend(held_out_captions(&l));
+                    for t in TRAIN_TEMPLATES {
+                        let full = fill(t, &l);
+                        for _ in 0..4 {
+                            let d = drop_a_filler_word(&full, &mut rng);
+                            dropped_some |= d != full;
+                            assert!(!held.contains(&d), "{full:?} -> held-out {d:?}");
+                            let words: Vec<&str> = d
+                                .split(' ')
+                                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+                                .collect();
+                            assert!(words.contains(shape_name), "{full:?} -> {d:?}");
+                            assert!(words.contains(colour_name), "{full:?} -> {d:?}");
+                            assert!(d.split(' ').count() + 1 >= full.split(' ').count());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(dropped_some);
 }

@@ -234,7 +234,11 @@ pub fn random_label(rng: &mut Rng) -> ShapeLabel {
 pub type Template = &'static str;
 
 /// Templates seen in training.
-pub const TRAIN_TEMPLATES: [Template; 16] = [
+///
+/// Many word orders, filler words and head nouns ("shape", "one", "picture", "thing") so that
+/// a new sentence made of known words is not a new kind of sentence. None of them is a
+/// held-out template (a test checks it).
+pub const TRAIN_TEMPLATES: [Template; 29] = [
     "{a} {c} {s}",
     "the {s} is {c}",
     "{a} {z} {c} {s} {p}",
@@ -251,7 +255,27 @@ pub const TRAIN_TEMPLATES: [Template; 16] = [
     "{a} {c} coloured {s}",
     "the shape is a {s} and it is {c}",
     "it is {c}, a {s}",
+    // Prompt-only phrasings from here on (see [`CAPTION_TEMPLATES`]).
+    "{a} {c} {s} picture",
+    "please draw the {c} {s}",
+    "get me {a} {c} {s}",
+    "the {s} one is {c}",
+    "the {c} thing is a {s}",
+    "i need the {z} {c} {s}",
+    "you draw {a} {c} {s} {p}",
+    "{c}, {s}",
+    "{s} that is {c}",
+    "we want the {c} {s}",
+    "{a} {z} one, {c} {s}",
+    "it is the {c} {s} shape {p}",
+    "make me {a} {s} in {c}",
 ];
+
+/// How many of [`TRAIN_TEMPLATES`] (the first ones) the captioner learns to write: plain
+/// descriptions. The rest are prompt phrasings that only the text-to-feature model reads;
+/// teaching the captioner all of them spreads its greedy choice over too many sentence
+/// starts and costs caption accuracy.
+pub const CAPTION_TEMPLATES: usize = 16;
 
 /// Templates kept out of training, for evaluation only.
 pub const HELD_OUT_TEMPLATES: [Template; 5] = [
@@ -284,6 +308,11 @@ pub fn fill(template: &str, label: &ShapeLabel) -> String {
 /// A training caption for `label`, from a template chosen by `rng`.
 pub fn train_caption(label: &ShapeLabel, rng: &mut Rng) -> String {
     fill(TRAIN_TEMPLATES[rng.below(TRAIN_TEMPLATES.len())], label)
+}
+
+/// A caption for the captioner to learn, from the first [`CAPTION_TEMPLATES`] templates.
+pub fn captioner_caption(label: &ShapeLabel, rng: &mut Rng) -> String {
+    fill(TRAIN_TEMPLATES[rng.below(CAPTION_TEMPLATES)], label)
 }
 
 /// Every caption the held-out templates make for `label`.

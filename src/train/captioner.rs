@@ -4,7 +4,7 @@
 //! Each step draws a batch of pictures from a pool of precomputed features and gives each a
 //! caption from a random *training* template, so the model sees many sentences per picture.
 
-use crate::data::shapes::{train_caption, ShapeLabel, COLOURS, SHAPES};
+use crate::data::shapes::{captioner_caption, ShapeLabel, COLOURS, SHAPES};
 use crate::data::CharTokenizer;
 use crate::io::Checkpoint;
 use crate::models::captioner::{Captioner, CaptionerConfig};
@@ -137,7 +137,7 @@ pub fn train_captioner(
             .collect();
         let rows: Vec<Vec<u32>> = idx
             .iter()
-            .map(|&i| tokenizer.encode(&train_caption(&labels[i as usize], &mut rng)))
+            .map(|&i| tokenizer.encode(&captioner_caption(&labels[i as usize], &mut rng)))
             .collect();
         let f = features.index_select(&Tensor::from_vec(idx, cfg.batch_size, device)?, 0)?;
         model.loss(&f, &rows)

@@ -3,7 +3,9 @@
 //! picture to the predicted feature one of the right shape and colour?
 
 use super::captioner::{run_steps, step_rng, SeqTrainConfig, SeqTrainReport};
-use crate::data::shapes::{fill, train_caption, ShapeLabel, HELD_OUT_TEMPLATES, PLACES, SIZES};
+use crate::data::shapes::{
+    fill, train_caption, ShapeLabel, COLOURS, HELD_OUT_TEMPLATES, PLACES, SHAPES, SIZES,
+};
 use crate::data::CharTokenizer;
 use crate::io::Checkpoint;
 use crate::models::retrieval::{nearest, Metric};
@@ -38,7 +40,7 @@ pub fn train_text_to_feature(
             .collect();
         let prompts: Vec<String> = idx
             .iter()
-            .map(|&i| train_caption(&labels[i as usize], &mut rng))
+            .map(|&i| drop_a_filler_word(&train_caption(&labels[i as usize], &mut rng), &mut rng))
             .collect();
         let refs: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
         let target = features.index_select(&Tensor::from_vec(idx, cfg.batch_size, device)?, 0)?;
@@ -53,6 +55,27 @@ pub fn train_text_to_feature(
         Checkpoint::capture(&model.state_dict(), &opt, cfg.steps, extra).save(path)?;
     }
     Ok(report)
+}
+
+/// Word dropout: half the time, removes one word that names neither a shape nor a colour.
+/// The prediction must then come from the shape and colour words wherever they sit, not from
+/// the exact sentence around them, which is what an unseen phrasing changes.
+pub fn drop_a_filler_word(caption: &str, rng: &mut Rng) -> String {
+    let words: Vec<&str> = caption.split(' ').collect();
+    let is_filler = |w: &&str| {
+        let bare = w.trim_matches(|c: char| !c.is_alphanumeric());
+        !SHAPES.contains(&bare) && !COLOURS.contains(&bare)
+    };
+    let fillers: Vec<usize> = (0..words.len()).filter(|&i| is_filler(&words[i])).collect();
+    if fillers.is_empty() || rng.uniform() < 0.5 {
+        return caption.to_string();
+    }
+    let drop = fillers[rng.below(fillers.len())];
+    let kept: Vec<&str> = (0..words.len())
+        .filter(|&i| i != drop)
+        .map(|i| words[i])
+        .collect();
+    kept.join(" ")
 }
 
 /// One evaluation prompt per (gallery class, held-out template), with a random size and

@@ -134,3 +134,30 @@ fn the_original_example_has_three_64px_images_and_seven_prompts() {
     let names: Vec<String> = e.images.labels.iter().map(|l| fill("{c} {s}", l)).collect();
     assert_eq!(names, ["red square", "blue square", "green circle"]);
 }
+
+/// Whether two templates differ in exactly one word at one position (same length).
+fn one_word_swapped(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (
+        a.split_whitespace().collect(),
+        b.split_whitespace().collect(),
+    );
+    a.len() == b.len() && a.iter().zip(&b).filter(|(x, y)| x != y).count() == 1
+}
+
+#[test]
+fn no_held_out_template_is_a_training_template_with_one_word_swapped() {
+    // A held-out phrasing that is a trained one with one word replaced ("the red thing is a
+    // square" vs "the red one is a square") would measure memory, not understanding.
+    assert!(one_word_swapped(
+        "the {c} one is a {s}",
+        "the {c} thing is a {s}"
+    ));
+    for held in HELD_OUT_TEMPLATES {
+        for train in TRAIN_TEMPLATES {
+            assert!(
+                !one_word_swapped(held, train),
+                "held-out {held:?} is training {train:?} with one word swapped"
+            );
+        }
+    }
+}

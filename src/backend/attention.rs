@@ -27,6 +27,57 @@ pub struct AttnMask<'a, S> {
     pub attend_if_set: bool,
 }
 
+/// The sizes of one attention call, `q: [B, H, Tq, D]`, `k: [B, H, Tk, D]`, `v: [B, H, Tk, Dv]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub b: usize,
+    pub h: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub dv: usize,
+}
+
+impl AttnShape {
+    /// Checks that the layouts of q, k, v and every mask fit together, for any backend (the op
+    /// layer validates user input; this keeps a direct caller of a primitive from reading out
+    /// of bounds).
+    pub fn of<S>(
+        op: &'static str,
+        ql: &Layout,
+        kl: &Layout,
+        vl: &Layout,
+        masks: &[AttnMask<S>],
+    ) -> Result<AttnShape> {
+        let (q, k, v) = (ql.dims(), kl.dims(), vl.dims());
+        let ok = q.len() == 4
+            && k.len() == 4
+            && v.len() == 4
+            && q[..2] == k[..2]
+            && q[..2] == v[..2]
+            && q[3] == k[3]
+            && k[2] == v[2]
+            && masks
+                .iter()
+                .all(|m| m.layout.dims() == [q[0], q[1], q[2], k[2]]);
+        if !ok {
+            return Err(crate::Error::shape(
+                op,
+                "inconsistent q, k, v or mask layouts",
+                &[ql.shape(), kl.shape(), vl.shape()],
+            ));
+        }
+        Ok(AttnShape {
+            b: q[0],
+            h: q[1],
+            tq: q[2],
+            tk: k[2],
+            d: q[3],
+            dv: v[3],
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct AttnParams {
     pub scale: f64,

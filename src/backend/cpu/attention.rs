@@ -16,7 +16,7 @@
 
 use super::lanes::{dot, sum};
 use super::{contiguous_cow, CpuStorage, Float};
-use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams};
+use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams, AttnShape};
 use crate::backend::BackendStorage;
 use crate::tensor::{DType, Layout, WithDType};
 use crate::{Error, Result};
@@ -38,34 +38,16 @@ struct Dims {
 }
 
 impl Dims {
-    /// The sizes, after checking the layouts fit together (the op layer validates user input;
-    /// this keeps a direct caller of the primitive from panicking on an index).
+    /// The sizes, after checking the layouts fit together ([`AttnShape::of`]).
     fn of(ql: &Layout, vl: &Layout, kl: &Layout, masks: &[AttnMask<CpuStorage>]) -> Result<Dims> {
-        let (q, v, k) = (ql.dims(), vl.dims(), kl.dims());
-        let ok = q.len() == 4
-            && k.len() == 4
-            && v.len() == 4
-            && q[..2] == k[..2]
-            && q[..2] == v[..2]
-            && q[3] == k[3]
-            && k[2] == v[2]
-            && masks
-                .iter()
-                .all(|m| m.layout.dims() == [q[0], q[1], q[2], k[2]]);
-        if !ok {
-            return Err(Error::shape(
-                OP,
-                "inconsistent q, k, v or mask layouts",
-                &[ql.shape(), kl.shape(), vl.shape()],
-            ));
-        }
+        let s = AttnShape::of(OP, ql, kl, vl, masks)?;
         Ok(Dims {
-            h: q[1],
-            tq: q[2],
-            tk: k[2],
-            d: q[3],
-            dv: v[3],
-            bh: q[0] * q[1],
+            h: s.h,
+            tq: s.tq,
+            tk: s.tk,
+            d: s.d,
+            dv: s.dv,
+            bh: s.b * s.h,
         })
     }
 }

@@ -9,7 +9,7 @@
 use super::kernel_io::{launch_large_smem, ll, push_strides};
 use super::storage::float_suffix;
 use super::{kernel_args, CudaStorage, KernelArgs, LaunchConfig};
-use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams};
+use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams, AttnShape};
 use crate::backend::BackendStorage;
 use crate::tensor::{DType, Layout};
 use crate::{Error, Result};
@@ -33,31 +33,14 @@ struct Dims {
 
 impl Dims {
     fn of(ql: &Layout, kl: &Layout, vl: &Layout, masks: &[AttnMask<CudaStorage>]) -> Result<Dims> {
-        let (q, k, v) = (ql.dims(), kl.dims(), vl.dims());
-        let ok = q.len() == 4
-            && k.len() == 4
-            && v.len() == 4
-            && q[..2] == k[..2]
-            && q[..2] == v[..2]
-            && q[3] == k[3]
-            && k[2] == v[2]
-            && masks
-                .iter()
-                .all(|m| m.layout.dims() == [q[0], q[1], q[2], k[2]]);
-        if !ok {
-            return Err(Error::shape(
-                OP,
-                "inconsistent q, k, v or mask layouts",
-                &[ql.shape(), kl.shape(), vl.shape()],
-            ));
-        }
+        let s = AttnShape::of(OP, ql, kl, vl, masks)?;
         let dims = Dims {
-            b: q[0],
-            h: q[1],
-            tq: q[2],
-            tk: k[2],
-            d: q[3],
-            dv: v[3],
+            b: s.b,
+            h: s.h,
+            tq: s.tq,
+            tk: s.tk,
+            d: s.d,
+            dv: s.dv,
         };
         if dims.d.max(dims.dv) > MAX_HEAD_DIM {
             return Err(Error::msg(format!(

@@ -39,6 +39,54 @@ pub struct Conv2dGeom {
 }
 
 impl Conv2dGeom {
+    /// Checks that the geometry is consistent (positive strides and dilations, groups that
+    /// divide the channels, output sizes that follow from the input's), for any backend.
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        let out_len = |i: usize, k: usize, s: usize, p: usize, d: usize| {
+            let padded = p.checked_mul(2)?.checked_add(i)?;
+            let span = d.checked_mul(k.max(1) - 1)?.checked_add(1)?;
+            Some(padded.checked_sub(span)? / s.max(1) + 1)
+        };
+        let g = self;
+        let ok = g.groups > 0
+            && g.kh > 0
+            && g.kw > 0
+            && g.c_in.is_multiple_of(g.groups)
+            && g.c_out.is_multiple_of(g.groups)
+            && g.stride.0 > 0
+            && g.stride.1 > 0
+            && g.dilation.0 > 0
+            && g.dilation.1 > 0
+            && out_len(g.h, g.kh, g.stride.0, g.padding.0, g.dilation.0) == Some(g.oh)
+            && out_len(g.w, g.kw, g.stride.1, g.padding.1, g.dilation.1) == Some(g.ow);
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::Error::msg(format!(
+                "{op}: inconsistent geometry {g:?}"
+            )))
+        }
+    }
+
+    /// Checks that `layout` (the input, weight or output gradient) has the `dims` this
+    /// geometry implies.
+    pub fn expect_dims(
+        op: &'static str,
+        what: &str,
+        layout: &Layout,
+        dims: [usize; 4],
+    ) -> Result<()> {
+        if layout.dims() == dims {
+            Ok(())
+        } else {
+            Err(crate::Error::shape(
+                op,
+                format!("{what} does not match the convolution geometry (expected {dims:?})"),
+                &[layout.shape(), &crate::tensor::Shape::new(dims.to_vec())],
+            ))
+        }
+    }
+
     /// Input channels per group.
     pub fn cin_g(&self) -> usize {
         self.c_in / self.groups

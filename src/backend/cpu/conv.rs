@@ -22,7 +22,7 @@
 
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::conv::{Conv2dGeom, ConvBackend};
-use crate::tensor::{Layout, Shape};
+use crate::tensor::Layout;
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -492,42 +492,6 @@ fn conv2d_bwd_weight<T: Float>(x: &[T], dy: &[T], g: &Conv2dGeom) -> Vec<T> {
     dw
 }
 
-fn expect_dims(op: &'static str, what: &str, layout: &Layout, dims: [usize; 4]) -> Result<()> {
-    if layout.dims() == dims {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            op,
-            format!("{what} does not match the convolution geometry (expected {dims:?})"),
-            &[layout.shape(), &Shape::new(dims.to_vec())],
-        ))
-    }
-}
-
-fn check_geom(op: &'static str, g: &Conv2dGeom) -> Result<()> {
-    let out_len = |i: usize, k: usize, s: usize, p: usize, d: usize| {
-        let padded = p.checked_mul(2)?.checked_add(i)?;
-        let span = d.checked_mul(k.max(1) - 1)?.checked_add(1)?;
-        Some(padded.checked_sub(span)? / s.max(1) + 1)
-    };
-    let ok = g.groups > 0
-        && g.kh > 0
-        && g.kw > 0
-        && g.c_in.is_multiple_of(g.groups)
-        && g.c_out.is_multiple_of(g.groups)
-        && g.stride.0 > 0
-        && g.stride.1 > 0
-        && g.dilation.0 > 0
-        && g.dilation.1 > 0
-        && out_len(g.h, g.kh, g.stride.0, g.padding.0, g.dilation.0) == Some(g.oh)
-        && out_len(g.w, g.kw, g.stride.1, g.padding.1, g.dilation.1) == Some(g.ow);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::msg(format!("{op}: inconsistent geometry {g:?}")))
-    }
-}
-
 macro_rules! float_pair {
     ($op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
         match ($a.data(), $b.data()) {
@@ -553,9 +517,9 @@ impl ConvBackend for CpuStorage {
         g: &Conv2dGeom,
     ) -> Result<Self> {
         let op = "conv2d";
-        check_geom(op, g)?;
-        expect_dims(op, "input", x_layout, [g.n, g.c_in, g.h, g.w])?;
-        expect_dims(op, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
+        g.check(op)?;
+        Conv2dGeom::expect_dims(op, "input", x_layout, [g.n, g.c_in, g.h, g.w])?;
+        Conv2dGeom::expect_dims(op, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
         let data = float_pair!(op, self, w, |x, wv| {
             let (x, wv) = (contiguous_cow(x, x_layout), contiguous_cow(wv, w_layout));
             conv2d_fwd(&x, &wv, g)
@@ -571,9 +535,9 @@ impl ConvBackend for CpuStorage {
         g: &Conv2dGeom,
     ) -> Result<Self> {
         let op = "conv2d_backward_input";
-        check_geom(op, g)?;
-        expect_dims(op, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
-        expect_dims(op, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
+        g.check(op)?;
+        Conv2dGeom::expect_dims(op, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
+        Conv2dGeom::expect_dims(op, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
         let data = float_pair!(op, self, w, |dy, wv| {
             let (dy, wv) = (contiguous_cow(dy, dy_layout), contiguous_cow(wv, w_layout));
             conv2d_bwd_input(&dy, &wv, g)
@@ -589,9 +553,9 @@ impl ConvBackend for CpuStorage {
         g: &Conv2dGeom,
     ) -> Result<Self> {
         let op = "conv2d_backward_weight";
-        check_geom(op, g)?;
-        expect_dims(op, "input", x_layout, [g.n, g.c_in, g.h, g.w])?;
-        expect_dims(op, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
+        g.check(op)?;
+        Conv2dGeom::expect_dims(op, "input", x_layout, [g.n, g.c_in, g.h, g.w])?;
+        Conv2dGeom::expect_dims(op, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
         let data = float_pair!(op, self, dy, |x, dyv| {
             let (x, dyv) = (contiguous_cow(x, x_layout), contiguous_cow(dyv, dy_layout));
             conv2d_bwd_weight(&x, &dyv, g)

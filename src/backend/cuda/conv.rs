@@ -9,7 +9,7 @@ use super::storage::float_suffix;
 use super::{kernel_args, launch_1d, CudaStorage, KernelArgs, LaunchConfig};
 use crate::backend::conv::{Conv2dGeom, ConvBackend};
 use crate::backend::BackendStorage;
-use crate::tensor::{Layout, Shape};
+use crate::tensor::Layout;
 use crate::{Error, Result};
 
 const FILE: &str = "conv.cu";
@@ -18,39 +18,9 @@ const TILE: usize = 64;
 const MAX_SPLITS: usize = 32;
 const MIN_K_PER_SPLIT: usize = 512;
 
-fn expect_dims(op: &'static str, what: &str, layout: &Layout, dims: [usize; 4]) -> Result<()> {
-    if layout.dims() == dims {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            op,
-            format!("{what} does not match the convolution geometry (expected {dims:?})"),
-            &[layout.shape(), &Shape::new(dims.to_vec())],
-        ))
-    }
-}
-
-/// The geometry is consistent, and small enough for the kernels' 32-bit index arithmetic.
+/// The geometry is consistent ([`Conv2dGeom::check`]), and small enough for the kernels' 32-bit index arithmetic.
 fn check_geom(op: &'static str, g: &Conv2dGeom) -> Result<()> {
-    let out_len = |i: usize, k: usize, s: usize, p: usize, d: usize| {
-        let padded = p.checked_mul(2)?.checked_add(i)?;
-        let span = d.checked_mul(k.max(1) - 1)?.checked_add(1)?;
-        Some(padded.checked_sub(span)? / s.max(1) + 1)
-    };
-    let ok = g.groups > 0
-        && g.kh > 0
-        && g.kw > 0
-        && g.c_in.is_multiple_of(g.groups)
-        && g.c_out.is_multiple_of(g.groups)
-        && g.stride.0 > 0
-        && g.stride.1 > 0
-        && g.dilation.0 > 0
-        && g.dilation.1 > 0
-        && out_len(g.h, g.kh, g.stride.0, g.padding.0, g.dilation.0) == Some(g.oh)
-        && out_len(g.w, g.kw, g.stride.1, g.padding.1, g.dilation.1) == Some(g.ow);
-    if !ok {
-        return Err(Error::msg(format!("{op}: inconsistent geometry {g:?}")));
-    }
+    g.check(op)?;
     let fits = |v: usize| v <= i32::MAX as usize;
     let small = [
         g.n,
@@ -133,8 +103,8 @@ impl ConvBackend for CudaStorage {
     ) -> Result<Self> {
         const OP: &str = "conv2d";
         check_geom(OP, g)?;
-        expect_dims(OP, "input", x_layout, [g.n, g.c_in, g.h, g.w])?;
-        expect_dims(OP, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
+        Conv2dGeom::expect_dims(OP, "input", x_layout, [g.n, g.c_in, g.h, g.w])?;
+        Conv2dGeom::expect_dims(OP, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
         check_pair(OP, self, x_layout, w, w_layout)?;
         let sfx = float_suffix(OP, self.dtype())?;
         let dev = self.dev();
@@ -162,8 +132,8 @@ impl ConvBackend for CudaStorage {
     ) -> Result<Self> {
         const OP: &str = "conv2d_backward_input";
         check_geom(OP, g)?;
-        expect_dims(OP, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
-        expect_dims(OP, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
+        Conv2dGeom::expect_dims(OP, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
+        Conv2dGeom::expect_dims(OP, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
         check_pair(OP, self, dy_layout, w, w_layout)?;
         let sfx = float_suffix(OP, self.dtype())?;
         let dev = self.dev();
@@ -191,8 +161,8 @@ impl ConvBackend for CudaStorage {
     ) -> Result<Self> {
         const OP: &str = "conv2d_backward_weight";
         check_geom(OP, g)?;
-        expect_dims(OP, "input", x_layout, [g.n, g.c_in, g.h, g.w])?;
-        expect_dims(OP, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
+        Conv2dGeom::expect_dims(OP, "input", x_layout, [g.n, g.c_in, g.h, g.w])?;
+        Conv2dGeom::expect_dims(OP, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
         check_pair(OP, self, x_layout, dy, dy_layout)?;
         let sfx = float_suffix(OP, self.dtype())?;
         let dev = self.dev();

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use tessera::autograd::gradcheck::{check_gradients, GradCheck};
 use tessera::data::idx;
 use tessera::data::mnist::{load_dataset, CaptionedImages, DatasetName, Split};
-use tessera::models::clip::{contrastive_loss, tokenize, Clip, ClipConfig, TextBatch};
+use tessera::models::clip::{
+    caption_contrastive_loss, contrastive_loss, tokenize, Clip, ClipConfig, ContrastiveTargets,
+    TextBatch,
+};
 use tessera::nn::Module;
 use tessera::random::Rng;
 use tessera::train::clip::{caption_batch, shifted_images, train_clip, zero_shot, ClipTrainConfig};
@@ -153,6 +156,72 @@ fn contrastive_head_gradcheck() {
     .unwrap();
 }
 
+/// Same-caption targets against a plain f64 computation: image -> text over the distinct
+/// captions, text -> image with the target spread over the caption's images.
+#[test]
+fn caption_contrastive_loss_value() {
+    let (b, n) = (5, 2);
+    let pairing = [0i64, 1, 0, 0, 1];
+    let vals: Vec<f64> = (0..b * n)
+        .map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.3)
+        .collect();
+    let logits = Tensor::from_vec(vals.clone(), (b, n), Device::Cpu).unwrap();
+    let p = Tensor::from_vec(pairing.to_vec(), b, Device::Cpu).unwrap();
+    let got = caption_contrastive_loss(&logits, &p)
+        .unwrap()
+        .item()
+        .unwrap();
+    let at = |i: usize, j: usize| vals[i * n + j];
+    let i2t = (0..b)
+        .map(|i| (0..n).map(|c| at(i, c).exp()).sum::<f64>().ln() - at(i, pairing[i] as usize))
+        .sum::<f64>()
+        / b as f64;
+    let t2i = (0..n)
+        .map(|c| {
+            let lse = (0..b).map(|j| at(j, c).exp()).sum::<f64>().ln();
+            (0..b)
+                .filter(|&j| pairing[j] as usize == c)
+                .map(|j| lse - at(j, c))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / b as f64;
+    let want = 0.5 * (i2t + t2i);
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // A pairing outside the caption rows is an error, not a panic.
+    let bad = Tensor::from_vec(vec![0i64, 1, 2, 0, 1], b, Device::Cpu).unwrap();
+    assert!(caption_contrastive_loss(&logits, &bad).is_err());
+}
+
+/// With no caption repeated, same-caption targets are the article's diagonal loss.
+#[test]
+fn caption_targets_reduce_to_diagonal_without_repeats() {
+    let logits = Tensor::randn_with_seed((4, 4), DType::F64, Device::Cpu, 9, 0).unwrap();
+    let p = Tensor::from_vec(vec![0i64, 1, 2, 3], 4, Device::Cpu).unwrap();
+    let a = caption_contrastive_loss(&logits, &p)
+        .unwrap()
+        .item()
+        .unwrap();
+    let d = contrastive_loss(&logits).unwrap().item().unwrap();
+    assert!((a - d).abs() < 1e-12, "{a} vs {d}");
+}
+
+#[test]
+fn caption_contrastive_gradcheck() {
+    let img = Tensor::randn_with_seed((6, 3), DType::F64, Device::Cpu, 5, 0).unwrap();
+    let txt = Tensor::randn_with_seed((3, 3), DType::F64, Device::Cpu, 6, 0).unwrap();
+    let p = Tensor::from_vec(vec![2i64, 0, 2, 1, 0, 2], 6, Device::Cpu).unwrap();
+    check_gradients(
+        |x| {
+            let (i, tx) = (x[0].l2_normalize(1, 1e-12)?, x[1].l2_normalize(1, 1e-12)?);
+            caption_contrastive_loss(&i.matmul(&tx.t()?)?.mul_scalar(3.0)?, &p)
+        },
+        &[img, txt],
+        GradCheck::default(),
+    )
+    .unwrap();
+}
+
 fn tiny_config() -> ClipConfig {
     let mut c = ClipConfig::seed().for_images(1, 8);
     c.vit.patch_size = 4;
@@ -204,7 +273,9 @@ fn distinct_captions_give_the_same_loss_and_gradients() {
             .named_parameters()
             .iter()
             .for_each(|(_, p)| p.zero_grad());
-        let loss = model.loss(&images, &text, Some(&pairing)).unwrap();
+        let loss = model
+            .loss(&images, &text, Some(&pairing), ContrastiveTargets::Diagonal)
+            .unwrap();
         loss.backward().unwrap();
         let grads: Vec<Vec<f32>> = model
             .parameters()

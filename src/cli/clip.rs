@@ -6,7 +6,7 @@ use super::{resolve_device, DeviceArg};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use tessera::data::mnist::{load_dataset, CaptionedImages, DatasetName, Split};
-use tessera::models::clip::{Clip, ClipConfig};
+use tessera::models::clip::{Clip, ClipConfig, ContrastiveTargets};
 use tessera::nn::Module;
 use tessera::train::clip::{
     confusion_image, load_clip, matches_grid, retrieve, train_clip, zero_shot, ClipTrainConfig,
@@ -24,6 +24,18 @@ pub struct TrainClipArgs {
     /// `seed` (the article's 65k-parameter model) or `default` (a stronger image tower).
     #[arg(long, default_value = "default")]
     pub config: String,
+    /// Overrides of the configuration's image tower: patch side in pixels.
+    #[arg(long)]
+    pub patch_size: Option<usize>,
+    /// Overrides of the configuration's image tower: width.
+    #[arg(long)]
+    pub vit_width: Option<usize>,
+    /// Overrides of the configuration's image tower: encoder blocks.
+    #[arg(long)]
+    pub vit_layers: Option<usize>,
+    /// Overrides of the configuration's image tower: attention heads.
+    #[arg(long)]
+    pub vit_heads: Option<usize>,
     /// Epochs (default: 12 for seed, 8 for default). The default configuration decays the
     /// learning rate along a cosine; seed keeps it constant, as the article.
     #[arg(long)]
@@ -48,6 +60,11 @@ pub struct TrainClipArgs {
     /// article's way, is the default: 2 did not help a 10-epoch run (docs/PERF.md).
     #[arg(long, default_value_t = 0)]
     pub max_shift: usize,
+    /// Which pairs the contrastive loss counts as matches: `diagonal` (the article's: image i
+    /// with caption i only) or `same-caption` (every image with its caption's text; UniCL).
+    /// Default: diagonal for seed, same-caption for default.
+    #[arg(long, value_enum)]
+    pub targets: Option<TargetsArg>,
     /// Checkpoint, written atomically after every epoch.
     #[arg(long, default_value = "runs/clip.safetensors")]
     pub ckpt: PathBuf,
@@ -123,7 +140,12 @@ pub fn train(a: &TrainClipArgs) -> anyhow::Result<()> {
         train_set = train_set.per_class_subset(k);
     }
     let test_set = load_dataset(name, &a.data, Split::Test)?;
-    let config = ClipConfig::named(&a.config)?.for_images(train_set.channels, train_set.height);
+    let mut config = ClipConfig::named(&a.config)?.for_images(train_set.channels, train_set.height);
+    let v = &mut config.vit;
+    v.patch_size = a.patch_size.unwrap_or(v.patch_size);
+    v.width = a.vit_width.unwrap_or(v.width);
+    v.num_layers = a.vit_layers.unwrap_or(v.num_layers);
+    v.num_heads = a.vit_heads.unwrap_or(v.num_heads);
     let epochs = a.epochs.unwrap_or(if a.config == "seed" { 12 } else { 8 });
     tessera::random::manual_seed(a.seed);
     let model = Clip::new(config, device)?;
@@ -132,6 +154,13 @@ pub fn train(a: &TrainClipArgs) -> anyhow::Result<()> {
     extra.insert("dataset".to_string(), name.as_str().to_string());
     extra.insert("config_name".to_string(), a.config.clone());
     let steps_per_epoch = train_set.len().div_ceil(a.batch.max(1)) as u64;
+    let targets = match a.targets {
+        Some(TargetsArg::Diagonal) => ContrastiveTargets::Diagonal,
+        Some(TargetsArg::SameCaption) => ContrastiveTargets::SameCaption,
+        None if a.config == "seed" => ContrastiveTargets::Diagonal,
+        None => ContrastiveTargets::SameCaption,
+    };
+    extra.insert("targets".to_string(), format!("{targets:?}"));
     let cfg = ClipTrainConfig {
         epochs,
         batch_size: a.batch,
@@ -145,6 +174,7 @@ pub fn train(a: &TrainClipArgs) -> anyhow::Result<()> {
         eval_every_epoch: !a.no_epoch_eval,
         encode_each_caption: a.encode_each_caption,
         max_shift: a.max_shift,
+        targets,
         progress: !a.json,
         extra,
     };
@@ -305,4 +335,10 @@ pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Clip(a) => eval(&a),
     }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum TargetsArg {
+    Diagonal,
+    SameCaption,
 }

@@ -201,7 +201,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     for (c, want) in p.captions.iter().take(4) {
         println!("  caption: \"{c}\"  (picture: {want})");
     }
-    for r in p.retrieval.iter().filter(|r| !r.correct).take(3) {
+    for r in p.retrieval.iter().filter(|r| !r.correct).take(12) {
         let got = p.gallery.labels[r.matched];
         println!(
             "  miss: \"{}\" -> {} {}",

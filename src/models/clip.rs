@@ -290,22 +290,45 @@ impl Clip {
 
     /// The contrastive loss of a batch of images and their captions. `pairing[i]` is the row
     /// of `text` that captions image `i` (`None`: row `i`). Repeated captions may thus be
-    /// tokenized and encoded once: the loss and every gradient are those of the batch with
-    /// each caption written out per image, since `index_select`'s backward sums the
-    /// gradients of repeated rows.
+    /// tokenized and encoded once: with [`ContrastiveTargets::Diagonal`] the loss and every
+    /// gradient are those of the batch with each caption written out per image, since
+    /// `index_select`'s backward sums the gradients of repeated rows.
     pub fn loss(
         &self,
         images: &Tensor,
         text: &TextBatch,
         pairing: Option<&Tensor>,
+        targets: ContrastiveTargets,
     ) -> Result<Tensor> {
         let img = self.image_encoder.forward(images)?; // [B, E]
-        let mut txt = self.text_encoder.forward(text)?; // [N, E]
-        if let Some(p) = pairing {
-            txt = txt.index_select(p, 0)?; // [B, E]
+        let txt = self.text_encoder.forward(text)?; // [N, E]
+        match (targets, pairing) {
+            (ContrastiveTargets::Diagonal, None) => contrastive_loss(&self.logits(&img, &txt)?),
+            (ContrastiveTargets::Diagonal, Some(p)) => {
+                contrastive_loss(&self.logits(&img, &txt.index_select(p, 0)?)?)
+            }
+            (ContrastiveTargets::SameCaption, Some(p)) => {
+                caption_contrastive_loss(&self.logits(&img, &txt)?, p)
+            }
+            (ContrastiveTargets::SameCaption, None) => Err(Error::msg(
+                "CLIP loss: same-caption targets need each image's row among the distinct captions (a pairing)",
+            )),
         }
-        contrastive_loss(&self.logits(&img, &txt)?)
     }
+}
+
+/// What the contrastive loss counts as a match when a batch holds the same caption several
+/// times (Fashion-MNIST has 10 captions, so a batch of 128 repeats each ~13 times).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContrastiveTargets {
+    /// The article's (and CLIP's) loss: image `i` matches caption `i` and nothing else, so
+    /// each copy of a caption is asked to pick *its* image among images of the same class.
+    Diagonal,
+    /// Every image whose caption is the same text is a match (UniCL, Yang et al. 2022):
+    /// image -> text is a softmax over the batch's distinct captions; text -> image spreads
+    /// the target evenly over the caption's images. Equal to `Diagonal` when no caption
+    /// repeats.
+    SameCaption,
 }
 
 /// CLIP's symmetric cross-entropy: row `i` of the `[B, B]` logits should pick column `i`
@@ -323,6 +346,47 @@ pub fn contrastive_loss(logits: &Tensor) -> Result<Tensor> {
     let opts = CrossEntropyOpts::default();
     let image_to_text = cross_entropy(logits, &targets, opts)?;
     let text_to_image = cross_entropy(&logits.t()?.contiguous()?, &targets, opts)?;
+    image_to_text.add(&text_to_image)?.mul_scalar(0.5)
+}
+
+/// The symmetric cross-entropy with every same-caption pair a match ([`ContrastiveTargets::SameCaption`]).
+/// `logits` `[B, N]` compare `B` images with the batch's `N` distinct captions and
+/// `pairing[i]` (`[B]`, i64) is image `i`'s caption. With `P_n` the images captioned `n`:
+/// ```text
+/// image -> text = -1/B sum_i log softmax_n(logits[i, :])[pairing[i]]
+/// text -> image = -1/B sum_n sum_{j in P_n} log softmax_j(logits[:, n])[j]
+/// ```
+/// The second weighs caption `n` by `|P_n|`, as the diagonal loss does when it repeats the
+/// caption per image, with the target spread evenly over `P_n` instead of put on one image.
+pub fn caption_contrastive_loss(logits: &Tensor, pairing: &Tensor) -> Result<Tensor> {
+    let op = "caption_contrastive_loss";
+    if logits.rank() != 2 || pairing.rank() != 1 || pairing.dims()[0] != logits.dims()[0] {
+        return Err(Error::shape(
+            op,
+            "expected logits [B, N] and pairing [B]",
+            &[logits.shape(), pairing.shape()],
+        ));
+    }
+    let (b, n) = (logits.dims()[0], logits.dims()[1]);
+    let rows = pairing.to_vec::<i64>()?;
+    let mut matches = vec![0f32; n * b]; // [N, B]: 1 where image j has caption n
+    for (j, &r) in rows.iter().enumerate() {
+        if r < 0 || r as usize >= n {
+            return Err(Error::msg(format!(
+                "{op}: pairing[{j}] = {r} is not a caption row (the logits have {n} columns)"
+            )));
+        }
+        matches[r as usize * b + j] = 1.0;
+    }
+    let matches = Tensor::from_vec(matches, (n, b), logits.device())?.to_dtype(logits.dtype())?;
+    let image_to_text = cross_entropy(logits, pairing, CrossEntropyOpts::default())?;
+    let text_to_image = logits
+        .t()?
+        .contiguous()?
+        .log_softmax(1)?
+        .mul(&matches)?
+        .sum_all()?
+        .mul_scalar(-1.0 / b as f64)?;
     image_to_text.add(&text_to_image)?.mul_scalar(0.5)
 }
 

@@ -15,7 +15,7 @@
 use crate::data::mnist::CaptionedImages;
 use crate::io::png::{grid, Image};
 use crate::io::Checkpoint;
-use crate::models::clip::{Clip, ClipConfig, TextBatch};
+use crate::models::clip::{Clip, ClipConfig, ContrastiveTargets, TextBatch};
 use crate::nn::Module;
 use crate::optim::{Adam, AdamConfig, Optimizer};
 use crate::random::Rng;
@@ -48,6 +48,9 @@ pub struct ClipTrainConfig {
     /// zero-filled): a cheap augmentation that lets a longer run keep improving instead of
     /// memorizing. 0 (the article's way) leaves the images untouched.
     pub max_shift: usize,
+    /// Which image-caption pairs of a batch the loss counts as matches (the article:
+    /// [`ContrastiveTargets::Diagonal`]).
+    pub targets: ContrastiveTargets,
     pub progress: bool,
     /// Free-form strings stored in the checkpoint (dataset name, ...).
     pub extra: HashMap<String, String>,
@@ -68,6 +71,7 @@ impl Default for ClipTrainConfig {
             eval_every_epoch: true,
             encode_each_caption: false,
             max_shift: 0,
+            targets: ContrastiveTargets::Diagonal,
             progress: true,
             extra: HashMap::new(),
         }
@@ -278,6 +282,11 @@ pub fn train_clip(
     if train.is_empty() || cfg.batch_size == 0 {
         return Err(Error::msg("train_clip: no training images or batch size 0"));
     }
+    if cfg.encode_each_caption && cfg.targets == ContrastiveTargets::SameCaption {
+        return Err(Error::msg(
+            "train_clip: encoding each image's caption applies to the article's diagonal targets; same-caption targets encode each distinct caption once",
+        ));
+    }
     let n = train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size) as u64;
     let total_steps = steps_per_epoch * cfg.epochs as u64;
@@ -347,7 +356,7 @@ pub fn train_clip(
                 cfg.encode_each_caption,
                 device,
             )?;
-            let loss = model.loss(&images, &text, Some(&pairing))?;
+            let loss = model.loss(&images, &text, Some(&pairing), cfg.targets)?;
             let lv = loss.item()?;
             if !lv.is_finite() {
                 return Err(Error::msg(format!(

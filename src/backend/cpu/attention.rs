@@ -15,6 +15,7 @@
 //! `float.rs`.
 
 use super::lanes::{dot, sum};
+use super::simd::vectorized;
 use super::{contiguous_cow, CpuStorage, Float};
 use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams, AttnShape};
 use crate::backend::BackendStorage;
@@ -90,7 +91,7 @@ fn masks_of<'a>(m: &'a [AttnMask<CpuStorage>], causal: bool, h: usize) -> Result
 }
 
 /// `y += a * x`
-#[inline]
+#[inline(always)]
 fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
     for (yv, &xv) in y.iter_mut().zip(x) {
         *yv = a.mul_add(xv, *yv);
@@ -111,70 +112,75 @@ fn fwd<T: Float>(
     let blocks: Vec<(Vec<T>, Vec<T>)> = (0..dm.bh * nqb)
         .into_par_iter()
         .map(|task| {
-            let (bhi, qb) = (task / nqb, task % nqb);
-            let (i0, i1) = (qb * BQ, (qb * BQ + BQ).min(tq));
-            let nr = i1 - i0;
-            let (qo, ko, vo) = (bhi * tq * d, bhi * tk * d, bhi * tk * dv);
-            let mut m = vec![T::NEG_INFINITY; nr];
-            let mut l = vec![T::ZERO; nr];
-            let mut acc = vec![T::ZERO; nr * dv];
-            let mut s = [T::ZERO; BK];
-            let mut pb = [T::ZERO; BK];
-            for kb in (0..tk).step_by(BK) {
-                if p.causal && kb >= i1 {
-                    break;
-                }
-                let j1 = (kb + BK).min(tk);
-                for r in 0..nr {
-                    let i = i0 + r;
-                    let qi = &q[qo + i * d..qo + (i + 1) * d];
-                    let mut mloc = T::NEG_INFINITY;
-                    for j in kb..j1 {
-                        let sj = if mk.allowed(bhi, i, j) {
-                            scale * dot(qi, &k[ko + j * d..ko + (j + 1) * d])
-                        } else {
-                            T::NEG_INFINITY
-                        };
-                        s[j - kb] = sj;
-                        mloc = mloc.max(sj);
-                    }
-                    if mloc == T::NEG_INFINITY {
-                        continue;
-                    }
-                    let mnew = m[r].max(mloc);
-                    let corr = (m[r] - mnew).exp();
-                    l[r] *= corr;
-                    let acc_r = &mut acc[r * dv..(r + 1) * dv];
-                    acc_r.iter_mut().for_each(|a| *a *= corr);
-                    // p = exp(s - m) for the whole block in one flat (vectorized) loop; masked
-                    // scores are -inf, so their p is exactly 0, and they are skipped below.
-                    let nb = j1 - kb;
-                    for (pj, &sj) in pb[..nb].iter_mut().zip(&s[..nb]) {
-                        *pj = (sj - mnew).exp();
-                    }
-                    l[r] += sum(&pb[..nb]);
-                    for j in kb..j1 {
-                        if s[j - kb] == T::NEG_INFINITY {
-                            continue;
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (bhi, qb) = (task / nqb, task % nqb);
+                    let (i0, i1) = (qb * BQ, (qb * BQ + BQ).min(tq));
+                    let nr = i1 - i0;
+                    let (qo, ko, vo) = (bhi * tq * d, bhi * tk * d, bhi * tk * dv);
+                    let mut m = vec![T::NEG_INFINITY; nr];
+                    let mut l = vec![T::ZERO; nr];
+                    let mut acc = vec![T::ZERO; nr * dv];
+                    let mut s = [T::ZERO; BK];
+                    let mut pb = [T::ZERO; BK];
+                    for kb in (0..tk).step_by(BK) {
+                        if p.causal && kb >= i1 {
+                            break;
                         }
-                        axpy(acc_r, pb[j - kb], &v[vo + j * dv..vo + (j + 1) * dv]);
+                        let j1 = (kb + BK).min(tk);
+                        for r in 0..nr {
+                            let i = i0 + r;
+                            let qi = &q[qo + i * d..qo + (i + 1) * d];
+                            let mut mloc = T::NEG_INFINITY;
+                            for j in kb..j1 {
+                                let sj = if mk.allowed(bhi, i, j) {
+                                    scale * dot(qi, &k[ko + j * d..ko + (j + 1) * d])
+                                } else {
+                                    T::NEG_INFINITY
+                                };
+                                s[j - kb] = sj;
+                                mloc = mloc.max(sj);
+                            }
+                            if mloc == T::NEG_INFINITY {
+                                continue;
+                            }
+                            let mnew = m[r].max(mloc);
+                            let corr = (m[r] - mnew).exp();
+                            l[r] *= corr;
+                            let acc_r = &mut acc[r * dv..(r + 1) * dv];
+                            acc_r.iter_mut().for_each(|a| *a *= corr);
+                            // p = exp(s - m) for the whole block in one flat (vectorized) loop; masked
+                            // scores are -inf, so their p is exactly 0, and they are skipped below.
+                            let nb = j1 - kb;
+                            for (pj, &sj) in pb[..nb].iter_mut().zip(&s[..nb]) {
+                                *pj = (sj - mnew).exp();
+                            }
+                            l[r] += sum(&pb[..nb]);
+                            for j in kb..j1 {
+                                if s[j - kb] == T::NEG_INFINITY {
+                                    continue;
+                                }
+                                axpy(acc_r, pb[j - kb], &v[vo + j * dv..vo + (j + 1) * dv]);
+                            }
+                            m[r] = mnew;
+                        }
                     }
-                    m[r] = mnew;
-                }
-            }
-            let mut lse = vec![T::NEG_INFINITY; nr];
-            for r in 0..nr {
-                if l[r] > T::ZERO {
-                    let inv = T::ONE / l[r];
-                    acc[r * dv..(r + 1) * dv].iter_mut().for_each(|a| *a *= inv);
-                    lse[r] = m[r] + l[r].ln();
-                } else {
-                    acc[r * dv..(r + 1) * dv]
-                        .iter_mut()
-                        .for_each(|a| *a = T::ZERO);
-                }
-            }
-            (acc, lse)
+                    let mut lse = vec![T::NEG_INFINITY; nr];
+                    for r in 0..nr {
+                        if l[r] > T::ZERO {
+                            let inv = T::ONE / l[r];
+                            acc[r * dv..(r + 1) * dv].iter_mut().for_each(|a| *a *= inv);
+                            lse[r] = m[r] + l[r].ln();
+                        } else {
+                            acc[r * dv..(r + 1) * dv]
+                                .iter_mut()
+                                .for_each(|a| *a = T::ZERO);
+                        }
+                    }
+                    (acc, lse)
+                },
+            )
         })
         .collect();
     let mut o = Vec::with_capacity(dm.bh * tq * dv);
@@ -249,20 +255,25 @@ fn bwd_blocked<T: Float>(
     let dq_blocks: Vec<Vec<T>> = (0..dm.bh * nqb)
         .into_par_iter()
         .map(|task| {
-            let (bhi, qb) = (task / nqb, task % nqb);
-            let (i0, i1) = (qb * BQ, (qb * BQ + BQ).min(tq));
-            let ko = bhi * tk * d;
-            let mut dq = vec![T::ZERO; (i1 - i0) * d];
-            for i in i0..i1 {
-                let jmax = if p.causal { (i + 1).min(tk) } else { tk };
-                let dq_r = &mut dq[(i - i0) * d..(i - i0 + 1) * d];
-                for j in 0..jmax {
-                    if let Some((_, ds)) = p_ds(bhi, i, j) {
-                        axpy(dq_r, ds * scale, &k[ko + j * d..ko + (j + 1) * d]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (bhi, qb) = (task / nqb, task % nqb);
+                    let (i0, i1) = (qb * BQ, (qb * BQ + BQ).min(tq));
+                    let ko = bhi * tk * d;
+                    let mut dq = vec![T::ZERO; (i1 - i0) * d];
+                    for i in i0..i1 {
+                        let jmax = if p.causal { (i + 1).min(tk) } else { tk };
+                        let dq_r = &mut dq[(i - i0) * d..(i - i0 + 1) * d];
+                        for j in 0..jmax {
+                            if let Some((_, ds)) = p_ds(bhi, i, j) {
+                                axpy(dq_r, ds * scale, &k[ko + j * d..ko + (j + 1) * d]);
+                            }
+                        }
                     }
-                }
-            }
-            dq
+                    dq
+                },
+            )
         })
         .collect();
 
@@ -270,30 +281,35 @@ fn bwd_blocked<T: Float>(
     let dkv_blocks: Vec<(Vec<T>, Vec<T>)> = (0..dm.bh * nkb)
         .into_par_iter()
         .map(|task| {
-            let (bhi, kb) = (task / nkb, task % nkb);
-            let (j0, j1) = (kb * BK, (kb * BK + BK).min(tk));
-            let qo = bhi * tq * d;
-            let mut dk = vec![T::ZERO; (j1 - j0) * d];
-            let mut dvb = vec![T::ZERO; (j1 - j0) * dv];
-            for j in j0..j1 {
-                let imin = if p.causal { j } else { 0 };
-                for i in imin..tq {
-                    if let Some((pij, ds)) = p_ds(bhi, i, j) {
-                        let row = bhi * tq + i;
-                        axpy(
-                            &mut dvb[(j - j0) * dv..(j - j0 + 1) * dv],
-                            pij,
-                            &dout[row * dv..(row + 1) * dv],
-                        );
-                        axpy(
-                            &mut dk[(j - j0) * d..(j - j0 + 1) * d],
-                            ds * scale,
-                            &q[qo + i * d..qo + (i + 1) * d],
-                        );
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (bhi, kb) = (task / nkb, task % nkb);
+                    let (j0, j1) = (kb * BK, (kb * BK + BK).min(tk));
+                    let qo = bhi * tq * d;
+                    let mut dk = vec![T::ZERO; (j1 - j0) * d];
+                    let mut dvb = vec![T::ZERO; (j1 - j0) * dv];
+                    for j in j0..j1 {
+                        let imin = if p.causal { j } else { 0 };
+                        for i in imin..tq {
+                            if let Some((pij, ds)) = p_ds(bhi, i, j) {
+                                let row = bhi * tq + i;
+                                axpy(
+                                    &mut dvb[(j - j0) * dv..(j - j0 + 1) * dv],
+                                    pij,
+                                    &dout[row * dv..(row + 1) * dv],
+                                );
+                                axpy(
+                                    &mut dk[(j - j0) * d..(j - j0 + 1) * d],
+                                    ds * scale,
+                                    &q[qo + i * d..qo + (i + 1) * d],
+                                );
+                            }
+                        }
                     }
-                }
-            }
-            (dk, dvb)
+                    (dk, dvb)
+                },
+            )
         })
         .collect();
 
@@ -338,51 +354,56 @@ fn bwd_small<T: Float>(
         .zip(dvv.par_chunks_mut(tk * dv))
         .enumerate()
         .for_each(|(bhi, ((dq, dk), dvb))| {
-            let (qs, ks) = (&q[bhi * tq * d..], &k[bhi * tk * d..]);
-            let vs = &v[bhi * tk * dv..];
-            let mut pm = vec![T::ZERO; tq * tk];
-            let mut ds = vec![T::ZERO; tq * tk];
-            for i in 0..tq {
-                let row = bhi * tq + i;
-                let l = lse[row];
-                if l == T::NEG_INFINITY {
-                    continue;
-                }
-                let jmax = if p.causal { (i + 1).min(tk) } else { tk };
-                let (qi, doi) = (&qs[i * d..(i + 1) * d], &dout[row * dv..(row + 1) * dv]);
-                for j in 0..jmax {
-                    if !mk.allowed(bhi, i, j) {
-                        continue;
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (qs, ks) = (&q[bhi * tq * d..], &k[bhi * tk * d..]);
+                    let vs = &v[bhi * tk * dv..];
+                    let mut pm = vec![T::ZERO; tq * tk];
+                    let mut ds = vec![T::ZERO; tq * tk];
+                    for i in 0..tq {
+                        let row = bhi * tq + i;
+                        let l = lse[row];
+                        if l == T::NEG_INFINITY {
+                            continue;
+                        }
+                        let jmax = if p.causal { (i + 1).min(tk) } else { tk };
+                        let (qi, doi) = (&qs[i * d..(i + 1) * d], &dout[row * dv..(row + 1) * dv]);
+                        for j in 0..jmax {
+                            if !mk.allowed(bhi, i, j) {
+                                continue;
+                            }
+                            let s = scale * dot(qi, &ks[j * d..(j + 1) * d]);
+                            let pij = (s - l).exp();
+                            let dp = dot(doi, &vs[j * dv..(j + 1) * dv]);
+                            pm[i * tk + j] = pij;
+                            ds[i * tk + j] = pij * (dp - big_d[row]) * scale;
+                        }
                     }
-                    let s = scale * dot(qi, &ks[j * d..(j + 1) * d]);
-                    let pij = (s - l).exp();
-                    let dp = dot(doi, &vs[j * dv..(j + 1) * dv]);
-                    pm[i * tk + j] = pij;
-                    ds[i * tk + j] = pij * (dp - big_d[row]) * scale;
-                }
-            }
-            for i in 0..tq {
-                let dq_r = &mut dq[i * d..(i + 1) * d];
-                for j in 0..tk {
-                    let g = ds[i * tk + j];
-                    if g != T::ZERO {
-                        axpy(dq_r, g, &ks[j * d..(j + 1) * d]);
+                    for i in 0..tq {
+                        let dq_r = &mut dq[i * d..(i + 1) * d];
+                        for j in 0..tk {
+                            let g = ds[i * tk + j];
+                            if g != T::ZERO {
+                                axpy(dq_r, g, &ks[j * d..(j + 1) * d]);
+                            }
+                        }
                     }
-                }
-            }
-            for i in 0..tq {
-                let row = bhi * tq + i;
-                let (qi, doi) = (&qs[i * d..(i + 1) * d], &dout[row * dv..(row + 1) * dv]);
-                for j in 0..tk {
-                    let (pij, g) = (pm[i * tk + j], ds[i * tk + j]);
-                    if pij != T::ZERO {
-                        axpy(&mut dvb[j * dv..(j + 1) * dv], pij, doi);
+                    for i in 0..tq {
+                        let row = bhi * tq + i;
+                        let (qi, doi) = (&qs[i * d..(i + 1) * d], &dout[row * dv..(row + 1) * dv]);
+                        for j in 0..tk {
+                            let (pij, g) = (pm[i * tk + j], ds[i * tk + j]);
+                            if pij != T::ZERO {
+                                axpy(&mut dvb[j * dv..(j + 1) * dv], pij, doi);
+                            }
+                            if g != T::ZERO {
+                                axpy(&mut dk[j * d..(j + 1) * d], g, qi);
+                            }
+                        }
                     }
-                    if g != T::ZERO {
-                        axpy(&mut dk[j * d..(j + 1) * d], g, qi);
-                    }
-                }
-            }
+                },
+            )
         });
     (dq, dk, dvv)
 }

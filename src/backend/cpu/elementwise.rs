@@ -5,6 +5,7 @@
 //! branch-free so GELU, SiLU, sigmoid and exp vectorize too. One read and one write per element
 //! (two reads for the backward).
 
+use super::simd::vectorized;
 use super::{contiguous_cow, CpuData, CpuStorage, Float, PAR_CHUNK};
 use crate::backend::elementwise::{BinaryOp, CmpOp, ElementwiseBackend, UnaryOp};
 use crate::tensor::{Layout, WithDType};
@@ -118,7 +119,10 @@ pub(crate) fn unary_deriv<T: Float>(op: UnaryOp, x: T) -> T {
 /// dispatches on `op` for each element. `fwd` binds `f(x) = op(x)`, `bwd` binds
 /// `f(x, g) = g * op'(x)`. Payload-free variants use an `#[inline(always)]` fn item (a
 /// closure with a large body such as GELU's erf may be left out of line, which keeps the
-/// loop scalar); the cheap payload variants use closures capturing the payload.
+/// loop scalar); the cheap payload variants use closures capturing the payload. Call sites
+/// pass `#[inline(always)] |x| f(x)` rather than `f` itself: a fn item handed to a generic
+/// `F: Fn` is called through its `Fn::call` shim, which LLVM may keep out of line (it did for
+/// GELU), while a direct call of the fn item inside an always-inlined closure is inlined.
 macro_rules! with_unary_fn {
     ($op:expr, $mode:ident, |$f:ident| $body:expr) => {
         match $op {
@@ -208,6 +212,17 @@ pub(crate) fn row_offset(layout: &Layout, mut row: usize) -> usize {
     off
 }
 
+/// `o[i] = f(a[i])`: a plain indexed loop, always inlined, so that inside [`vectorized`] it is
+/// compiled for the wide instruction set (an iterator chain's `fold` may stay out of line).
+#[inline(always)]
+fn apply1<A: Copy, O>(o: &mut [O], a: &[A], f: &impl Fn(A) -> O) {
+    let n = o.len().min(a.len());
+    let (o, a) = (&mut o[..n], &a[..n]);
+    for i in 0..n {
+        o[i] = f(a[i]);
+    }
+}
+
 /// `out[i] = f(a[i])` over one strided view.
 pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync + Default>(
     a: &[A],
@@ -223,7 +238,10 @@ pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync + Default>(
         out.par_chunks_mut(PAR_CHUNK)
             .zip(a[s..e].par_chunks(PAR_CHUNK))
             .for_each(|(o, a)| {
-                o.iter_mut().zip(a).for_each(|(o, &a)| *o = f(a));
+                vectorized(
+                    #[inline(always)]
+                    || apply1(o, a, &f),
+                )
             });
         return out;
     }
@@ -235,8 +253,16 @@ pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync + Default>(
         .for_each(|(t, chunk)| {
             for (r, o) in chunk.chunks_mut(inner).enumerate() {
                 let oa = row_offset(la, t * rows_per_task + r);
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = f(a[oa + i * sa]);
+                if sa == 1 {
+                    let a = &a[oa..oa + inner];
+                    vectorized(
+                        #[inline(always)]
+                        || apply1(o, a, &f),
+                    );
+                } else {
+                    for (i, o) in o.iter_mut().enumerate() {
+                        *o = f(a[oa + i * sa]);
+                    }
                 }
             }
         });
@@ -268,9 +294,14 @@ pub(crate) fn map2<
                     .zip(b[sb..eb].par_chunks(PAR_CHUNK)),
             )
             .for_each(|(o, (a, b))| {
-                for i in 0..o.len() {
-                    o[i] = f(a[i], b[i]);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for i in 0..o.len() {
+                            o[i] = f(a[i], b[i]);
+                        }
+                    },
+                )
             });
         return out;
     }
@@ -288,14 +319,24 @@ pub(crate) fn map2<
                 let (oa, ob) = (row_offset(la, row), row_offset(lb, row));
                 if sa == 1 && sb == 1 {
                     let (a, b) = (&a[oa..oa + inner], &b[ob..ob + inner]);
-                    for i in 0..inner {
-                        o[i] = f(a[i], b[i]);
-                    }
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for i in 0..inner {
+                                o[i] = f(a[i], b[i]);
+                            }
+                        },
+                    )
                 } else if sa == 1 && sb == 0 {
                     let (a, b) = (&a[oa..oa + inner], b[ob]);
-                    for i in 0..inner {
-                        o[i] = f(a[i], b);
-                    }
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for i in 0..inner {
+                                o[i] = f(a[i], b);
+                            }
+                        },
+                    )
                 } else {
                     for (i, o) in o.iter_mut().enumerate() {
                         *o = f(a[oa + i * sa], b[ob + i * sb]);
@@ -341,7 +382,12 @@ impl ElementwiseBackend for CpuStorage {
         Ok(CpuStorage::new(cpu_map_float!(
             op.name(),
             self.data(),
-            |v| with_unary_fn!(op, fwd, |f| map1(v, layout, f))
+            |v| with_unary_fn!(op, fwd, |f| map1(
+                v,
+                layout,
+                #[inline(always)]
+                |x| f(x)
+            ))
         )))
     }
 
@@ -354,10 +400,20 @@ impl ElementwiseBackend for CpuStorage {
     ) -> Result<Self> {
         let data = match (self.data(), dy.data()) {
             (CpuData::F32(x), CpuData::F32(g)) => CpuData::F32(with_unary_fn!(op, bwd, |f| map2(
-                x, x_layout, g, dy_layout, f
+                x,
+                x_layout,
+                g,
+                dy_layout,
+                #[inline(always)]
+                |x, g| f(x, g)
             ))),
             (CpuData::F64(x), CpuData::F64(g)) => CpuData::F64(with_unary_fn!(op, bwd, |f| map2(
-                x, x_layout, g, dy_layout, f
+                x,
+                x_layout,
+                g,
+                dy_layout,
+                #[inline(always)]
+                |x, g| f(x, g)
             ))),
             (d, _) => {
                 return Err(Error::UnsupportedDType {

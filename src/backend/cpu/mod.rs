@@ -14,6 +14,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod simd;
 pub mod softmax;
 
 pub use float::Float;

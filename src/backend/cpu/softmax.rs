@@ -11,6 +11,7 @@
 //! Memory traffic: x read once from memory, y written once.
 
 use super::lanes::map_reduce;
+use super::simd::vectorized;
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
 use crate::tensor::Layout;
@@ -39,7 +40,9 @@ fn nan_max<T: Float>(m: T, v: T) -> T {
     }
 }
 
-/// One slab `[n, inner]` of the forward: `x` in, `y` out.
+/// One slab `[n, inner]` of the forward: `x` in, `y` out. Always inlined into the caller's
+/// [`vectorized`] closure, so its loops are compiled for the wide instruction set.
+#[inline(always)]
 fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [T], inner: usize) {
     if inner == 1 {
         // Three separate flat loops (max, exp, sum) so each vectorizes: a running sum fused
@@ -93,6 +96,7 @@ fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [T], inner: usize)
 }
 
 /// One slab `[n, inner]` of the backward: `y` (forward output) and `dy` in, `dx` out.
+#[inline(always)]
 fn backward_slab<T: Float>(kind: SoftmaxKind, y: &[T], dy: &[T], dx: &mut [T], inner: usize) {
     // softmax: s = sum dy*y, dx = y (dy - s); log_softmax: s = sum dy, dx = dy - exp(y) s.
     let term = |y: T, dy: T| match kind {
@@ -154,7 +158,12 @@ fn forward_typed<T: Float>(kind: SoftmaxKind, x: &[T], layout: &Layout, dim: usi
     y.par_chunks_mut(slab)
         .zip(x.par_chunks(slab))
         .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
-        .for_each(|(y, x)| forward_slab(kind, x, y, inner));
+        .for_each(|(y, x)| {
+            vectorized(
+                #[inline(always)]
+                || forward_slab(kind, x, y, inner),
+            )
+        });
     y
 }
 
@@ -176,7 +185,12 @@ fn backward_typed<T: Float>(
     dx.par_chunks_mut(slab)
         .zip(y.par_chunks(slab).zip(dy.par_chunks(slab)))
         .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
-        .for_each(|(dx, (y, dy))| backward_slab(kind, y, dy, dx, inner));
+        .for_each(|(dx, (y, dy))| {
+            vectorized(
+                #[inline(always)]
+                || backward_slab(kind, y, dy, dx, inner),
+            )
+        });
     dx
 }
 

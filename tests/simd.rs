@@ -1,0 +1,108 @@
+//! The runtime-dispatched loops (`backend::cpu::simd`) give the same bits whatever instruction
+//! set runs them: every op that uses them is run forced to the baseline and again on the
+//! widest set this CPU has, on random inputs, forward and backward, and compared exactly.
+//! (Its own test binary: forcing the instruction set is process-wide.)
+
+use tessera::backend::cpu::simd::{force_isa, isa, Isa};
+use tessera::ops::{scaled_dot_product_attention, AttentionOpts};
+use tessera::{DType, Device, Result, Tensor};
+
+/// Outputs and input gradients of the ops that run through `vectorized`, for one input draw.
+fn run_all(dtype: DType) -> Result<Vec<(String, Vec<f64>)>> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn_with_seed((37, 67), dtype, dev, 1, 0)?.mul_scalar(2.5)?;
+    let y = Tensor::randn_with_seed((37, 67), dtype, dev, 2, 0)?;
+    let bias = Tensor::randn_with_seed(67, dtype, dev, 3, 0)?;
+    let mut out = Vec::new();
+    let mut push = |name: &str, t: &Tensor| -> Result<()> {
+        out.push((name.to_string(), t.to_vec_f64()?));
+        Ok(())
+    };
+    // Unary forward and backward (GELU has the f64 erf, SiLU and exp the branch-free exp).
+    for (name, f) in [
+        ("gelu", Tensor::gelu as fn(&Tensor) -> Result<Tensor>),
+        ("silu", Tensor::silu),
+        ("exp", Tensor::exp),
+        ("tanh", Tensor::tanh),
+    ] {
+        let xg = x.detach();
+        xg.set_requires_grad(true)?;
+        let z = f(&xg)?;
+        z.backward_with(&y)?;
+        push(name, &z)?;
+        push(&format!("{name} grad"), &xg.grad().expect("grad"))?;
+    }
+    // Binary, contiguous and broadcast along rows.
+    push("add", &x.add(&y)?)?;
+    push("mul broadcast", &x.mul(&bias)?)?;
+    push("div strided", &x.t()?.div(&y.t()?)?)?;
+    // Softmax and log-softmax over the last dim and over a leading one, with gradients.
+    for dim in [1usize, 0] {
+        let xg = x.detach();
+        xg.set_requires_grad(true)?;
+        let s = xg.softmax(dim)?;
+        s.backward_with(&y)?;
+        push(&format!("softmax dim {dim}"), &s)?;
+        push(&format!("softmax grad dim {dim}"), &xg.grad().expect("grad"))?;
+        let xg = x.detach();
+        xg.set_requires_grad(true)?;
+        let s = xg.log_softmax(dim)?;
+        s.backward_with(&y)?;
+        push(&format!("log_softmax dim {dim}"), &s)?;
+        push(&format!("log_softmax grad dim {dim}"), &xg.grad().expect("grad"))?;
+    }
+    // Attention: short sequences (single-pass backward) and longer ones (blocked backward),
+    // causal and not.
+    for (t, causal) in [(17usize, false), (17, true), (150, false), (150, true)] {
+        let q = Tensor::randn_with_seed((2, 3, t, 16), dtype, dev, 10 + t as u64, 0)?;
+        let k = Tensor::randn_with_seed((2, 3, t, 16), dtype, dev, 11 + t as u64, 0)?;
+        let v = Tensor::randn_with_seed((2, 3, t, 16), dtype, dev, 12 + t as u64, 0)?;
+        let g = Tensor::randn_with_seed((2, 3, t, 16), dtype, dev, 13 + t as u64, 0)?;
+        for p in [&q, &k, &v] {
+            p.set_requires_grad(true)?;
+        }
+        let opts = AttentionOpts {
+            causal,
+            ..Default::default()
+        };
+        let o = scaled_dot_product_attention(&q, &k, &v, &opts)?;
+        o.backward_with(&g)?;
+        push(&format!("attention T{t} causal {causal}"), &o)?;
+        for (n, p) in [("q", &q), ("k", &k), ("v", &v)] {
+            push(
+                &format!("attention T{t} causal {causal} d{n}"),
+                &p.grad().expect("grad"),
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn every_instruction_set_gives_the_same_bits() {
+    let widest = isa();
+    println!("widest instruction set here: {widest:?}");
+    for dtype in [DType::F32, DType::F64] {
+        assert!(force_isa(Isa::Baseline));
+        let base = run_all(dtype).unwrap();
+        let mut others = vec![Isa::Avx2, Isa::Avx512];
+        others.retain(|&i| force_isa(i));
+        if others.is_empty() {
+            println!("skipped: this CPU has neither AVX2 nor AVX-512, only the baseline runs");
+        }
+        for other in others {
+            assert!(force_isa(other));
+            let wide = run_all(dtype).unwrap();
+            for ((name, a), (_, b)) in base.iter().zip(&wide) {
+                assert_eq!(a.len(), b.len(), "{name}");
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                        "{dtype:?} {name}[{i}]: baseline {x} vs {other:?} {y}"
+                    );
+                }
+            }
+        }
+    }
+    force_isa(widest);
+}

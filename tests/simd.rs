@@ -43,13 +43,19 @@ fn run_all(dtype: DType) -> Result<Vec<(String, Vec<f64>)>> {
         let s = xg.softmax(dim)?;
         s.backward_with(&y)?;
         push(&format!("softmax dim {dim}"), &s)?;
-        push(&format!("softmax grad dim {dim}"), &xg.grad().expect("grad"))?;
+        push(
+            &format!("softmax grad dim {dim}"),
+            &xg.grad().expect("grad"),
+        )?;
         let xg = x.detach();
         xg.set_requires_grad(true)?;
         let s = xg.log_softmax(dim)?;
         s.backward_with(&y)?;
         push(&format!("log_softmax dim {dim}"), &s)?;
-        push(&format!("log_softmax grad dim {dim}"), &xg.grad().expect("grad"))?;
+        push(
+            &format!("log_softmax grad dim {dim}"),
+            &xg.grad().expect("grad"),
+        )?;
     }
     // Attention: short sequences (single-pass backward) and longer ones (blocked backward),
     // causal and not.

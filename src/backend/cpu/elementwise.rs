@@ -377,6 +377,8 @@ fn where_typed<T: WithDType + Default>(
         .collect()
 }
 
+// `#[inline(always)] |x| f(x)` is deliberate (see `with_unary_fn!`), not a redundant closure.
+#[allow(clippy::redundant_closure)]
 impl ElementwiseBackend for CpuStorage {
     fn unary(&self, op: UnaryOp, layout: &Layout) -> Result<Self> {
         Ok(CpuStorage::new(cpu_map_float!(

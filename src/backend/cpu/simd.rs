@@ -81,12 +81,10 @@ fn encode(isa: Isa) -> u8 {
 /// Forces the instruction set (tests and benchmarks compare the paths). Asking for one the
 /// CPU lacks is refused: the previous choice stays and `false` is returned.
 pub fn force_isa(isa: Isa) -> bool {
-    let supported = match (detect(), isa) {
-        (_, Isa::Baseline) => true,
-        (Isa::Avx512, _) => true,
-        (Isa::Avx2, Isa::Avx2) => true,
-        _ => false,
-    };
+    let supported = matches!(
+        (detect(), isa),
+        (_, Isa::Baseline) | (Isa::Avx512, _) | (Isa::Avx2, Isa::Avx2)
+    );
     if supported {
         CHOSEN.store(encode(isa), Ordering::Relaxed);
     }

@@ -1,0 +1,254 @@
+//! Packing for the convolution's implicit GEMM: panels in the GEMM micro-kernel's layout
+//! (A: `a[kk*mr + r]`, B: `b[kk*nr + j]`, see `matmul::MicroKernel`) filled straight from
+//! NCHW tensors, one depth block at a time, so no im2col matrix ever exists in full.
+//!
+//! The implicit column matrix of group `gi`: row `k = (ci, ky, kx)` (`K = C_in/G * KH * KW`),
+//! column `col = n*P + oy*OW + ox` (images side by side, `P = OH*OW`), value
+//! `x[n, gi*C_in/G + ci, oy*sh + ky*dh - ph, ox*sw + kx*dw - pw]` (0 in the padding).
+//! Columns are walked as [`PixelRun`]s (consecutive pixels of one output row), so for stride 1
+//! each (tap, run) is one `copy_from_slice` of an input row segment.
+
+use super::super::Float;
+use crate::backend::conv::Conv2dGeom;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Consecutive GEMM columns inside one output row of one image: pixels `(oy, ox..ox+len)` of
+/// image `n`, at offset `at` from the start of the block being packed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PixelRun {
+    pub n: usize,
+    pub oy: usize,
+    pub ox: usize,
+    pub len: usize,
+    pub at: usize,
+}
+
+/// Splits GEMM columns `start..start+len` into [`PixelRun`]s, also cut at every multiple of
+/// `split` from `start` (panel boundaries), into `runs` (cleared first).
+pub(super) fn pixel_runs(
+    g: &Conv2dGeom,
+    start: usize,
+    len: usize,
+    split: usize,
+    runs: &mut Vec<PixelRun>,
+) {
+    runs.clear();
+    let p = g.p();
+    let mut at = 0;
+    while at < len {
+        let col = start + at;
+        let (n, pix) = (col / p, col % p);
+        let (oy, ox) = (pix / g.ow, pix % g.ow);
+        let run = (g.ow - ox).min(len - at).min(split - at % split);
+        runs.push(PixelRun {
+            n,
+            oy,
+            ox,
+            len: run,
+            at,
+        });
+        at += run;
+    }
+}
+
+/// Output positions `o` along one axis whose input position `o*s + tap - pad` lies in
+/// `0..in_len` (`tap` = kernel offset times dilation).
+fn valid_outputs(out_len: usize, in_len: usize, s: usize, pad: usize, tap: usize) -> Range<usize> {
+    let lo = if pad > tap {
+        (pad - tap).div_ceil(s)
+    } else {
+        0
+    };
+    let hi = if in_len + pad > tap {
+        ((in_len - 1 + pad - tap) / s + 1).min(out_len)
+    } else {
+        0
+    };
+    lo.min(hi)..hi
+}
+
+/// For each `kx`, the output columns whose tap `kx` lands inside the image.
+pub(super) fn valid_columns(g: &Conv2dGeom) -> Vec<Range<usize>> {
+    (0..g.kw)
+        .map(|kx| valid_outputs(g.ow, g.w, g.stride.1, g.padding.1, kx * g.dilation.1))
+        .collect()
+}
+
+/// The input row tap `ky` reads for output row `oy`, if inside the image.
+#[inline]
+pub(super) fn input_row(g: &Conv2dGeom, oy: usize, ky: usize) -> Option<usize> {
+    (oy * g.stride.0 + ky * g.dilation.0)
+        .checked_sub(g.padding.0)
+        .filter(|&iy| iy < g.h)
+}
+
+/// `dst[t*ds] = plane[window of pixel (run.oy, run.ox + t) at tap (ky, kx)]` for `t < run.len`,
+/// 0 where the window is in the padding; `cols` is [`valid_columns`]`[kx]`.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn gather_tap_run<T: Float>(
+    plane: &[T],
+    g: &Conv2dGeom,
+    ky: usize,
+    kx: usize,
+    run: &PixelRun,
+    cols: &Range<usize>,
+    dst: &mut [T],
+    ds: usize,
+) {
+    let (ox, len) = (run.ox, run.len);
+    let Some(iy) = input_row(g, run.oy, ky) else {
+        for t in 0..len {
+            dst[t * ds] = T::ZERO;
+        }
+        return;
+    };
+    let lo = cols.start.clamp(ox, ox + len);
+    let hi = cols.end.clamp(lo, ox + len);
+    for t in (0..lo - ox).chain(hi - ox..len) {
+        dst[t * ds] = T::ZERO;
+    }
+    if lo == hi {
+        return;
+    }
+    let row = &plane[iy * g.w..(iy + 1) * g.w];
+    let ix0 = lo * g.stride.1 + kx * g.dilation.1 - g.padding.1;
+    let sw = g.stride.1;
+    if ds == 1 && sw == 1 {
+        dst[lo - ox..hi - ox].copy_from_slice(&row[ix0..ix0 + (hi - lo)]);
+    } else {
+        for (i, t) in (lo - ox..hi - ox).enumerate() {
+            dst[t * ds] = row[ix0 + i * sw];
+        }
+    }
+}
+
+/// The B operand of the forward GEMM: rows `k0..k0+kc` of group `gi`'s column matrix, for the
+/// columns in `runs` (`ncols` in all, cut at `nr`), as `nr`-wide panels
+/// `buf[(q*kc + kk)*nr + j]`; columns past `ncols` are zero.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_im2col<T: Float>(
+    x: &[T],
+    g: &Conv2dGeom,
+    gi: usize,
+    runs: &[PixelRun],
+    ncols: usize,
+    k0: usize,
+    kc: usize,
+    nr: usize,
+    cols: &[Range<usize>],
+    buf: &mut [T],
+) {
+    let (hw, khw) = (g.h * g.w, g.kh * g.kw);
+    let panels = ncols.div_ceil(nr);
+    if !ncols.is_multiple_of(nr) {
+        buf[(panels - 1) * kc * nr..panels * kc * nr].fill(T::ZERO);
+    }
+    for kk in 0..kc {
+        let k = k0 + kk;
+        let (ci, ky, kx) = (k / khw, (k % khw) / g.kw, k % g.kw);
+        for run in runs {
+            let plane = &x[(run.n * g.c_in + gi * g.cin_g() + ci) * hw..][..hw];
+            let (q, j) = (run.at / nr, run.at % nr);
+            let dst = &mut buf[(q * kc + kk) * nr + j..][..run.len];
+            gather_tap_run(plane, g, ky, kx, run, &cols[kx], dst, 1);
+        }
+    }
+}
+
+/// The B operand of the weight-gradient GEMM, the transposed column matrix: depth = the
+/// pixels in `runs` (`kc` of them), columns = rows `k0..k0+ncols` of group `gi`'s column
+/// matrix, as `nr`-wide panels `buf[(q*kc + kk)*nr + j]`; columns past `ncols` are zero.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_im2col_transposed<T: Float>(
+    x: &[T],
+    g: &Conv2dGeom,
+    gi: usize,
+    runs: &[PixelRun],
+    kc: usize,
+    k0: usize,
+    ncols: usize,
+    nr: usize,
+    cols: &[Range<usize>],
+    buf: &mut [T],
+) {
+    let (hw, khw) = (g.h * g.w, g.kh * g.kw);
+    let panels = ncols.div_ceil(nr);
+    if !ncols.is_multiple_of(nr) {
+        buf[(panels - 1) * kc * nr..panels * kc * nr].fill(T::ZERO);
+    }
+    for j in 0..ncols {
+        let k = k0 + j;
+        let (ci, ky, kx) = (k / khw, (k % khw) / g.kw, k % g.kw);
+        let (q, jj) = (j / nr, j % nr);
+        let panel = &mut buf[q * kc * nr..(q + 1) * kc * nr];
+        for run in runs {
+            let plane = &x[(run.n * g.c_in + gi * g.cin_g() + ci) * hw..][..hw];
+            let dst = &mut panel[run.at * nr + jj..];
+            gather_tap_run(plane, g, ky, kx, run, &cols[kx], dst, nr);
+        }
+    }
+}
+
+/// The A operand of the weight-gradient GEMM: rows `co0..co0+rows` of the output gradient
+/// `dy` `[N, C_out, P]`, depth = the pixels in `runs` (`kc` of them), as `mr`-row panels
+/// `buf[(q*kc + kk)*mr + r]`; rows past `rows` are zero.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_dy_rows<T: Float>(
+    dy: &[T],
+    g: &Conv2dGeom,
+    co0: usize,
+    rows: usize,
+    runs: &[PixelRun],
+    kc: usize,
+    mr: usize,
+    buf: &mut [T],
+) {
+    let p = g.p();
+    for q in 0..rows.div_ceil(mr) {
+        let panel = &mut buf[q * kc * mr..(q + 1) * kc * mr];
+        let live = mr.min(rows - q * mr);
+        if live < mr {
+            panel.fill(T::ZERO);
+        }
+        for r in 0..live {
+            let co = co0 + q * mr + r;
+            for run in runs {
+                let src = &dy[(run.n * g.c_out + co) * p + run.oy * g.ow + run.ox..][..run.len];
+                for (t, &v) in src.iter().enumerate() {
+                    panel[(run.at + t) * mr + r] = v;
+                }
+            }
+        }
+    }
+}
+
+/// `groups` row-major `[m, k]` matrices (`src(gi, i, kk)`) as `mr`-row panels over the full
+/// depth: `buf[((gi*mpan + q)*k + kk)*mr + r] = src(gi, q*mr + r, kk)`, 0 for rows past `m`
+/// (`mpan = ceil(m / mr)`). A depth block `pc..pc+kc` of panel `q` is then the slice at
+/// `((gi*mpan + q)*k + pc)*mr`, already in the micro-kernel's layout.
+pub(super) fn pack_row_panels<T: Float>(
+    groups: usize,
+    m: usize,
+    k: usize,
+    mr: usize,
+    src: impl Fn(usize, usize, usize) -> T + Sync,
+) -> Vec<T> {
+    let mpan = m.div_ceil(mr);
+    let mut buf = vec![T::ZERO; groups * mpan * k * mr];
+    if buf.is_empty() {
+        return buf;
+    }
+    buf.par_chunks_mut(k * mr)
+        .enumerate()
+        .for_each(|(pi, panel)| {
+            let (gi, q) = (pi / mpan, pi % mpan);
+            for r in 0..mr.min(m - q * mr) {
+                for kk in 0..k {
+                    panel[kk * mr + r] = src(gi, q * mr + r, kk);
+                }
+            }
+        });
+    buf
+}

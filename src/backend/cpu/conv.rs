@@ -410,13 +410,25 @@ fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa
         let mut apack = vec![T::ZERO; round_up(nrows, mr) * kc_max];
         let mut bpack = vec![T::ZERO; kc_max * round_up(ncols, nr)];
         let mut c = vec![T::ZERO; nrows * ncols];
-        let mut runs = Vec::new();
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
         for pc in (0..depth).step_by(KC) {
             let kc = KC.min(depth - pc);
             pixel_runs(g, pc, kc, usize::MAX, &mut runs);
             pack_dy_rows(dy, g, co0, nrows, &runs, kc, mr, &mut apack);
             let b = &mut bpack[..kc * round_up(ncols, nr)];
-            pack_im2col_transposed(x, g, tile.gi, &runs, kc, tile.c0, ncols, nr, &cols_ok, b);
+            pack_im2col_transposed(
+                x,
+                g,
+                tile.gi,
+                &runs,
+                kc,
+                tile.c0,
+                ncols,
+                nr,
+                &cols_ok,
+                &mut scratch,
+                b,
+            );
             let a_panel = |q: usize| &apack[q * kc * mr..(q + 1) * kc * mr];
             multiply_block(&kern, kc, a_panel, b, &mut c, nrows, ncols);
         }

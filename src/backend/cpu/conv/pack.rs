@@ -83,10 +83,9 @@ pub(super) fn input_row(g: &Conv2dGeom, oy: usize, ky: usize) -> Option<usize> {
         .filter(|&iy| iy < g.h)
 }
 
-/// `dst[t*ds] = plane[window of pixel (run.oy, run.ox + t) at tap (ky, kx)]` for `t < run.len`,
+/// `dst[t] = plane[window of pixel (run.oy, run.ox + t) at tap (ky, kx)]` for `t < run.len`,
 /// 0 where the window is in the padding; `cols` is [`valid_columns`]`[kx]`.
-#[inline]
-#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn gather_tap_run<T: Float>(
     plane: &[T],
     g: &Conv2dGeom,
@@ -95,31 +94,28 @@ fn gather_tap_run<T: Float>(
     run: &PixelRun,
     cols: &Range<usize>,
     dst: &mut [T],
-    ds: usize,
 ) {
     let (ox, len) = (run.ox, run.len);
+    let dst = &mut dst[..len];
     let Some(iy) = input_row(g, run.oy, ky) else {
-        for t in 0..len {
-            dst[t * ds] = T::ZERO;
-        }
+        dst.fill(T::ZERO);
         return;
     };
-    let lo = cols.start.clamp(ox, ox + len);
-    let hi = cols.end.clamp(lo, ox + len);
-    for t in (0..lo - ox).chain(hi - ox..len) {
-        dst[t * ds] = T::ZERO;
-    }
+    let lo = cols.start.clamp(ox, ox + len) - ox;
+    let hi = cols.end.clamp(ox + lo, ox + len) - ox;
+    dst[..lo].fill(T::ZERO);
+    dst[hi..].fill(T::ZERO);
     if lo == hi {
         return;
     }
     let row = &plane[iy * g.w..(iy + 1) * g.w];
-    let ix0 = lo * g.stride.1 + kx * g.dilation.1 - g.padding.1;
     let sw = g.stride.1;
-    if ds == 1 && sw == 1 {
-        dst[lo - ox..hi - ox].copy_from_slice(&row[ix0..ix0 + (hi - lo)]);
+    let ix0 = (ox + lo) * sw + kx * g.dilation.1 - g.padding.1;
+    if sw == 1 {
+        dst[lo..hi].copy_from_slice(&row[ix0..ix0 + (hi - lo)]);
     } else {
-        for (i, t) in (lo - ox..hi - ox).enumerate() {
-            dst[t * ds] = row[ix0 + i * sw];
+        for (i, d) in dst[lo..hi].iter_mut().enumerate() {
+            *d = row[ix0 + i * sw];
         }
     }
 }
@@ -152,7 +148,7 @@ pub(super) fn pack_im2col<T: Float>(
             let plane = &x[(run.n * g.c_in + gi * g.cin_g() + ci) * hw..][..hw];
             let (q, j) = (run.at / nr, run.at % nr);
             let dst = &mut buf[(q * kc + kk) * nr + j..][..run.len];
-            gather_tap_run(plane, g, ky, kx, run, &cols[kx], dst, 1);
+            gather_tap_run(plane, g, ky, kx, run, &cols[kx], dst);
         }
     }
 }
@@ -160,6 +156,8 @@ pub(super) fn pack_im2col<T: Float>(
 /// The B operand of the weight-gradient GEMM, the transposed column matrix: depth = the
 /// pixels in `runs` (`kc` of them), columns = rows `k0..k0+ncols` of group `gi`'s column
 /// matrix, as `nr`-wide panels `buf[(q*kc + kk)*nr + j]`; columns past `ncols` are zero.
+/// Each panel is gathered row by row into `scratch` (`nr x kc`, contiguous copies) and then
+/// transposed: writing the panel directly would store one element per cache line.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pack_im2col_transposed<T: Float>(
     x: &[T],
@@ -171,22 +169,20 @@ pub(super) fn pack_im2col_transposed<T: Float>(
     ncols: usize,
     nr: usize,
     cols: &[Range<usize>],
+    scratch: &mut Vec<T>,
     buf: &mut [T],
 ) {
-    let (hw, khw) = (g.h * g.w, g.kh * g.kw);
-    let panels = ncols.div_ceil(nr);
-    if !ncols.is_multiple_of(nr) {
-        buf[(panels - 1) * kc * nr..panels * kc * nr].fill(T::ZERO);
-    }
-    for j in 0..ncols {
-        let k = k0 + j;
-        let (ci, ky, kx) = (k / khw, (k % khw) / g.kw, k % g.kw);
-        let (q, jj) = (j / nr, j % nr);
+    scratch.resize(nr * kc, T::ZERO);
+    for q in 0..ncols.div_ceil(nr) {
+        let live = nr.min(ncols - q * nr);
+        // scratch[j*kc + t] = col[k0 + q*nr + j, pixel t]: one panel of width kc.
+        pack_im2col(x, g, gi, runs, kc, k0 + q * nr, live, kc, cols, scratch);
         let panel = &mut buf[q * kc * nr..(q + 1) * kc * nr];
-        for run in runs {
-            let plane = &x[(run.n * g.c_in + gi * g.cin_g() + ci) * hw..][..hw];
-            let dst = &mut panel[run.at * nr + jj..];
-            gather_tap_run(plane, g, ky, kx, run, &cols[kx], dst, nr);
+        for (t, prow) in panel.chunks_exact_mut(nr).enumerate() {
+            for (j, v) in prow[..live].iter_mut().enumerate() {
+                *v = scratch[j * kc + t];
+            }
+            prow[live..].fill(T::ZERO);
         }
     }
 }

@@ -78,8 +78,10 @@ impl<'a, T: Copy> DisjointWrites<'a, T> {
     /// No other task reads or writes that range while this `DisjointWrites` lives.
     unsafe fn write(&self, offset: usize, src: &[T]) {
         assert!(offset + src.len() <= self.len);
-        // SAFETY: in bounds (checked above); the range is this task's alone (caller's promise).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(offset), src.len()) }
+        // SAFETY: in bounds (checked above); the range is this task's alone (caller's promise),
+        // so this is the only reference to it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), src.len()) };
+        pack::copy_run(dst, src);
     }
 }
 
@@ -326,6 +328,20 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
     let cib = cin_g.div_ceil(splits);
     let cols_ok = valid_columns(g);
     let nc = NC_MAX.min(round_up(p, nr));
+    // W_g^T per (group, channel block): rows = the taps of the block's input channels,
+    // depth C_out/G; packed once, shared by every image.
+    let cblocks = cin_g.div_ceil(cib);
+    let wt_blocks: Vec<Vec<T>> = (0..g.groups * cblocks)
+        .into_par_iter()
+        .map(|gb| {
+            let (gi, bi) = (gb / cblocks, gb % cblocks);
+            let kr0 = bi * cib * khw;
+            let rows = cib.min(cin_g - bi * cib) * khw;
+            pack_row_panels(1, rows, cout_g, mr, |_, r, co| {
+                w[(gi * cout_g + co) * k + kr0 + r]
+            })
+        })
+        .collect();
     let mut dx = vec![T::ZERO; g.n * g.c_in * hw];
     dx.par_chunks_mut(cin_g * hw)
         .enumerate()
@@ -334,12 +350,8 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
             dxg.par_chunks_mut(cib * hw)
                 .enumerate()
                 .for_each(|(bi, dxb)| {
-                    let (ci0, nci) = (bi * cib, dxb.len() / hw);
-                    let (kr0, rows) = (ci0 * khw, nci * khw);
-                    // W_g^T rows kr0..kr0+rows (taps of this block's channels), depth C_out/G.
-                    let apack = pack_row_panels(1, rows, cout_g, mr, |_, r, co| {
-                        w[(gi * cout_g + co) * k + kr0 + r]
-                    });
+                    let rows = (dxb.len() / hw) * khw;
+                    let apack = &wt_blocks[gi * cblocks + bi];
                     let mut bpack = vec![T::ZERO; KC.min(cout_g) * nc];
                     let mut c = vec![T::ZERO; rows * nc];
                     let mut runs = Vec::new();

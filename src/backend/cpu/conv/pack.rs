@@ -112,11 +112,26 @@ fn gather_tap_run<T: Float>(
     let sw = g.stride.1;
     let ix0 = (ox + lo) * sw + kx * g.dilation.1 - g.padding.1;
     if sw == 1 {
-        dst[lo..hi].copy_from_slice(&row[ix0..ix0 + (hi - lo)]);
+        copy_run(&mut dst[lo..hi], &row[ix0..ix0 + (hi - lo)]);
     } else {
         for (i, d) in dst[lo..hi].iter_mut().enumerate() {
             *d = row[ix0 + i * sw];
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for runs of at most a few dozen elements, inline: a call to
+/// `memmove` per run cost about as much as the packing itself.
+#[inline(always)]
+pub(super) fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    let n = dst.len();
+    let src = &src[..n];
+    let (mut dc, mut sc) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (d, s) in (&mut dc).zip(&mut sc) {
+        d.copy_from_slice(s);
+    }
+    for (d, &s) in dc.into_remainder().iter_mut().zip(sc.remainder()) {
+        *d = s;
     }
 }
 

@@ -36,7 +36,7 @@ use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
 use pack::{
     input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
-    valid_columns, PixelRun,
+    tap_table, valid_columns, wants_tap_table, PixelRun,
 };
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -228,13 +228,16 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         let (nrows, ncols) = (tile.nrows, tile.ncols);
         let mut bpack = vec![T::ZERO; KC.min(k) * round_up(ncols, nr)];
         let mut c = vec![T::ZERO; nrows * ncols];
-        let mut runs = Vec::new();
+        let (mut runs, mut table) = (Vec::new(), Vec::new());
         pixel_runs(g, tile.c0, ncols, nr, &mut runs);
+        let table = wants_tap_table(g).then(|| {
+            tap_table(g, &runs, ncols, &mut table);
+            &table[..]
+        });
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            pack_im2col(
-                x, g, tile.gi, &runs, ncols, pc, kc, nr, &cols_ok, &mut bpack,
-            );
+            let b = &mut bpack;
+            pack_im2col(x, g, tile.gi, &runs, ncols, pc, kc, nr, &cols_ok, table, b);
             let panel0 = tile.gi * mpan + tile.r0 / mr;
             let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
             multiply_block(&kern, kc, a_panel, &bpack, &mut c, nrows, ncols);
@@ -422,10 +425,14 @@ fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa
         let mut apack = vec![T::ZERO; round_up(nrows, mr) * kc_max];
         let mut bpack = vec![T::ZERO; kc_max * round_up(ncols, nr)];
         let mut c = vec![T::ZERO; nrows * ncols];
-        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
+        let (mut runs, mut scratch, mut table) = (Vec::new(), Vec::new(), Vec::new());
         for pc in (0..depth).step_by(KC) {
             let kc = KC.min(depth - pc);
             pixel_runs(g, pc, kc, usize::MAX, &mut runs);
+            let table = wants_tap_table(g).then(|| {
+                tap_table(g, &runs, kc, &mut table);
+                &table[..]
+            });
             pack_dy_rows(dy, g, co0, nrows, &runs, kc, mr, &mut apack);
             let b = &mut bpack[..kc * round_up(ncols, nr)];
             pack_im2col_transposed(
@@ -438,6 +445,7 @@ fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa
                 ncols,
                 nr,
                 &cols_ok,
+                table,
                 &mut scratch,
                 b,
             );
@@ -669,6 +677,11 @@ mod tests {
             (1, 4, 6, 6, 200, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             // Padding larger than the kernel span: the stride-1 col2im fallback.
             (1, 2, 4, 4, 3, 3, 3, (1, 1), (3, 3), (1, 1), 1),
+            // Maps at least 16 wide take the run-by-run packing (narrower ones a tap table):
+            // with stride, dilation, and groups.
+            (1, 3, 9, 40, 6, 3, 3, (2, 1), (1, 1), (1, 2), 1),
+            (1, 2, 5, 37, 4, 3, 3, (1, 2), (1, 1), (1, 1), 1),
+            (2, 4, 4, 33, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2),
             // 1x1 output map.
             (5, 6, 3, 3, 7, 3, 3, (1, 1), (0, 0), (1, 1), 1),
         ]

@@ -120,6 +120,43 @@ fn gather_tap_run<T: Float>(
     }
 }
 
+/// Output maps narrower than this are packed through a [`tap_table`]: their runs are a few
+/// pixels long, and the work per run would cost more than the copying.
+const SHORT_ROW: usize = 16;
+/// A tap in the padding, in a [`tap_table`].
+const PADDING: usize = usize::MAX;
+
+/// Whether [`pack_im2col`] should be given a [`tap_table`] for this geometry.
+pub(super) fn wants_tap_table(g: &Conv2dGeom) -> bool {
+    g.ow < SHORT_ROW
+}
+
+/// `table[tap*ncols + col]`: the offset in `x` of the input that tap `(ky, kx)` of the
+/// `col`-th column of `runs` reads, minus the offset of its channel plane (`n*C_in*H*W +
+/// iy*W + ix`), or [`PADDING`].
+pub(super) fn tap_table(g: &Conv2dGeom, runs: &[PixelRun], ncols: usize, table: &mut Vec<usize>) {
+    table.clear();
+    table.resize(g.kh * g.kw * ncols, PADDING);
+    let hw = g.h * g.w;
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let row = &mut table[(ky * g.kw + kx) * ncols..][..ncols];
+            for run in runs {
+                let Some(iy) = input_row(g, run.oy, ky) else {
+                    continue;
+                };
+                for t in 0..run.len {
+                    let ix =
+                        ((run.ox + t) * g.stride.1 + kx * g.dilation.1).checked_sub(g.padding.1);
+                    if let Some(ix) = ix.filter(|&ix| ix < g.w) {
+                        row[run.at + t] = run.n * g.c_in * hw + iy * g.w + ix;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `dst.copy_from_slice(src)` for runs of at most a few dozen elements, inline: a call to
 /// `memmove` per run cost about as much as the packing itself.
 #[inline(always)]
@@ -137,7 +174,8 @@ pub(super) fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
 
 /// The B operand of the forward GEMM: rows `k0..k0+kc` of group `gi`'s column matrix, for the
 /// columns in `runs` (`ncols` in all, cut at `nr`), as `nr`-wide panels
-/// `buf[(q*kc + kk)*nr + j]`; columns past `ncols` are zero.
+/// `buf[(q*kc + kk)*nr + j]`; columns past `ncols` are zero. `table`, when given, is the
+/// [`tap_table`] of `runs` (the same values, read element by element).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pack_im2col<T: Float>(
     x: &[T],
@@ -149,12 +187,28 @@ pub(super) fn pack_im2col<T: Float>(
     kc: usize,
     nr: usize,
     cols: &[Range<usize>],
+    table: Option<&[usize]>,
     buf: &mut [T],
 ) {
     let (hw, khw) = (g.h * g.w, g.kh * g.kw);
     let panels = ncols.div_ceil(nr);
     if !ncols.is_multiple_of(nr) {
         buf[(panels - 1) * kc * nr..panels * kc * nr].fill(T::ZERO);
+    }
+    if let Some(table) = table {
+        for kk in 0..kc {
+            let k = k0 + kk;
+            let (ci, tap) = (k / khw, k % khw);
+            let plane = &x[(gi * g.cin_g() + ci) * hw..];
+            let offsets = &table[tap * ncols..(tap + 1) * ncols];
+            for (q, oq) in offsets.chunks(nr).enumerate() {
+                let dst = &mut buf[(q * kc + kk) * nr..][..oq.len()];
+                for (d, &o) in dst.iter_mut().zip(oq) {
+                    *d = if o == PADDING { T::ZERO } else { plane[o] };
+                }
+            }
+        }
+        return;
     }
     for kk in 0..kc {
         let k = k0 + kk;
@@ -184,6 +238,7 @@ pub(super) fn pack_im2col_transposed<T: Float>(
     ncols: usize,
     nr: usize,
     cols: &[Range<usize>],
+    table: Option<&[usize]>,
     scratch: &mut Vec<T>,
     buf: &mut [T],
 ) {
@@ -191,7 +246,19 @@ pub(super) fn pack_im2col_transposed<T: Float>(
     for q in 0..ncols.div_ceil(nr) {
         let live = nr.min(ncols - q * nr);
         // scratch[j*kc + t] = col[k0 + q*nr + j, pixel t]: one panel of width kc.
-        pack_im2col(x, g, gi, runs, kc, k0 + q * nr, live, kc, cols, scratch);
+        pack_im2col(
+            x,
+            g,
+            gi,
+            runs,
+            kc,
+            k0 + q * nr,
+            live,
+            kc,
+            cols,
+            table,
+            scratch,
+        );
         let panel = &mut buf[q * kc * nr..(q + 1) * kc * nr];
         for (t, prow) in panel.chunks_exact_mut(nr).enumerate() {
             for (j, v) in prow[..live].iter_mut().enumerate() {

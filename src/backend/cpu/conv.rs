@@ -216,9 +216,7 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
     let (mr, nr) = (kern.mr, kern.nr);
     let mpan = cout_g.div_ceil(mr);
     // W_g [C_out/G, K] per group, packed once for every task.
-    let wpack = pack_row_panels(g.groups, cout_g, k, mr, |gi, co, kk| {
-        w[(gi * cout_g + co) * k + kk]
-    });
+    let wpack = pack_row_panels(w, 0, (cout_g * k, k, 1), g.groups, cout_g, k, mr);
     let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
     let cols_ok = valid_columns(g);
     let mut out = vec![T::ZERO; total];
@@ -340,9 +338,7 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
             let (gi, bi) = (gb / cblocks, gb % cblocks);
             let kr0 = bi * cib * khw;
             let rows = cib.min(cin_g - bi * cib) * khw;
-            pack_row_panels(1, rows, cout_g, mr, |_, r, co| {
-                w[(gi * cout_g + co) * k + kr0 + r]
-            })
+            pack_row_panels(w, gi * cout_g * k + kr0, (0, 1, k), 1, rows, cout_g, mr)
         })
         .collect();
     let mut dx = vec![T::ZERO; g.n * g.c_in * hw];

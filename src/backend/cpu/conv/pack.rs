@@ -302,16 +302,21 @@ pub(super) fn pack_dy_rows<T: Float>(
     }
 }
 
-/// `groups` row-major `[m, k]` matrices (`src(gi, i, kk)`) as `mr`-row panels over the full
-/// depth: `buf[((gi*mpan + q)*k + kk)*mr + r] = src(gi, q*mr + r, kk)`, 0 for rows past `m`
+/// `groups` strided `[m, k]` matrices (element `(gi, i, kk)` at `src[off + gi*sg + i*si +
+/// kk*sk]`) as `mr`-row panels over the full depth:
+/// `buf[((gi*mpan + q)*k + kk)*mr + r] = src(gi, q*mr + r, kk)`, 0 for rows past `m`
 /// (`mpan = ceil(m / mr)`). A depth block `pc..pc+kc` of panel `q` is then the slice at
-/// `((gi*mpan + q)*k + pc)*mr`, already in the micro-kernel's layout.
+/// `((gi*mpan + q)*k + pc)*mr`, already in the micro-kernel's layout. Written in order (the
+/// panel's rows are read as `mr` streams), since one store per cache line was the slow part.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn pack_row_panels<T: Float>(
+    src: &[T],
+    off: usize,
+    (sg, si, sk): (usize, usize, usize),
     groups: usize,
     m: usize,
     k: usize,
     mr: usize,
-    src: impl Fn(usize, usize, usize) -> T + Sync,
 ) -> Vec<T> {
     let mpan = m.div_ceil(mr);
     let mut buf = vec![T::ZERO; groups * mpan * k * mr];
@@ -322,9 +327,28 @@ pub(super) fn pack_row_panels<T: Float>(
         .enumerate()
         .for_each(|(pi, panel)| {
             let (gi, q) = (pi / mpan, pi % mpan);
-            for r in 0..mr.min(m - q * mr) {
-                for kk in 0..k {
-                    panel[kk * mr + r] = src(gi, q * mr + r, kk);
+            let live = mr.min(m - q * mr);
+            let base = off + gi * sg + q * mr * si;
+            if sk == 1 {
+                // Rows contiguous in depth: read them 16 at a time, so the `mr x 16` block
+                // being written stays in L1 while the rows stream in.
+                const BLOCK: usize = 16;
+                for kk0 in (0..k).step_by(BLOCK) {
+                    let b = BLOCK.min(k - kk0);
+                    let block = &mut panel[kk0 * mr..(kk0 + b) * mr];
+                    for r in 0..live {
+                        let row = &src[base + r * si + kk0..][..b];
+                        for (t, &v) in row.iter().enumerate() {
+                            block[t * mr + r] = v;
+                        }
+                    }
+                }
+                return;
+            }
+            for (kk, prow) in panel.chunks_exact_mut(mr).enumerate() {
+                let at = base + kk * sk;
+                for (r, v) in prow[..live].iter_mut().enumerate() {
+                    *v = src[at + r * si];
                 }
             }
         });

@@ -1,494 +1,458 @@
-//! CPU 2-D convolution as an implicit GEMM over small packed tiles (never a whole-batch
-//! im2col buffer).
+//! CPU 2-D convolution as an implicit GEMM on the GEMM's own packed micro-kernels
+//! (`matmul::MicroKernel`: AVX-512 12x32 f32, AVX2, portable; chosen at run time), with the
+//! operand panels packed straight from the NCHW tensors one depth block at a time
+//! (`conv/pack.rs`): no im2col buffer exists beyond one `KC x 256` panel block per task.
 //!
-//! Per image `n` and group `g`, the convolution is the GEMM `out[co, p] = sum_k W[co, k] col[k, p]`
-//! with `k = (ci, ky, kx)` (length `K = C_in/G * KH * KW`) and `p` the output pixel. Instead of
-//! materialising `col` (`K x OH*OW` per image, `N` times that for the batch), we walk the
-//! output pixels in tiles of [`TILE_P`]: each tile's columns are packed into a `K x TILE_P`
-//! buffer (zeros where the window hits padding), then multiplied by an `MR x NR` register-tile
-//! kernel ([`gemm_tile`], fixed-size accumulator arrays that LLVM keeps in vector registers;
-//! an AVX2+FMA build of it is chosen at run time when the CPU has those features).
+//! Per group `gi`, with the column matrix `col[k, (n, p)]` (`k = (ci, ky, kx)`,
+//! `K = C_in/G * KH * KW`, columns = every output pixel of every image):
+//! - forward: `out[co, (n, p)] = W_g[co, :] . col[:, (n, p)]`. W is packed into `MR`-row
+//!   panels once per call; tasks = (group, block of rows, block of <= 256 columns), each
+//!   packing its own columns (im2col panel by panel) and writing its tile of `out`.
+//!   1x1 convolutions with stride 1 and no padding are the batched GEMM `W @ x[n]` itself.
+//! - input gradient, stride 1: the forward convolution of `dy` with the flipped, transposed
+//!   weights (`W'[ci, co, ky, kx] = W[co, ci, KH-1-ky, KW-1-kx]`, padding `d(k-1) - p`), so the
+//!   same fast path, no scatter. Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
+//!   per block of pixels, then col2im adds it into `dx`; tasks = (image, group, input-channel
+//!   block), each owning its `dx` planes.
+//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, a GEMM whose depth runs
+//!   over every pixel of the batch; tasks = (group, block of rows, block of K), each packing
+//!   `dy` rows and transposed column panels.
 //!
-//! - forward: tasks = (image, group, block of [`CO_BLOCK`] output channels), Rayon-parallel.
-//! - input gradient: `colgrad = W_g^T dy_tile`, then col2im scatter-adds it into `dx`;
-//!   tasks = (image, group, block of [`CI_BLOCK`] input channels), each owning its `dx` planes.
-//! - weight gradient: `dW_g += dy_tile colT_tile` over images and tiles; tasks = (group,
-//!   output-channel block), each owning its rows of `dW`. Sequential inside a task, so results
-//!   are deterministic for any thread count.
-//!
-//! Cost: each pass is `2 * N * C_out * OH*OW * K` FLOPs. Packing reads each input element about
-//! `KH*KW/(sh*sw)` times per output-channel block (from cache); the output is written once.
-//! Non-contiguous inputs are gathered into a contiguous copy first (`contiguous_cow`).
+//! Determinism: every output element is `((0 + blk_0) + blk_1) + ...` over fixed depth blocks
+//! of [`KC`], each summed in order by the micro-kernel, and col2im adds in a fixed order inside
+//! the task that owns the element, so the task split (which follows the thread count) never
+//! changes a result.
+//! Cost: each pass is `2 * N * C_out * OH*OW * K` FLOPs; packing reads each input element about
+//! `KH*KW/(sh*sw)` times per row block (usually 1 block). f64 runs the same code with the f64
+//! micro-kernels. Non-contiguous inputs are gathered into a contiguous copy first
+//! (`contiguous_cow`).
 
+mod pack;
+
+use super::matmul::{detect_isa, Isa, MicroKernel, PackedFloat};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::conv::{Conv2dGeom, ConvBackend};
-use crate::tensor::Layout;
+use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
+use pack::{
+    input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
+    tap_table, valid_columns, wants_tap_table, PixelRun,
+};
 use rayon::prelude::*;
+use std::marker::PhantomData;
 
-/// Register tile: rows of the left operand per micro-kernel call.
-const MR: usize = 4;
-/// Column padding of the packed tiles; the micro-kernel takes 16 (f32) or 8 (f64) at a time.
-const NR: usize = 16;
-/// Output pixels per packed tile.
-const TILE_P: usize = 128;
-/// Output channels per forward / weight-gradient task.
-const CO_BLOCK: usize = 32;
-/// Input channels per input-gradient task.
-const CI_BLOCK: usize = 8;
+/// Depth block: rows of the packed B block (and depth of an A panel slice) per pass.
+const KC: usize = 256;
+/// Rows of packed A multiplied against one B block before moving on (L2-sized block of A).
+const MC: usize = 192;
+/// Most GEMM columns per task.
+const NC_MAX: usize = 256;
 
 fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
 }
 
-/// `c[r*ldc + j] (+)= sum_{t < inner} a[r*lda + t] * b[t*ldb + j]` for `r < m`, `j < ncols`.
-/// `b` must have `ldb >= round_up(ncols, NR)` readable columns per row (extra ones are ignored).
-/// Runs the AVX2+FMA build of the kernel when the CPU has it (checked at run time).
-#[allow(clippy::too_many_arguments)]
-fn gemm_tile<T: Float>(
-    m: usize,
-    ncols: usize,
-    inner: usize,
-    a: &[T],
-    lda: usize,
-    b: &[T],
-    ldb: usize,
-    c: &mut [T],
-    ldc: usize,
-    accumulate: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU features this function is compiled for were checked just above.
-        unsafe { gemm_tile_avx512(m, ncols, inner, a, lda, b, ldb, c, ldc, accumulate) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU features this function is compiled for were checked just above.
-        unsafe { gemm_tile_avx2(m, ncols, inner, a, lda, b, ldb, c, ldc, accumulate) };
-        return;
-    }
-    gemm_tile_impl::<T, MR, false>(m, ncols, inner, a, lda, b, ldb, c, ldc, accumulate)
+/// An output buffer that parallel tasks write through a raw pointer, each task to elements no
+/// other task touches; no reference to the buffer exists while they run.
+struct DisjointWrites<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _buf: PhantomData<&'a mut [T]>,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn gemm_tile_avx512<T: Float>(
-    m: usize,
-    ncols: usize,
-    inner: usize,
-    a: &[T],
-    lda: usize,
-    b: &[T],
-    ldb: usize,
-    c: &mut [T],
-    ldc: usize,
-    accumulate: bool,
-) {
-    // 32 vector registers: twice the rows of the AVX2 tile.
-    gemm_tile_impl::<T, { 2 * MR }, true>(m, ncols, inner, a, lda, b, ldb, c, ldc, accumulate)
-}
+// SAFETY: tasks only write disjoint elements (see `write`), and `T: Send` values move
+// between threads.
+unsafe impl<T: Send> Sync for DisjointWrites<'_, T> {}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn gemm_tile_avx2<T: Float>(
-    m: usize,
-    ncols: usize,
-    inner: usize,
-    a: &[T],
-    lda: usize,
-    b: &[T],
-    ldb: usize,
-    c: &mut [T],
-    ldc: usize,
-    accumulate: bool,
-) {
-    gemm_tile_impl::<T, MR, true>(m, ncols, inner, a, lda, b, ldb, c, ldc, accumulate)
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn gemm_tile_impl<T: Float, const ROWS: usize, const FMA: bool>(
-    m: usize,
-    ncols: usize,
-    inner: usize,
-    a: &[T],
-    lda: usize,
-    b: &[T],
-    ldb: usize,
-    c: &mut [T],
-    ldc: usize,
-    accumulate: bool,
-) {
-    // Register tiles LLVM vectorizes fully: 4 x 16 for f32 (8 ymm), 4 x 8 for f64.
-    let f32_like = std::mem::size_of::<T>() == 4;
-    let mut r = 0;
-    while r + ROWS <= m {
-        if f32_like {
-            row_block::<T, ROWS, 16, FMA>(r, ncols, inner, a, lda, b, ldb, c, ldc, accumulate);
-        } else {
-            row_block::<T, ROWS, 8, FMA>(r, ncols, inner, a, lda, b, ldb, c, ldc, accumulate);
+impl<'a, T: Copy> DisjointWrites<'a, T> {
+    fn new(buf: &'a mut [T]) -> Self {
+        DisjointWrites {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _buf: PhantomData,
         }
-        r += ROWS;
     }
-    while r < m {
-        if f32_like {
-            row_block::<T, 1, 16, FMA>(r, ncols, inner, a, lda, b, ldb, c, ldc, accumulate);
-        } else {
-            row_block::<T, 1, 8, FMA>(r, ncols, inner, a, lda, b, ldb, c, ldc, accumulate);
-        }
-        r += 1;
+
+    /// Copies `src` to `offset..offset + src.len()`.
+    /// # Safety
+    /// No other task reads or writes that range while this `DisjointWrites` lives.
+    unsafe fn write(&self, offset: usize, src: &[T]) {
+        assert!(offset + src.len() <= self.len);
+        // SAFETY: in bounds (checked above); the range is this task's alone (caller's promise),
+        // so this is the only reference to it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), src.len()) };
+        pack::copy_run(dst, src);
     }
 }
 
-/// Rows `r0..r0+R` of the tile, `KN` columns at a time (`KN` divides [`NR`]).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn row_block<T: Float, const R: usize, const KN: usize, const FMA: bool>(
+/// How a per-group `rows x cols` GEMM output is cut into tasks: column blocks first (they
+/// share the packed rows), then row blocks (each repacks its columns) only when the column
+/// blocks alone leave threads idle.
+#[derive(Clone, Copy, Debug)]
+struct TilePlan {
+    rows: usize,
+    cols: usize,
+    rb: usize,
+    cb: usize,
+    rblocks: usize,
+    cblocks: usize,
+}
+
+/// One task of a [`TilePlan`]: group, first row, rows, first column, columns.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    gi: usize,
     r0: usize,
+    nrows: usize,
+    c0: usize,
     ncols: usize,
-    inner: usize,
-    a: &[T],
-    lda: usize,
-    b: &[T],
-    ldb: usize,
+}
+
+impl TilePlan {
+    fn new(
+        groups: usize,
+        rows: usize,
+        cols: usize,
+        kern_mr: usize,
+        nr: usize,
+        cb_min: usize,
+    ) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        let cb = round_up((cols * groups).div_ceil(4 * threads), nr)
+            .clamp(cb_min.max(nr), NC_MAX.max(cb_min))
+            .min(round_up(cols, nr));
+        let cblocks = cols.div_ceil(cb);
+        let mpan = rows.div_ceil(kern_mr);
+        let rsplit = (2 * threads)
+            .div_ceil(groups * cblocks)
+            .clamp(1, mpan.max(1));
+        let rb = mpan.div_ceil(rsplit) * kern_mr;
+        TilePlan {
+            rows,
+            cols,
+            rb,
+            cb,
+            rblocks: rows.div_ceil(rb),
+            cblocks,
+        }
+    }
+    fn tasks(&self, groups: usize) -> usize {
+        groups * self.rblocks * self.cblocks
+    }
+    fn tile(&self, t: usize) -> Tile {
+        let (gi, rest) = (
+            t / (self.rblocks * self.cblocks),
+            t % (self.rblocks * self.cblocks),
+        );
+        let (ri, ci) = (rest / self.cblocks, rest % self.cblocks);
+        let (r0, c0) = (ri * self.rb, ci * self.cb);
+        Tile {
+            gi,
+            r0,
+            nrows: self.rb.min(self.rows - r0),
+            c0,
+            ncols: self.cb.min(self.cols - c0),
+        }
+    }
+}
+
+/// `c[r*ncols + j] += A[r, :] . B[:, j]` over one depth block of `kc`, for `r < nrows`,
+/// `j < ncols`: `a_panel(q)` is the `q`-th `mr`-row panel, `bpack` holds the `nr`-wide panels.
+fn multiply_block<'a, T: Float>(
+    kern: &MicroKernel<T>,
+    kc: usize,
+    a_panel: impl Fn(usize) -> &'a [T],
+    bpack: &[T],
     c: &mut [T],
-    ldc: usize,
-    accumulate: bool,
+    nrows: usize,
+    ncols: usize,
 ) {
-    let mut j = 0;
-    while j < ncols {
-        let mut acc = [[T::ZERO; KN]; R];
-        for t in 0..inner {
-            let Some((brow, _)) = b[t * ldb + j..].split_first_chunk::<KN>() else {
-                return; // unreachable: ldb is padded to a multiple of NR
-            };
-            for (rr, accr) in acc.iter_mut().enumerate() {
-                let av = a[(r0 + rr) * lda + t];
-                for (x, &bv) in accr.iter_mut().zip(brow) {
-                    *x = if FMA {
-                        av.mul_add(bv, *x)
-                    } else {
-                        *x + av * bv
-                    };
-                }
-            }
-        }
-        let w = KN.min(ncols - j);
-        for (rr, accr) in acc.iter().enumerate() {
-            let crow = &mut c[(r0 + rr) * ldc + j..(r0 + rr) * ldc + j + w];
-            for (o, &v) in crow.iter_mut().zip(&accr[..w]) {
-                if accumulate {
-                    *o += v
-                } else {
-                    *o = v
-                }
-            }
-        }
-        j += KN;
-    }
-}
-
-/// Calls `f(kk, t, plane_index)` for every (row `kk` of the column matrix, tile column `t`)
-/// whose window position lands inside the image; `plane_index` is `ci*H*W + iy*W + ix`.
-/// Positions in the padding are skipped (the caller's buffer must hold zeros there).
-fn for_each_tap(
-    g: &Conv2dGeom,
-    ci_range: std::ops::Range<usize>,
-    p0: usize,
-    np: usize,
-    mut f: impl FnMut(usize, usize, usize),
-) {
-    let (sh, sw) = g.stride;
-    let (ph, pw) = g.padding;
-    let (dh, dw) = g.dilation;
-    for ci in ci_range.clone() {
-        let plane = (ci - ci_range.start) * g.h * g.w;
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let kk = ((ci - ci_range.start) * g.kh + ky) * g.kw + kx;
-                let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
-                for t in 0..np {
-                    let iy = oy * sh + ky * dh;
-                    let ix = ox * sw + kx * dw;
-                    if iy >= ph && iy - ph < g.h && ix >= pw && ix - pw < g.w {
-                        f(kk, t, plane + (iy - ph) * g.w + (ix - pw));
-                    }
-                    ox += 1;
-                    if ox == g.ow {
-                        ox = 0;
-                        oy += 1;
-                    }
-                }
+    let (mr, nr) = (kern.mr, kern.nr);
+    let mc = (MC / mr).max(1) * mr;
+    for ic in (0..nrows).step_by(mc) {
+        let rows = mc.min(nrows - ic);
+        for jq in 0..ncols.div_ceil(nr) {
+            let bp = &bpack[jq * kc * nr..(jq + 1) * kc * nr];
+            let w = nr.min(ncols - jq * nr);
+            for iq in 0..rows.div_ceil(mr) {
+                let r = ic + iq * mr;
+                let h = mr.min(nrows - r);
+                kern.tile(
+                    kc,
+                    a_panel(r / mr),
+                    bp,
+                    &mut c[r * ncols + jq * nr..],
+                    ncols,
+                    h,
+                    w,
+                );
             }
         }
     }
 }
 
-/// Packs the column tile `col[kk*ks + t*ts] = x_g[window(kk, p0 + t)]` for `t < np`, with 0
-/// for padding taps; columns `np..zero_cols` are zeroed too (the micro-kernel's tail).
-#[allow(clippy::too_many_arguments)]
-fn pack_cols<T: Float>(
-    xg: &[T],
-    g: &Conv2dGeom,
-    p0: usize,
-    np: usize,
-    zero_cols: usize,
-    buf: &mut [T],
-    ks: usize,
-    ts: usize,
-) {
-    for kk in 0..g.k() {
-        for t in 0..zero_cols.max(np) {
-            buf[kk * ks + t * ts] = T::ZERO;
-        }
+/// A 1x1 convolution with stride 1 and no padding or groups: a plain GEMM per image.
+fn is_pointwise(g: &Conv2dGeom) -> bool {
+    g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.padding == (0, 0) && g.groups == 1
+}
+
+fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
+    let total = g.n * g.c_out * p;
+    if total == 0 || k == 0 {
+        return vec![T::ZERO; total];
     }
-    for_each_tap(g, 0..g.cin_g(), p0, np, |kk, t, xi| {
-        buf[kk * ks + t * ts] = xg[xi];
+    if is_pointwise(g) {
+        // out[n] = W [C_out, C_in] @ x[n] [C_in, H*W]: the GEMM with W broadcast over images.
+        let lw = Layout::new(
+            Shape::new(vec![g.n, g.c_out, g.c_in]),
+            vec![0, g.c_in, 1],
+            0,
+        );
+        let lx = Layout::contiguous([g.n, g.c_in, p]);
+        return T::gemm(w, &lw, x, &lx, isa);
+    }
+    let kern = T::micro_kernel(isa);
+    let (mr, nr) = (kern.mr, kern.nr);
+    let mpan = cout_g.div_ceil(mr);
+    // W_g [C_out/G, K] per group, packed once for every task.
+    let wpack = pack_row_panels(w, 0, (cout_g * k, k, 1), g.groups, cout_g, k, mr);
+    let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
+    let cols_ok = valid_columns(g);
+    let mut out = vec![T::ZERO; total];
+    let sink = DisjointWrites::new(&mut out);
+    (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
+        let tile = plan.tile(t);
+        let (nrows, ncols) = (tile.nrows, tile.ncols);
+        let mut bpack = vec![T::ZERO; KC.min(k) * round_up(ncols, nr)];
+        let mut c = vec![T::ZERO; nrows * ncols];
+        let (mut runs, mut table) = (Vec::new(), Vec::new());
+        pixel_runs(g, tile.c0, ncols, nr, &mut runs);
+        let table = wants_tap_table(g).then(|| {
+            tap_table(g, &runs, ncols, &mut table);
+            &table[..]
+        });
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let b = &mut bpack;
+            pack_im2col(x, g, tile.gi, &runs, ncols, pc, kc, nr, &cols_ok, table, b);
+            let panel0 = tile.gi * mpan + tile.r0 / mr;
+            let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
+            multiply_block(&kern, kc, a_panel, &bpack, &mut c, nrows, ncols);
+        }
+        store_rows(&sink, g, &runs, &c, tile);
     });
-}
-
-/// Images per column tile when a whole image has fewer than [`TILE_P`] output pixels (deep
-/// layers of a CNN on small pictures: a 1x1 map alone would fill 1 of the micro-kernel's 16
-/// columns and waste the rest). Whole images then share one tile, capped so that the batch
-/// still splits into at least one tile per thread.
-fn images_per_tile(n: usize, p: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    (TILE_P / p.max(1)).min(n.div_ceil(threads)).max(1)
-}
-
-/// [`conv2d_fwd`] for small maps: tasks = tiles of whole images; the GEMM's columns are
-/// (image, pixel) pairs, written back to each image's planes.
-fn conv2d_fwd_small<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
-    let hw = g.h * g.w;
-    let mut out = vec![T::ZERO; g.n * g.c_out * p];
-    let ipt = images_per_tile(g.n, p);
-    out.par_chunks_mut(ipt * g.c_out * p)
-        .enumerate()
-        .for_each(|(ti, ot)| {
-            let (n0, imgs) = (ti * ipt, ot.len() / (g.c_out * p));
-            let cols = imgs * p;
-            let ldb = round_up(cols, NR);
-            let mut col = vec![T::ZERO; k * ldb];
-            let mut acc = vec![T::ZERO; cout_g * ldb];
-            for gi in 0..g.groups {
-                for i in 0..imgs {
-                    let xg = &x[((n0 + i) * g.c_in + gi * cin_g) * hw..][..cin_g * hw];
-                    pack_cols(xg, g, 0, p, p, &mut col[i * p..], ldb, 1);
-                }
-                let wg = &w[gi * cout_g * k..][..cout_g * k];
-                gemm_tile(cout_g, cols, k, wg, k, &col, ldb, &mut acc, ldb, false);
-                for i in 0..imgs {
-                    for co in 0..cout_g {
-                        ot[(i * g.c_out + gi * cout_g + co) * p..][..p]
-                            .copy_from_slice(&acc[co * ldb + i * p..][..p]);
-                    }
-                }
-            }
-        });
     out
 }
 
-/// [`conv2d_bwd_input`] for small maps: tasks = tiles of whole images, each owning their `dx`.
-fn conv2d_bwd_input_small<T: Float>(dy: &[T], wt: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
-    let hw = g.h * g.w;
-    let mut dx = vec![T::ZERO; g.n * g.c_in * hw];
-    let ipt = images_per_tile(g.n, p);
-    dx.par_chunks_mut(ipt * g.c_in * hw)
-        .enumerate()
-        .for_each(|(ti, dxt)| {
-            let (n0, imgs) = (ti * ipt, dxt.len() / (g.c_in * hw));
-            let cols = imgs * p;
-            let ldb = round_up(cols, NR);
-            let mut dyt = vec![T::ZERO; cout_g * ldb];
-            let mut colg = vec![T::ZERO; k * ldb];
-            for gi in 0..g.groups {
-                for i in 0..imgs {
-                    for co in 0..cout_g {
-                        dyt[co * ldb + i * p..][..p].copy_from_slice(
-                            &dy[((n0 + i) * g.c_out + gi * cout_g + co) * p..][..p],
-                        );
-                    }
-                }
-                let a = &wt[gi * k * cout_g..][..k * cout_g];
-                gemm_tile(k, cols, cout_g, a, cout_g, &dyt, ldb, &mut colg, ldb, false);
-                for i in 0..imgs {
-                    let dxg = &mut dxt[(i * g.c_in + gi * cin_g) * hw..][..cin_g * hw];
-                    for_each_tap(g, 0..cin_g, 0, p, |kk, t, xi| {
-                        dxg[xi] += colg[kk * ldb + i * p + t];
-                    });
-                }
-            }
-        });
-    dx
-}
-
-/// [`conv2d_bwd_weight`] for small maps: the GEMM's inner dimension runs over (image, pixel)
-/// pairs of [`TILE_P`] / p whole images at a time instead of one image's few pixels.
-fn conv2d_bwd_weight_small<T: Float>(x: &[T], dy: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
-    let mut dw = vec![T::ZERO; g.c_out * k];
-    let hw = g.h * g.w;
-    let kpad = round_up(k, NR);
-    let cob = CO_BLOCK.min(cout_g);
-    let ipt = (TILE_P / p).max(1);
-    dw.par_chunks_mut(cout_g * k)
-        .enumerate()
-        .for_each(|(gi, dwg)| {
-            dwg.par_chunks_mut(cob * k)
-                .enumerate()
-                .for_each(|(bi, dwb)| {
-                    let co0 = gi * cout_g + bi * cob;
-                    let m = dwb.len() / k;
-                    let mut colt = vec![T::ZERO; ipt * p * kpad];
-                    let mut dyt = vec![T::ZERO; m * ipt * p];
-                    for n0 in (0..g.n).step_by(ipt) {
-                        let imgs = ipt.min(g.n - n0);
-                        let cols = imgs * p;
-                        for i in 0..imgs {
-                            let xg = &x[((n0 + i) * g.c_in + gi * cin_g) * hw..][..cin_g * hw];
-                            pack_cols(xg, g, 0, p, p, &mut colt[i * p * kpad..], 1, kpad);
-                            for r in 0..m {
-                                dyt[r * cols + i * p..][..p].copy_from_slice(
-                                    &dy[((n0 + i) * g.c_out + co0 + r) * p..][..p],
-                                );
-                            }
-                        }
-                        gemm_tile(m, k, cols, &dyt, cols, &colt, kpad, dwb, k, true);
-                    }
-                });
-        });
-    dw
-}
-
-fn conv2d_fwd<T: Float>(x: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
-    let mut out = vec![T::ZERO; g.n * g.c_out * p];
-    if out.is_empty() || k == 0 {
-        return out;
-    }
-    if p < TILE_P {
-        return conv2d_fwd_small(x, w, g);
-    }
-    let cob = CO_BLOCK.min(cout_g);
-    let hw = g.h * g.w;
-    out.par_chunks_mut(cout_g * p)
-        .enumerate()
-        .for_each(|(ng, og)| {
-            let (ni, gi) = (ng / g.groups, ng % g.groups);
-            let xg = &x[(ni * g.c_in + gi * cin_g) * hw..][..cin_g * hw];
-            og.par_chunks_mut(cob * p).enumerate().for_each(|(bi, ob)| {
-                let co0 = gi * cout_g + bi * cob;
-                let m = ob.len() / p;
-                let wb = &w[co0 * k..(co0 + m) * k];
-                let ldb_max = round_up(TILE_P, NR);
-                let mut col = vec![T::ZERO; k * ldb_max];
-                for p0 in (0..p).step_by(TILE_P) {
-                    let np = TILE_P.min(p - p0);
-                    let ldb = round_up(np, NR);
-                    pack_cols(xg, g, p0, np, ldb, &mut col, ldb, 1);
-                    gemm_tile(m, np, k, wb, k, &col, ldb, &mut ob[p0..], p, false);
-                }
-            });
-        });
-    out
-}
-
-fn conv2d_bwd_input<T: Float>(dy: &[T], w: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
-    let hw = g.h * g.w;
-    let mut dx = vec![T::ZERO; g.n * g.c_in * hw];
-    if dx.is_empty() || p == 0 || cout_g == 0 {
-        return dx;
-    }
-    // W_g^T, `[K, C_out/G]` per group, so the micro-kernel reads rows contiguously.
-    let mut wt = vec![T::ZERO; g.groups * k * cout_g];
-    for gi in 0..g.groups {
-        for co in 0..cout_g {
-            for kk in 0..k {
-                wt[(gi * k + kk) * cout_g + co] = w[(gi * cout_g + co) * k + kk];
-            }
+/// Writes a task's `nrows x ncols` tile of `out[N, C_out, P]` (rows = output channels of
+/// group `gi` from `r0`, columns = the pixels in `runs`).
+fn store_rows<T: Copy>(
+    sink: &DisjointWrites<T>,
+    g: &Conv2dGeom,
+    runs: &[PixelRun],
+    c: &[T],
+    tile: Tile,
+) {
+    let p = g.p();
+    for r in 0..tile.nrows {
+        let co = tile.gi * g.cout_g() + tile.r0 + r;
+        for run in runs {
+            let dst = (run.n * g.c_out + co) * p + run.oy * g.ow + run.ox;
+            // SAFETY: tiles of the plan cover disjoint (row, column) sets, so no other task
+            // writes these output elements.
+            unsafe { sink.write(dst, &c[r * tile.ncols + run.at..][..run.len]) };
         }
     }
-    if p < TILE_P {
-        return conv2d_bwd_input_small(dy, &wt, g);
+}
+
+/// The geometry under which the input gradient of a stride-1 convolution is itself a
+/// forward convolution of `dy` (by the flipped, transposed weights), if it is one.
+fn transposed_geometry(g: &Conv2dGeom) -> Option<Conv2dGeom> {
+    if g.stride != (1, 1) {
+        return None;
     }
-    let khw = g.kh * g.kw;
-    let cib = CI_BLOCK.min(cin_g);
-    let ldb_max = round_up(TILE_P, NR);
+    let ph = (g.dilation.0 * (g.kh - 1)).checked_sub(g.padding.0)?;
+    let pw = (g.dilation.1 * (g.kw - 1)).checked_sub(g.padding.1)?;
+    Some(Conv2dGeom {
+        n: g.n,
+        c_in: g.c_out,
+        h: g.oh,
+        w: g.ow,
+        c_out: g.c_in,
+        kh: g.kh,
+        kw: g.kw,
+        stride: (1, 1),
+        padding: (ph, pw),
+        dilation: g.dilation,
+        groups: g.groups,
+        oh: g.h,
+        ow: g.w,
+    })
+}
+
+fn conv2d_bwd_input<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    let hw = g.h * g.w;
+    if g.n * g.c_in * hw == 0 || g.p() == 0 || g.cout_g() == 0 {
+        return vec![T::ZERO; g.n * g.c_in * hw];
+    }
+    if let Some(tg) = transposed_geometry(g) {
+        // W'[gi*C_in/G + ci, co, ky, kx] = W[gi*C_out/G + co, ci, KH-1-ky, KW-1-kx].
+        let (cin_g, cout_g, khw) = (g.cin_g(), g.cout_g(), g.kh * g.kw);
+        let mut wt = vec![T::ZERO; w.len()];
+        for gi in 0..g.groups {
+            for co in 0..cout_g {
+                for ci in 0..cin_g {
+                    let src = ((gi * cout_g + co) * cin_g + ci) * khw;
+                    let dst = ((gi * cin_g + ci) * cout_g + co) * khw;
+                    for t in 0..khw {
+                        wt[dst + khw - 1 - t] = w[src + t];
+                    }
+                }
+            }
+        }
+        return conv2d_fwd(dy, &wt, &tg, isa);
+    }
+    conv2d_bwd_input_col2im(dy, w, g, isa)
+}
+
+/// The input gradient of a strided convolution: per task (image, group, block of input
+/// channels), `colgrad = W_g^T dy` for a block of pixels on the micro-kernel, then col2im
+/// adds it into the task's own `dx` planes.
+fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
+    let (hw, khw) = (g.h * g.w, g.kh * g.kw);
+    let kern = T::micro_kernel(isa);
+    let (mr, nr) = (kern.mr, kern.nr);
+    let threads = rayon::current_num_threads().max(1);
+    let splits = (2 * threads).div_ceil(g.n * g.groups).clamp(1, cin_g);
+    let cib = cin_g.div_ceil(splits);
+    let cols_ok = valid_columns(g);
+    let nc = NC_MAX.min(round_up(p, nr));
+    // W_g^T per (group, channel block): rows = the taps of the block's input channels,
+    // depth C_out/G; packed once, shared by every image.
+    let cblocks = cin_g.div_ceil(cib);
+    let wt_blocks: Vec<Vec<T>> = (0..g.groups * cblocks)
+        .into_par_iter()
+        .map(|gb| {
+            let (gi, bi) = (gb / cblocks, gb % cblocks);
+            let kr0 = bi * cib * khw;
+            let rows = cib.min(cin_g - bi * cib) * khw;
+            pack_row_panels(w, gi * cout_g * k + kr0, (0, 1, k), 1, rows, cout_g, mr)
+        })
+        .collect();
+    let mut dx = vec![T::ZERO; g.n * g.c_in * hw];
     dx.par_chunks_mut(cin_g * hw)
         .enumerate()
         .for_each(|(ng, dxg)| {
             let (ni, gi) = (ng / g.groups, ng % g.groups);
-            let dyg = &dy[(ni * g.c_out + gi * cout_g) * p..][..cout_g * p];
             dxg.par_chunks_mut(cib * hw)
                 .enumerate()
                 .for_each(|(bi, dxb)| {
-                    let ci0 = bi * cib;
-                    let nci = dxb.len() / hw;
-                    let rows = nci * khw;
-                    let a = &wt[(gi * k + ci0 * khw) * cout_g..][..rows * cout_g];
-                    let mut dyt = vec![T::ZERO; cout_g * ldb_max];
-                    let mut colg = vec![T::ZERO; rows * ldb_max];
-                    for p0 in (0..p).step_by(TILE_P) {
-                        let np = TILE_P.min(p - p0);
-                        let ldb = round_up(np, NR);
-                        for co in 0..cout_g {
-                            let dst = &mut dyt[co * ldb..(co + 1) * ldb];
-                            dst[..np].copy_from_slice(&dyg[co * p + p0..co * p + p0 + np]);
-                            dst[np..].fill(T::ZERO);
+                    let rows = (dxb.len() / hw) * khw;
+                    let apack = &wt_blocks[gi * cblocks + bi];
+                    let mut bpack = vec![T::ZERO; KC.min(cout_g) * nc];
+                    let mut c = vec![T::ZERO; rows * nc];
+                    let mut runs = Vec::new();
+                    for j0 in (0..p).step_by(nc) {
+                        let ncols = nc.min(p - j0);
+                        let c = &mut c[..rows * ncols];
+                        c.fill(T::ZERO);
+                        for pc in (0..cout_g).step_by(KC) {
+                            let kc = KC.min(cout_g - pc);
+                            for q in 0..ncols.div_ceil(nr) {
+                                let live = nr.min(ncols - q * nr);
+                                for kk in 0..kc {
+                                    let src =
+                                        (ni * g.c_out + gi * cout_g + pc + kk) * p + j0 + q * nr;
+                                    let dst =
+                                        &mut bpack[(q * kc + kk) * nr..(q * kc + kk + 1) * nr];
+                                    dst[..live].copy_from_slice(&dy[src..src + live]);
+                                    dst[live..].fill(T::ZERO);
+                                }
+                            }
+                            let a_panel = |q: usize| &apack[(q * cout_g + pc) * mr..][..kc * mr];
+                            multiply_block(&kern, kc, a_panel, &bpack, c, rows, ncols);
                         }
-                        gemm_tile(
-                            rows, np, cout_g, a, cout_g, &dyt, ldb, &mut colg, ldb, false,
-                        );
-                        // col2im: scatter-add the column gradients onto this block's planes.
-                        for_each_tap(g, ci0..ci0 + nci, p0, np, |kk, t, xi| {
-                            dxb[xi] += colg[kk * ldb + t];
-                        });
+                        // col2im: dx[ci, iy, ix] += colgrad[(ci, ky, kx), pixel].
+                        pixel_runs(g, ni * p + j0, ncols, usize::MAX, &mut runs);
+                        for r in 0..rows {
+                            let (ci, ky, kx) = (r / khw, (r % khw) / g.kw, r % g.kw);
+                            let plane = &mut dxb[ci * hw..(ci + 1) * hw];
+                            let crow = &c[r * ncols..(r + 1) * ncols];
+                            let ok = &cols_ok[kx];
+                            for run in &runs {
+                                let Some(iy) = input_row(g, run.oy, ky) else {
+                                    continue;
+                                };
+                                let lo = ok.start.clamp(run.ox, run.ox + run.len);
+                                let hi = ok.end.clamp(lo, run.ox + run.len);
+                                let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                                for ox in lo..hi {
+                                    let ix = ox * g.stride.1 + kx * g.dilation.1 - g.padding.1;
+                                    dst[ix] += crow[run.at + ox - run.ox];
+                                }
+                            }
+                        }
                     }
                 });
         });
     dx
 }
 
-fn conv2d_bwd_weight<T: Float>(x: &[T], dy: &[T], g: &Conv2dGeom) -> Vec<T> {
-    let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
+fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
     let mut dw = vec![T::ZERO; g.c_out * k];
     if dw.is_empty() || p == 0 || g.n == 0 {
         return dw;
     }
-    if p < TILE_P {
-        return conv2d_bwd_weight_small(x, dy, g);
-    }
-    let hw = g.h * g.w;
-    let kpad = round_up(k, NR);
-    let cob = CO_BLOCK.min(cout_g);
-    dw.par_chunks_mut(cout_g * k)
-        .enumerate()
-        .for_each(|(gi, dwg)| {
-            dwg.par_chunks_mut(cob * k)
-                .enumerate()
-                .for_each(|(bi, dwb)| {
-                    let co0 = gi * cout_g + bi * cob;
-                    let m = dwb.len() / k;
-                    // colT[t][kk]: tile pixels as rows, so the GEMM is dy_tile @ colT.
-                    let mut colt = vec![T::ZERO; TILE_P * kpad];
-                    for ni in 0..g.n {
-                        let xg = &x[(ni * g.c_in + gi * cin_g) * hw..][..cin_g * hw];
-                        for p0 in (0..p).step_by(TILE_P) {
-                            let np = TILE_P.min(p - p0);
-                            pack_cols(xg, g, p0, np, np, &mut colt, 1, kpad);
-                            let a = &dy[(ni * g.c_out + co0) * p + p0..];
-                            gemm_tile(m, k, np, a, p, &colt, kpad, dwb, k, true);
-                        }
-                    }
-                });
-        });
+    let kern = T::micro_kernel(isa);
+    let (mr, nr) = (kern.mr, kern.nr);
+    let depth = g.n * p;
+    // Column blocks repack dy's rows each, so keep them wide.
+    let plan = TilePlan::new(g.groups, cout_g, k, mr, nr, 4 * nr);
+    let cols_ok = valid_columns(g);
+    let sink = DisjointWrites::new(&mut dw);
+    (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
+        let tile = plan.tile(t);
+        let (nrows, ncols) = (tile.nrows, tile.ncols);
+        let co0 = tile.gi * cout_g + tile.r0;
+        let kc_max = KC.min(depth);
+        let mut apack = vec![T::ZERO; round_up(nrows, mr) * kc_max];
+        let mut bpack = vec![T::ZERO; kc_max * round_up(ncols, nr)];
+        let mut c = vec![T::ZERO; nrows * ncols];
+        let (mut runs, mut scratch, mut table) = (Vec::new(), Vec::new(), Vec::new());
+        for pc in (0..depth).step_by(KC) {
+            let kc = KC.min(depth - pc);
+            pixel_runs(g, pc, kc, usize::MAX, &mut runs);
+            let table = wants_tap_table(g).then(|| {
+                tap_table(g, &runs, kc, &mut table);
+                &table[..]
+            });
+            pack_dy_rows(dy, g, co0, nrows, &runs, kc, mr, &mut apack);
+            let b = &mut bpack[..kc * round_up(ncols, nr)];
+            pack_im2col_transposed(
+                x,
+                g,
+                tile.gi,
+                &runs,
+                kc,
+                tile.c0,
+                ncols,
+                nr,
+                &cols_ok,
+                table,
+                &mut scratch,
+                b,
+            );
+            let a_panel = |q: usize| &apack[q * kc * mr..(q + 1) * kc * mr];
+            multiply_block(&kern, kc, a_panel, b, &mut c, nrows, ncols);
+        }
+        for r in 0..nrows {
+            // SAFETY: tiles of the plan cover disjoint (row, column) sets of dW.
+            unsafe { sink.write((co0 + r) * k + tile.c0, &c[r * ncols..(r + 1) * ncols]) };
+        }
+    });
     dw
 }
 
@@ -522,7 +486,7 @@ impl ConvBackend for CpuStorage {
         Conv2dGeom::expect_dims(op, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
         let data = float_pair!(op, self, w, |x, wv| {
             let (x, wv) = (contiguous_cow(x, x_layout), contiguous_cow(wv, w_layout));
-            conv2d_fwd(&x, &wv, g)
+            conv2d_fwd(&x, &wv, g, detect_isa())
         });
         Ok(CpuStorage::new(data))
     }
@@ -540,7 +504,7 @@ impl ConvBackend for CpuStorage {
         Conv2dGeom::expect_dims(op, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
         let data = float_pair!(op, self, w, |dy, wv| {
             let (dy, wv) = (contiguous_cow(dy, dy_layout), contiguous_cow(wv, w_layout));
-            conv2d_bwd_input(&dy, &wv, g)
+            conv2d_bwd_input(&dy, &wv, g, detect_isa())
         });
         Ok(CpuStorage::new(data))
     }
@@ -558,7 +522,7 @@ impl ConvBackend for CpuStorage {
         Conv2dGeom::expect_dims(op, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
         let data = float_pair!(op, self, dy, |x, dyv| {
             let (x, dyv) = (contiguous_cow(x, x_layout), contiguous_cow(dyv, dy_layout));
-            conv2d_bwd_weight(&x, &dyv, g)
+            conv2d_bwd_weight(&x, &dyv, g, detect_isa())
         });
         Ok(CpuStorage::new(data))
     }
@@ -568,51 +532,241 @@ impl ConvBackend for CpuStorage {
 mod tests {
     use super::*;
 
-    /// Every build of the tile kernel this CPU can run against a naive loop (the conv tests
-    /// only reach the one picked at run time).
-    fn check_variants<T: Float>() {
-        let (m, ncols, inner) = (11, 37, 9);
-        let (lda, ldb, ldc) = (inner + 2, round_up(ncols, NR), ncols + 3);
-        let val = |i: usize, p: usize| T::from_f64(((i * p) % 13) as f64 - 6.0);
-        let a: Vec<T> = (0..m * lda).map(|i| val(i, 7)).collect();
-        let b: Vec<T> = (0..inner * ldb).map(|i| val(i, 5)).collect();
-        let c0: Vec<T> = (0..m * ldc).map(|i| val(i, 3)).collect();
-        let mut want = c0.clone();
-        for r in 0..m {
-            for j in 0..ncols {
-                for t in 0..inner {
-                    want[r * ldc + j] += a[r * lda + t] * b[t * ldb + j];
+    /// A convolution case: (n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups).
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+        usize,
+    );
+
+    fn geom(c: Case) -> Conv2dGeom {
+        let (n, c_in, h, w, c_out, kh, kw, stride, padding, dilation, groups) = c;
+        let o = |i: usize, k: usize, s: usize, p: usize, d: usize| {
+            (i + 2 * p - d * (k - 1) - 1) / s + 1
+        };
+        let g = Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride,
+            padding,
+            dilation,
+            groups,
+            oh: o(h, kh, stride.0, padding.0, dilation.0),
+            ow: o(w, kw, stride.1, padding.1, dilation.1),
+        };
+        g.check("test").unwrap();
+        g
+    }
+
+    /// Calls `f(x_index, w_index, out_index)` for every multiply of the convolution: the
+    /// direct 7-loop definition, independent of the implicit-GEMM code above.
+    fn taps(g: &Conv2dGeom, mut f: impl FnMut(usize, usize, usize)) {
+        let (cin_g, cout_g) = (g.cin_g(), g.cout_g());
+        for n in 0..g.n {
+            for co in 0..g.c_out {
+                let gi = co / cout_g;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let oi = ((n * g.c_out + co) * g.oh + oy) * g.ow + ox;
+                        for ci in 0..cin_g {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride.0 + ky * g.dilation.0) as isize
+                                        - g.padding.0 as isize;
+                                    let ix = (ox * g.stride.1 + kx * g.dilation.1) as isize
+                                        - g.padding.1 as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi = ((n * g.c_in + gi * cin_g + ci) * g.h + iy as usize)
+                                        * g.w
+                                        + ix as usize;
+                                    let wi = ((co * cin_g + ci) * g.kh + ky) * g.kw + kx;
+                                    f(xi, wi, oi);
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
-        type Kernel<T> = fn(usize, usize, usize, &[T], usize, &[T], usize, &mut [T], usize, bool);
-        let mut kernels: Vec<(&str, Kernel<T>)> =
-            vec![("portable", gemm_tile_impl::<T, MR, false>)];
+    }
+
+    /// Reference (value, sum of |terms|) per element of out, dx and dw, in f64.
+    type Ref = (Vec<f64>, Vec<f64>);
+    fn reference(g: &Conv2dGeom, x: &[f64], w: &[f64], dy: &[f64]) -> [Ref; 3] {
+        let z = |len: usize| (vec![0.0; len], vec![0.0; len]);
+        let (mut out, mut dx, mut dw) = (z(dy.len()), z(x.len()), z(w.len()));
+        taps(g, |xi, wi, oi| {
+            out.0[oi] += x[xi] * w[wi];
+            out.1[oi] += (x[xi] * w[wi]).abs();
+            dx.0[xi] += w[wi] * dy[oi];
+            dx.1[xi] += (w[wi] * dy[oi]).abs();
+            dw.0[wi] += x[xi] * dy[oi];
+            dw.1[wi] += (x[xi] * dy[oi]).abs();
+        });
+        [out, dx, dw]
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                // SAFETY: features checked on the line above.
-                kernels.push(("avx2", |m, n, i, a, la, b, lb, c, lc, acc| unsafe {
-                    gemm_tile_avx2(m, n, i, a, la, b, lb, c, lc, acc)
-                }));
+                isas.push(Isa::Avx2);
             }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                // SAFETY: features checked on the line above.
-                kernels.push(("avx512", |m, n, i, a, la, b, lb, c, lc, acc| unsafe {
-                    gemm_tile_avx512(m, n, i, a, la, b, lb, c, lc, acc)
-                }));
+            if super::super::matmul::detect_isa_uncached() == Isa::Avx512 {
+                isas.push(Isa::Avx512);
             }
         }
-        for (name, k) in kernels {
-            let mut c = c0.clone();
-            k(m, ncols, inner, &a, lda, &b, ldb, &mut c, ldc, true);
-            assert_eq!(c, want, "{name}");
+        isas
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
+            // Odd sizes, 3x3, padding 1: the stride-1 fast paths.
+            (1, 3, 17, 19, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // Stride 2: col2im input gradient.
+            (2, 4, 13, 11, 14, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            // Mixed strides, asymmetric kernel and padding.
+            (2, 3, 10, 9, 7, 2, 3, (2, 1), (1, 0), (1, 1), 1),
+            // Dilation and groups.
+            (1, 6, 12, 10, 9, 3, 3, (1, 1), (2, 2), (2, 2), 3),
+            // Depthwise, asymmetric.
+            (2, 4, 6, 5, 4, 3, 2, (1, 2), (2, 0), (1, 1), 4),
+            // 1x1: the plain GEMM forward; and 1x1 stride 2.
+            (3, 8, 9, 7, 16, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+            (2, 8, 9, 7, 13, 1, 1, (2, 2), (0, 0), (1, 1), 1),
+            // 7x7 stride 2 padding 3 (a ResNet stem).
+            (1, 3, 23, 21, 13, 7, 7, (2, 2), (3, 3), (1, 1), 1),
+            // Small maps: tiles span several images; K = 288 crosses the KC depth block.
+            (3, 32, 3, 3, 33, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // Many output channels: several MC row blocks and row-split tasks; batch 1.
+            (1, 4, 6, 6, 200, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // Padding larger than the kernel span: the stride-1 col2im fallback.
+            (1, 2, 4, 4, 3, 3, 3, (1, 1), (3, 3), (1, 1), 1),
+            // Maps at least 16 wide take the run-by-run packing (narrower ones a tap table):
+            // with stride, dilation, and groups.
+            (1, 3, 9, 40, 6, 3, 3, (2, 1), (1, 1), (1, 2), 1),
+            (1, 2, 5, 37, 4, 3, 3, (1, 2), (1, 1), (1, 1), 1),
+            (2, 4, 4, 33, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2),
+            // 1x1 output map.
+            (5, 6, 3, 3, 7, 3, 3, (1, 1), (0, 0), (1, 1), 1),
+        ]
+    }
+
+    fn check<T: PackedFloat>(tol: f64) {
+        for (ci, &case) in cases().iter().enumerate() {
+            let g = geom(case);
+            let seed = 17 * ci as u64;
+            let x = random(g.n * g.c_in * g.h * g.w, seed);
+            let w = random(g.c_out * g.k(), seed + 1);
+            let dy = random(g.n * g.c_out * g.p(), seed + 2);
+            let refs = reference(&g, &x, &w, &dy);
+            let cast = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
+            let (xt, wt, dyt) = (cast(&x), cast(&w), cast(&dy));
+            for isa in isas() {
+                let got = [
+                    conv2d_fwd(&xt, &wt, &g, isa),
+                    conv2d_bwd_input(&dyt, &wt, &g, isa),
+                    conv2d_bwd_weight(&xt, &dyt, &g, isa),
+                ];
+                for ((name, got), (want, mag)) in ["forward", "grad input", "grad weight"]
+                    .iter()
+                    .zip(&got)
+                    .zip(&refs)
+                {
+                    assert_eq!(got.len(), want.len(), "{name} {isa:?} {case:?}");
+                    for (i, (a, (b, m))) in got.iter().zip(want.iter().zip(mag)).enumerate() {
+                        let err = (a.to_f64() - b).abs();
+                        assert!(
+                            err <= tol * (m + 1e-3),
+                            "{name} {isa:?} {case:?} element {i}: {} vs {b}",
+                            a.to_f64()
+                        );
+                    }
+                }
+            }
         }
     }
 
     #[test]
-    fn tile_kernels_match_naive() {
-        check_variants::<f32>();
-        check_variants::<f64>();
+    fn implicit_gemm_matches_direct_loops_f64() {
+        check::<f64>(1e-12);
+    }
+
+    #[test]
+    fn implicit_gemm_matches_direct_loops_f32() {
+        check::<f32>(2e-6);
+    }
+
+    /// Results are bitwise the same whatever the thread count (the task split changes with
+    /// it; the summation order must not).
+    #[test]
+    fn thread_count_does_not_change_results() {
+        for case in [
+            (4, 16, 9, 9, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 8, 11, 10, 24, 3, 3, (2, 2), (1, 1), (1, 1), 2),
+        ] {
+            let g = geom(case);
+            let x: Vec<f32> = random(g.n * g.c_in * g.h * g.w, 1)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let w: Vec<f32> = random(g.c_out * g.k(), 2)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let dy: Vec<f32> = random(g.n * g.c_out * g.p(), 3)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let isa = detect_isa();
+                    (
+                        conv2d_fwd(&x, &w, &g, isa),
+                        conv2d_bwd_input(&dy, &w, &g, isa),
+                        conv2d_bwd_weight(&x, &dy, &g, isa),
+                    )
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3, 7] {
+                assert!(run(threads) == one, "{case:?} with {threads} threads");
+            }
+        }
     }
 }

@@ -375,20 +375,21 @@ fn row_block_avx2<T: Float, const MR: usize, const NR: usize>(
     row_block::<T, MR, NR, true, ArrayMicro<MR, NR, true>>(a, oa, b, ob, bi, i0, k, n, c)
 }
 
+/// The instruction set a micro-kernel is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
+pub(super) enum Isa {
     Avx512,
     Avx2,
     Portable,
 }
 
 /// The best instruction set this CPU has for the micro-kernel (detected once).
-fn detect_isa() -> Isa {
+pub(super) fn detect_isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(detect_isa_uncached)
 }
 
-fn detect_isa_uncached() -> Isa {
+pub(super) fn detect_isa_uncached() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f")
@@ -509,6 +510,135 @@ macro_rules! tiles_fn {
 }
 tiles_fn!(tiles_f32, f32, 6, 16, row_block_avx512_f32);
 tiles_fn!(tiles_f64, f64, 4, 8, row_block_avx512::<f64, 8, 16>);
+
+/// One of the GEMM's register-tile micro-kernels as a plain function, for callers that pack
+/// their own panels (the convolution's implicit GEMM packs straight from NCHW images).
+/// Panels use the GEMM's layout: A `a[kk*mr + r]`, B `b[kk*nr + j]`, `kk < kc`.
+#[derive(Clone, Copy)]
+pub(super) struct MicroKernel<T> {
+    /// Rows of the register tile (height of an A panel).
+    pub mr: usize,
+    /// Columns of the register tile (width of a B panel).
+    pub nr: usize,
+    tile: MicroFn<T>,
+}
+
+type MicroFn<T> = unsafe fn(usize, &[T], &[T], &mut [T], usize, usize, usize);
+
+impl<T> MicroKernel<T> {
+    /// `c[r*ldc + j] += sum_{kk < kc} a[kk*mr + r] * b[kk*nr + j]` for `r < rows`, `j < cols`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn tile(
+        &self,
+        kc: usize,
+        a: &[T],
+        b: &[T],
+        c: &mut [T],
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        assert!(a.len() >= kc * self.mr && b.len() >= kc * self.nr);
+        assert!(rows <= self.mr && cols <= self.nr);
+        assert!(rows == 0 || c.len() >= (rows - 1) * ldc + cols);
+        // SAFETY: `tile` was picked by `PackedFloat::micro_kernel` for an instruction set this
+        // CPU has (the `Isa` comes from `detect_isa`), and the bounds were checked above.
+        unsafe { (self.tile)(kc, a, b, c, ldc, rows, cols) }
+    }
+}
+
+/// # Safety
+/// Only the CPU features of the `#[target_feature]` functions it wraps are assumed.
+unsafe fn micro_portable<T: Float, const MR: usize, const NR: usize>(
+    kc: usize,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+) {
+    micro::<T, MR, NR, false>(kc, a, b, c, ldc, mr, nr)
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_avx2<T: Float, const MR: usize, const NR: usize>(
+    kc: usize,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+) {
+    micro::<T, MR, NR, true>(kc, a, b, c, ldc, mr, nr)
+}
+
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn micro_avx512<T: Float, const MR: usize, const NR: usize>(
+    kc: usize,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+) {
+    micro::<T, MR, NR, true>(kc, a, b, c, ldc, mr, nr)
+}
+
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512_f32(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+) {
+    micro_avx512_f32_12x32(kc, a, b, c, ldc, mr, nr)
+}
+
+/// The dtypes with a packed GEMM: their micro-kernels and their whole GEMM, per instruction set.
+pub(super) trait PackedFloat: Float {
+    /// The micro-kernel the GEMM uses for this dtype on `isa` (the same tile shapes).
+    fn micro_kernel(isa: Isa) -> MicroKernel<Self>;
+    /// The batched GEMM `[B, M, K] @ [B, K, N]` on strided operands (see [`gemm`]).
+    fn gemm(a: &[Self], la: &Layout, b: &[Self], lb: &Layout, isa: Isa) -> Vec<Self>;
+}
+
+macro_rules! packed_float {
+    ($t:ty, $tiles:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr) => {
+        impl PackedFloat for $t {
+            fn micro_kernel(isa: Isa) -> MicroKernel<$t> {
+                let (mr, nr, tile): (usize, usize, MicroFn<$t>) = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => ($mr512, $nr512, $avx512),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => ($mr2, $nr2, micro_avx2::<$t, $mr2, $nr2>),
+                    _ => (4, 8, micro_portable::<$t, 4, 8>),
+                };
+                MicroKernel { mr, nr, tile }
+            }
+            fn gemm(a: &[$t], la: &Layout, b: &[$t], lb: &Layout, isa: Isa) -> Vec<$t> {
+                gemm(a, la, b, lb, $tiles, isa)
+            }
+        }
+    };
+}
+packed_float!(f32, tiles_f32, micro_avx512_f32, 12, 32, 6, 16);
+packed_float!(f64, tiles_f64, micro_avx512::<f64, 8, 16>, 8, 16, 4, 8);
 
 impl MatmulBackend for CpuStorage {
     fn matmul(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {

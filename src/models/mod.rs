@@ -7,3 +7,5 @@ pub mod resnet;
 pub mod retrieval;
 pub mod text_to_feature;
 pub mod vit;
+pub mod text_encoder;
+pub mod unet;

@@ -9,8 +9,8 @@ use tessera::data::CharTokenizer;
 use tessera::diffusion::guidance::drop_captions;
 use tessera::diffusion::schedule::cosine_alpha_bar;
 use tessera::diffusion::{
-    ddim_sample, ddim_timesteps, ddpm_sample, guided, BetaSchedule, DiffusionConfig,
-    NoiseSchedule, Prediction, SampleOpts, Sampler, StepNoise, TextToImage,
+    ddim_sample, ddim_timesteps, ddpm_sample, guided, BetaSchedule, DiffusionConfig, NoiseSchedule,
+    Prediction, SampleOpts, Sampler, StepNoise, TextToImage,
 };
 use tessera::models::text_encoder::{CharTextEncoder, CharTextEncoderConfig};
 use tessera::models::unet::{UNet, UNetConfig};
@@ -29,7 +29,10 @@ fn randn(shape: impl Into<tessera::Shape>, seed: u64) -> Tensor {
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
     assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -43,7 +46,11 @@ fn cosine_alphas_cumprod_follow_the_closed_form() {
         }
         let closed = cosine_alpha_bar((t + 1) as f64 / t_max as f64, 0.008);
         let rel = (s.alphas_cumprod[t] - closed).abs() / closed;
-        assert!(rel < 1e-9, "t = {t}: {} vs closed form {closed}", s.alphas_cumprod[t]);
+        assert!(
+            rel < 1e-9,
+            "t = {t}: {} vs closed form {closed}",
+            s.alphas_cumprod[t]
+        );
         checked += 1;
     }
     assert!(checked > 990, "only {checked} steps unclipped");
@@ -65,7 +72,14 @@ fn linear_and_scaled_linear_betas_hit_their_ends() {
     assert!((at - mid).abs() < 1e-6);
     let cumprod: f64 = l.alphas[..10].iter().product();
     assert!((l.alphas_cumprod[9] - cumprod).abs() < 1e-15);
-    assert!(NoiseSchedule::new(BetaSchedule::Linear { start: 0.0, end: 0.02 }, 10).is_err());
+    assert!(NoiseSchedule::new(
+        BetaSchedule::Linear {
+            start: 0.0,
+            end: 0.02
+        },
+        10
+    )
+    .is_err());
     assert!(NoiseSchedule::new(BetaSchedule::cosine(), 0).is_err());
 }
 
@@ -81,7 +95,10 @@ fn q_sample_has_the_forward_process_mean_and_variance() {
         let var = x_t.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
         let ab = s.alphas_cumprod[t];
         assert!((mean - ab.sqrt() * 0.7).abs() < 0.02, "t {t}: mean {mean}");
-        assert!((var - (1.0 - ab)).abs() < 0.03 * (1.0 - ab) + 1e-6, "t {t}: var {var}");
+        assert!(
+            (var - (1.0 - ab)).abs() < 0.03 * (1.0 - ab) + 1e-6,
+            "t {t}: var {var}"
+        );
     }
     // One timestep per sample; a wrong count or step is an error.
     let x0 = randn((2, 3), 1);
@@ -118,7 +135,10 @@ fn ddim_timesteps_span_the_schedule() {
     assert_eq!(ts.len(), 50);
     assert_eq!((ts[0], ts[49]), (999, 0));
     assert!(ts.windows(2).all(|w| w[0] > w[1]));
-    assert_eq!(ddim_timesteps(10, 10).unwrap(), (0..10).rev().collect::<Vec<_>>());
+    assert_eq!(
+        ddim_timesteps(10, 10).unwrap(),
+        (0..10).rev().collect::<Vec<_>>()
+    );
     assert_eq!(ddim_timesteps(10, 1).unwrap(), vec![9]);
     assert!(ddim_timesteps(10, 0).is_err() && ddim_timesteps(10, 11).is_err());
 }
@@ -139,8 +159,18 @@ fn ddpm_equals_ddim_with_eta_one_over_every_step() {
         let d = max_abs_diff(&a, &b);
         assert!(d < 1e-9, "{pred:?}: DDPM and DDIM(eta=1) differ by {d}");
         // And the check can fail: other noise gives another sample.
-        let c = ddim_sample(&s, pred, &x_t, 50, 1.0, &StepNoise::new(5), false, toy_model, || {})
-            .unwrap();
+        let c = ddim_sample(
+            &s,
+            pred,
+            &x_t,
+            50,
+            1.0,
+            &StepNoise::new(5),
+            false,
+            toy_model,
+            || {},
+        )
+        .unwrap();
         assert!(max_abs_diff(&a, &c) > 1e-3);
     }
 }
@@ -150,20 +180,50 @@ fn ddim_with_eta_zero_is_deterministic_and_an_oracle_lands_on_x0() {
     let s = NoiseSchedule::new(BetaSchedule::linear(), 1000).unwrap();
     let x_t = randn((2, 3, 4, 4), 1);
     let run = |eta: f64, seed: u64| {
-        ddim_sample(&s, Prediction::Epsilon, &x_t, 20, eta, &StepNoise::new(seed), true, toy_model, || {})
-            .unwrap()
+        ddim_sample(
+            &s,
+            Prediction::Epsilon,
+            &x_t,
+            20,
+            eta,
+            &StepNoise::new(seed),
+            true,
+            toy_model,
+            || {},
+        )
+        .unwrap()
     };
     assert_eq!(max_abs_diff(&run(0.0, 1), &run(0.0, 2)), 0.0);
     assert!(max_abs_diff(&run(0.5, 1), &run(0.5, 2)) > 1e-3);
     // A network that always names the true noise of a fixed x0 leads DDIM to exactly x0.
     let x0 = randn((2, 3, 4, 4), 7).clamp(-1.0, 1.0).unwrap();
     let oracle = |x: &Tensor, t: usize| s.eps_from_x0(x, &x0, &[t, t]);
-    let out = ddim_sample(&s, Prediction::Epsilon, &x_t, 10, 0.0, &StepNoise::new(0), false, oracle, || {})
-        .unwrap();
+    let out = ddim_sample(
+        &s,
+        Prediction::Epsilon,
+        &x_t,
+        10,
+        0.0,
+        &StepNoise::new(0),
+        false,
+        oracle,
+        || {},
+    )
+    .unwrap();
     assert!(max_abs_diff(&out, &x0) < 1e-9);
     let mut steps = 0;
-    ddim_sample(&s, Prediction::Epsilon, &x_t, 7, 0.0, &StepNoise::new(0), false, toy_model, || steps += 1)
-        .unwrap();
+    ddim_sample(
+        &s,
+        Prediction::Epsilon,
+        &x_t,
+        7,
+        0.0,
+        &StepNoise::new(0),
+        false,
+        toy_model,
+        || steps += 1,
+    )
+    .unwrap();
     assert_eq!(steps, 7);
 }
 
@@ -172,7 +232,11 @@ fn guidance_combines_and_drops_about_ten_percent() {
     let (c, u) = (randn(6, 1), randn(6, 2));
     assert_eq!(max_abs_diff(&guided(&c, &u, 1.0).unwrap(), &c), 0.0);
     assert!(max_abs_diff(&guided(&c, &u, 0.0).unwrap(), &u) < 1e-15);
-    let want = c.affine(3.0, 0.0).unwrap().sub(&u.affine(2.0, 0.0).unwrap()).unwrap();
+    let want = c
+        .affine(3.0, 0.0)
+        .unwrap()
+        .sub(&u.affine(2.0, 0.0).unwrap())
+        .unwrap();
     assert!(max_abs_diff(&guided(&c, &u, 3.0).unwrap(), &want) < 1e-12);
     let mut caps = vec!["a red circle".to_string(); 20_000];
     let dropped = drop_captions(&mut caps, 0.1, &mut Rng::new(3));
@@ -205,7 +269,11 @@ fn context(dtype: DType) -> (Tensor, Tensor) {
 fn unet_output_shape_names_and_every_parameter_learns() {
     manual_seed(1);
     let unet = UNet::new(tiny_unet_config(), CPU).unwrap();
-    let names: Vec<String> = unet.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = unet
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     for want in [
         "time_mlp.fc1.weight",
         "cond_type_emb.weight",
@@ -217,7 +285,10 @@ fn unet_output_shape_names_and_every_parameter_learns() {
         "up.1.upsample.weight",
         "conv_out.bias",
     ] {
-        assert!(names.iter().any(|n| n == want), "no parameter {want} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "no parameter {want} in {names:?}"
+        );
     }
     let x = randn((2, 3, 8, 8), 2).to_dtype(DType::F32).unwrap();
     let (ctx, pad) = context(DType::F32);
@@ -230,7 +301,13 @@ fn unet_output_shape_names_and_every_parameter_learns() {
         assert!(norm > 0.0, "{name} got a zero gradient");
     }
     // Wrong shapes are errors naming the model.
-    let bad = unet.forward(&randn((2, 3, 7, 8), 1).to_dtype(DType::F32).unwrap(), &[1, 1], &ctx, &pad, 0);
+    let bad = unet.forward(
+        &randn((2, 3, 7, 8), 1).to_dtype(DType::F32).unwrap(),
+        &[1, 1],
+        &ctx,
+        &pad,
+        0,
+    );
     assert!(bad.unwrap_err().to_string().contains("UNet"));
     assert!(unet.forward(&x, &[1], &ctx, &pad, 0).is_err());
     assert!(unet.forward(&x, &[1, 1], &ctx, &pad, 1).is_err());
@@ -239,17 +316,36 @@ fn unet_output_shape_names_and_every_parameter_learns() {
 #[test]
 fn unet_gradients_match_finite_differences_in_f64() {
     manual_seed(2);
-    let unet = UNet::new(tiny_unet_config(), CPU).unwrap().into_dtype(DType::F64).unwrap();
+    let unet = UNet::new(tiny_unet_config(), CPU)
+        .unwrap()
+        .into_dtype(DType::F64)
+        .unwrap();
     let (ctx, pad) = context(DType::F64);
     let x = randn((2, 3, 8, 8), 5);
     let t = [7, 300];
     // With respect to the input image (every element).
-    let opts = GradCheck { eps: 1e-5, atol: 1e-6, rtol: 1e-4, seed: 17 };
-    check_gradients(|xs| unet.forward(&xs[0], &t, &ctx, &pad, 0), std::slice::from_ref(&x), opts)
-        .unwrap();
+    let opts = GradCheck {
+        eps: 1e-5,
+        atol: 1e-6,
+        rtol: 1e-4,
+        seed: 17,
+    };
+    check_gradients(
+        |xs| unet.forward(&xs[0], &t, &ctx, &pad, 0),
+        std::slice::from_ref(&x),
+        opts,
+    )
+    .unwrap();
     // With respect to a few elements of some parameters, by hand.
     let w = randn((2, 3, 8, 8), 6);
-    let loss = |u: &UNet| u.forward(&x, &t, &ctx, &pad, 0).unwrap().mul(&w).unwrap().sum_all().unwrap();
+    let loss = |u: &UNet| {
+        u.forward(&x, &t, &ctx, &pad, 0)
+            .unwrap()
+            .mul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
     let params = unet.named_parameters();
     params.iter().for_each(|(_, p)| p.zero_grad()); // the check above left its gradients
     loss(&unet).backward().unwrap();
@@ -275,7 +371,11 @@ fn unet_gradients_match_finite_differences_in_f64() {
             };
             let eps = 1e-5;
             let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            assign(p, &Tensor::from_vec(base.clone(), p.shape().clone(), CPU).unwrap()).unwrap();
+            assign(
+                p,
+                &Tensor::from_vec(base.clone(), p.shape().clone(), CPU).unwrap(),
+            )
+            .unwrap();
             assert!(
                 (g[j] - numeric).abs() <= 1e-6 + 1e-4 * numeric.abs(),
                 "{name}[{j}]: analytic {} vs numeric {numeric}",
@@ -289,19 +389,41 @@ fn unet_gradients_match_finite_differences_in_f64() {
 fn text_states_ignore_padding() {
     manual_seed(3);
     let tok = CharTokenizer::from_text(&caption_alphabet());
-    let cfg = CharTextEncoderConfig { vocab_size: tok.vocab_size(), max_len: 48, dim: 16, num_heads: 2, num_layers: 2 };
+    let cfg = CharTextEncoderConfig {
+        vocab_size: tok.vocab_size(),
+        max_len: 48,
+        dim: 16,
+        num_heads: 2,
+        num_layers: 2,
+    };
     let enc = CharTextEncoder::new(cfg, CPU).unwrap();
     let alone = enc.encode_ids(&tok, &["a red circle"], CPU).unwrap();
-    let padded = enc.encode_ids(&tok, &["a red circle", "a very much longer caption here"], CPU).unwrap();
+    let padded = enc
+        .encode_ids(
+            &tok,
+            &["a red circle", "a very much longer caption here"],
+            CPU,
+        )
+        .unwrap();
     let (sa, pa) = enc.forward(&alone).unwrap();
     let (sb, pb) = enc.forward(&padded).unwrap();
     let n = alone.dims()[1];
     assert_eq!(pa.to_vec::<u8>().unwrap(), vec![0u8; n]);
-    assert_eq!(pb.narrow(0, 0, 1).unwrap().narrow(1, n, 1).unwrap().to_vec::<u8>().unwrap(), vec![1u8]);
+    assert_eq!(
+        pb.narrow(0, 0, 1)
+            .unwrap()
+            .narrow(1, n, 1)
+            .unwrap()
+            .to_vec::<u8>()
+            .unwrap(),
+        vec![1u8]
+    );
     let real = sb.narrow(0, 0, 1).unwrap().narrow(1, 0, n).unwrap();
     assert!(max_abs_diff(&sa, &real) < 1e-5);
     // The empty (null) prompt is one real token.
-    let (s0, p0) = enc.forward(&enc.encode_ids(&tok, &[""], CPU).unwrap()).unwrap();
+    let (s0, p0) = enc
+        .forward(&enc.encode_ids(&tok, &[""], CPU).unwrap())
+        .unwrap();
     assert_eq!((s0.dims()[1], p0.to_vec::<u8>().unwrap()), (1, vec![0u8]));
 }
 
@@ -311,7 +433,10 @@ fn tiny_config() -> DiffusionConfig {
         train_steps: 50,
         schedule: BetaSchedule::cosine(),
         prediction: Prediction::Epsilon,
-        unet: UNetConfig { context_dim: 16, ..tiny_unet_config() },
+        unet: UNetConfig {
+            context_dim: 16,
+            ..tiny_unet_config()
+        },
         text_max_len: 48,
         text_dim: 16,
         text_heads: 2,
@@ -321,11 +446,19 @@ fn tiny_config() -> DiffusionConfig {
 
 fn tiny_model(seed: u64) -> TextToImage {
     manual_seed(seed);
-    TextToImage::new(tiny_config(), CharTokenizer::from_text(&caption_alphabet()), CPU).unwrap()
+    TextToImage::new(
+        tiny_config(),
+        CharTokenizer::from_text(&caption_alphabet()),
+        CPU,
+    )
+    .unwrap()
 }
 
 fn values(m: &TextToImage) -> Vec<(String, Vec<f64>)> {
-    m.named_parameters().into_iter().map(|(n, t)| (n, t.to_vec_f64().unwrap())).collect()
+    m.named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec_f64().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -366,10 +499,21 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     assert_ne!(values(&raw), values(&a));
     // Sampling from the loaded model: shapes, range, both samplers, with guidance.
     for sampler in [Sampler::Ddpm, Sampler::Ddim] {
-        let opts = SampleOpts { sampler, steps: 5, guidance: 2.0, ..Default::default() };
-        let img = a.sample(&["a red circle", "the square is blue"], 2, &opts, || {}).unwrap();
+        let opts = SampleOpts {
+            sampler,
+            steps: 5,
+            guidance: 2.0,
+            ..Default::default()
+        };
+        let img = a
+            .sample(&["a red circle", "the square is blue"], 2, &opts, || {})
+            .unwrap();
         assert_eq!(img.dims(), &[4, 3, 8, 8]);
-        assert!(img.to_vec_f64().unwrap().iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(img
+            .to_vec_f64()
+            .unwrap()
+            .iter()
+            .all(|v| (0.0..=1.0).contains(v)));
     }
     // A file that is not a diffusion checkpoint is an error naming it.
     let err = load_diffusion(&dir.join("missing.safetensors"), CPU, true)
@@ -393,7 +537,12 @@ fn training_lowers_the_denoising_loss() {
     };
     let r = train_diffusion(&model, &cfg).unwrap();
     assert!(r.first_loss > 0.5, "first loss {}", r.first_loss);
-    assert!(r.final_loss < 0.6 * r.first_loss, "loss {} -> {}", r.first_loss, r.final_loss);
+    assert!(
+        r.final_loss < 0.6 * r.first_loss,
+        "loss {} -> {}",
+        r.first_loss,
+        r.final_loss
+    );
 }
 
 #[test]
@@ -404,7 +553,11 @@ fn frechet_distance_matches_closed_forms() {
     let n = 40;
     let a = randn(n * d, 1).to_vec_f64().unwrap();
     assert!(frechet_distance(&a, n, &a, n, d).unwrap() < 1e-8);
-    let shifted: Vec<f64> = a.iter().enumerate().map(|(i, v)| v + if i % d == 2 { 3.0 } else { 0.0 }).collect();
+    let shifted: Vec<f64> = a
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + if i % d == 2 { 3.0 } else { 0.0 })
+        .collect();
     assert!((frechet_distance(&a, n, &shifted, n, d).unwrap() - 9.0).abs() < 1e-6);
     // One dimension: (m1 - m2)^2 + (s1 - s2)^2.
     let x: Vec<f64> = (0..50).map(|i| i as f64).collect();

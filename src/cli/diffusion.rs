@@ -6,7 +6,9 @@ use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 use tessera::data::shapes::caption_alphabet;
 use tessera::data::CharTokenizer;
-use tessera::diffusion::{BetaSchedule, DiffusionConfig, Prediction, SampleOpts, Sampler, TextToImage};
+use tessera::diffusion::{
+    BetaSchedule, DiffusionConfig, Prediction, SampleOpts, Sampler, TextToImage,
+};
 use tessera::io::{grid, Image};
 use tessera::train::diffusion::{load_diffusion, train_diffusion, DiffusionTrainConfig};
 
@@ -34,6 +36,13 @@ pub struct TrainDiffusionArgs {
     pub prediction: String,
     #[arg(long, default_value_t = 0.995)]
     pub ema_decay: f64,
+    /// U-Net width of the first level (later levels: 2x, 2x).
+    #[arg(long, default_value_t = 32)]
+    pub base_channels: usize,
+    /// U-Net levels with attention blocks (0 = 32 px, 1 = 16 px, 2 = 8 px), comma-separated;
+    /// the middle always has one.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    pub attention_levels: Vec<usize>,
     #[arg(long, default_value_t = 250)]
     pub checkpoint_every: u64,
     /// Continue from the checkpoint in `--out` if it exists.
@@ -91,10 +100,16 @@ pub struct SampleDiffusionArgs {
 pub fn train(a: &TrainDiffusionArgs) -> anyhow::Result<()> {
     let device = resolve_device(a.device, a.json)?;
     std::fs::create_dir_all(&a.out).map_err(|e| tessera::Error::io(&a.out, e))?;
+    let small = DiffusionConfig::small();
     let config = DiffusionConfig {
         schedule: BetaSchedule::from_name(&a.schedule)?,
         prediction: Prediction::from_name(&a.prediction)?,
-        ..DiffusionConfig::small()
+        unet: tessera::models::unet::UNetConfig {
+            base_channels: a.base_channels,
+            attention_levels: a.attention_levels.clone(),
+            ..small.unet.clone()
+        },
+        ..small
     };
     tessera::random::manual_seed(a.seed);
     let model = TextToImage::new(
@@ -176,7 +191,9 @@ pub fn sample(a: &SampleDiffusionArgs) -> anyhow::Result<()> {
     };
     let prompts: Vec<&str> = a.prompt.iter().map(|s| s.as_str()).collect();
     let t0 = std::time::Instant::now();
-    write_samples(&a.ckpt, &prompts, a.count, &opts, !a.no_ema, device, &a.out, a.json)?;
+    write_samples(
+        &a.ckpt, &prompts, a.count, &opts, !a.no_ema, device, &a.out, a.json,
+    )?;
     if a.json {
         println!(
             "{}",
@@ -188,7 +205,12 @@ pub fn sample(a: &SampleDiffusionArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("wrote {} ({} prompts x {})", a.out.display(), prompts.len(), a.count);
+        println!(
+            "wrote {} ({} prompts x {})",
+            a.out.display(),
+            prompts.len(),
+            a.count
+        );
     }
     Ok(())
 }

@@ -10,8 +10,7 @@
 use super::frechet::frechet_distance;
 use super::text_to_image::{SampleOpts, TextToImage};
 use crate::data::shapes::{
-    fill, random_label, RenderOpts, ShapeLabel, ShapesDataset, COLOURS, HELD_OUT_TEMPLATES,
-    SHAPES,
+    fill, random_label, RenderOpts, ShapeLabel, ShapesDataset, COLOURS, HELD_OUT_TEMPLATES, SHAPES,
 };
 use crate::models::resnet::ResNet18;
 use crate::nn::Module;
@@ -54,7 +53,10 @@ pub fn held_out_prompts(rng: &mut Rng) -> Vec<(String, ShapeLabel)> {
 /// Predicted (shape, colour) of each picture `[N, 3, S, S]` in [0, 1].
 fn classify(classifier: &ResNet18, images: &Tensor) -> Result<Vec<(usize, usize)>> {
     let logits = crate::no_grad(|| classifier.forward(images))?;
-    let s = logits.narrow(1, 0, SHAPES.len())?.argmax(1)?.to_vec::<i64>()?;
+    let s = logits
+        .narrow(1, 0, SHAPES.len())?
+        .argmax(1)?
+        .to_vec::<i64>()?;
     let c = logits
         .narrow(1, SHAPES.len(), COLOURS.len())?
         .argmax(1)?
@@ -68,6 +70,7 @@ fn classify(classifier: &ResNet18, images: &Tensor) -> Result<Vec<(usize, usize)
 /// Generates `per_prompt` pictures for each held-out prompt (`prompts_per_batch` prompts at a
 /// time) and scores them. `classifier_size` is the image side the classifier was trained on.
 /// `on_batch(done, total)` reports progress in prompts.
+#[allow(clippy::too_many_arguments)]
 pub fn prompt_adherence(
     model: &TextToImage,
     classifier: &ResNet18,
@@ -108,7 +111,10 @@ pub fn prompt_adherence(
             labels.push(want);
         }
         gen_features.extend(extract_features(classifier, &images, 64)?.to_vec_f64()?);
-        on_batch((b * prompts_per_batch + chunk.len()).min(prompts.len()), prompts.len());
+        on_batch(
+            (b * prompts_per_batch + chunk.len()).min(prompts.len()),
+            prompts.len(),
+        );
     }
     let n = labels.len();
     let real = |s: u64| -> Result<Vec<f64>> {

@@ -21,9 +21,7 @@ pub fn ddim_timesteps(train_steps: usize, steps: usize) -> Result<Vec<usize>> {
         vec![train_steps - 1]
     } else {
         (0..steps)
-            .map(|i| {
-                (i as f64 * (train_steps - 1) as f64 / (steps - 1) as f64).round() as usize
-            })
+            .map(|i| (i as f64 * (train_steps - 1) as f64 / (steps - 1) as f64).round() as usize)
             .collect()
     };
     ts.dedup();
@@ -45,7 +43,9 @@ pub fn ddim_step(
     let ab_prev = schedule.alpha_bar(t_prev);
     let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt();
     let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
-    let x = x0.affine(ab_prev.sqrt(), 0.0)?.add(&eps.affine(dir, 0.0)?)?;
+    let x = x0
+        .affine(ab_prev.sqrt(), 0.0)?
+        .add(&eps.affine(dir, 0.0)?)?;
     if sigma > 0.0 {
         x.add(&z.affine(sigma, 0.0)?)
     } else {

@@ -73,7 +73,9 @@ impl BetaSchedule {
             }
         };
         match *self {
-            BetaSchedule::Linear { start, end } => (0..steps).map(|i| lerp(start, end, i)).collect(),
+            BetaSchedule::Linear { start, end } => {
+                (0..steps).map(|i| lerp(start, end, i)).collect()
+            }
             BetaSchedule::ScaledLinear { start, end } => (0..steps)
                 .map(|i| lerp(start.sqrt(), end.sqrt(), i).powi(2))
                 .collect(),
@@ -90,7 +92,11 @@ impl BetaSchedule {
 
 /// `f(u) / f(0)` of the cosine schedule at `u = t / T` in [0, 1].
 pub fn cosine_alpha_bar(u: f64, s: f64) -> f64 {
-    let f = |u: f64| ((u + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
+    let f = |u: f64| {
+        ((u + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2)
+            .cos()
+            .powi(2)
+    };
     f(u) / f(0.0)
 }
 
@@ -191,7 +197,9 @@ impl NoiseSchedule {
     /// `f(alpha_bar_t)` per sample as `[B, 1, ..]` in `like`'s dtype and device.
     fn coef(&self, like: &Tensor, t: &[usize], f: impl Fn(f64) -> f64) -> Result<Tensor> {
         per_sample(
-            &t.iter().map(|&t| f(self.alphas_cumprod[t])).collect::<Vec<_>>(),
+            &t.iter()
+                .map(|&t| f(self.alphas_cumprod[t]))
+                .collect::<Vec<_>>(),
             like,
         )
     }
@@ -243,12 +251,7 @@ impl NoiseSchedule {
     }
 
     /// From `v` and `x_t`: `x0 = sqrt(ab) x_t - sqrt(1 - ab) v`, `eps = sqrt(1 - ab) x_t + sqrt(ab) v`.
-    pub fn x0_eps_from_v(
-        &self,
-        x_t: &Tensor,
-        v: &Tensor,
-        t: &[usize],
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn x0_eps_from_v(&self, x_t: &Tensor, v: &Tensor, t: &[usize]) -> Result<(Tensor, Tensor)> {
         self.check_steps("x0_eps_from_v", x_t, t)?;
         let a = self.coef(x_t, t, f64::sqrt)?;
         let s = self.coef(x_t, t, |ab| (1.0 - ab).sqrt())?;

@@ -151,7 +151,7 @@ impl TextToImage {
             )));
         }
         let m = config.unet.size_multiple();
-        if config.image_size == 0 || config.image_size % m != 0 {
+        if config.image_size == 0 || !config.image_size.is_multiple_of(m) {
             return Err(Error::msg(format!(
                 "TextToImage: image size {} is not a positive multiple of {m}",
                 config.image_size
@@ -186,9 +186,7 @@ impl TextToImage {
         noise: &Tensor,
     ) -> Result<Tensor> {
         let x_t = self.schedule.q_sample(x0, noise, t)?;
-        let target = self
-            .schedule
-            .target(self.config.prediction, x0, noise, t)?;
+        let target = self.schedule.target(self.config.prediction, x0, noise, t)?;
         mse_loss(&self.predict(&x_t, t, prompts)?, &target)
     }
 
@@ -229,13 +227,9 @@ impl TextToImage {
                     x.clone()
                 };
                 let ts = vec![t; x_in.dims()[0]];
-                let out = self.unet.forward(
-                    &x_in,
-                    &ts,
-                    &text.states,
-                    &text.padding,
-                    CURRENT_CAPTION,
-                )?;
+                let out =
+                    self.unet
+                        .forward(&x_in, &ts, &text.states, &text.padding, CURRENT_CAPTION)?;
                 if use_cfg {
                     guided(&out.narrow(0, 0, b)?, &out.narrow(0, b, b)?, opts.guidance)
                 } else {

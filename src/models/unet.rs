@@ -19,11 +19,10 @@
 //! pre-LN transformer block (self-attention, cross-attention whose keys and values come from
 //! the text states, MLP), `proj_out`, plus the input.
 
-use crate::nn::{
-    children_parameters, prefixed, Conv2d, Embedding, GroupNorm, Linear, Module,
-    TransformerBlock,
-};
 use crate::nn::transformer::TransformerBlockConfig;
+use crate::nn::{
+    children_parameters, prefixed, Conv2d, Embedding, GroupNorm, Linear, Module, TransformerBlock,
+};
 use crate::ops::{AttentionOpts, Conv2dParams};
 use crate::{DType, Device, Error, Result, Tensor};
 
@@ -120,15 +119,28 @@ impl UNetConfig {
         }
         for l in 0..self.channel_mult.len() {
             let w = self.width(l);
-            if w == 0 || self.groups == 0 || w % self.groups != 0 {
-                return bad(format!("width {w} of level {l} does not split into {} groups", self.groups));
+            if w == 0 || self.groups == 0 || !w.is_multiple_of(self.groups) {
+                return bad(format!(
+                    "width {w} of level {l} does not split into {} groups",
+                    self.groups
+                ));
             }
-            if self.num_heads == 0 || w % self.num_heads != 0 {
-                return bad(format!("width {w} of level {l} does not split into {} heads", self.num_heads));
+            if self.num_heads == 0 || !w.is_multiple_of(self.num_heads) {
+                return bad(format!(
+                    "width {w} of level {l} does not split into {} heads",
+                    self.num_heads
+                ));
             }
         }
-        if let Some(l) = self.attention_levels.iter().find(|&&l| l >= self.channel_mult.len()) {
-            return bad(format!("attention level {l} does not exist ({} levels)", self.channel_mult.len()));
+        if let Some(l) = self
+            .attention_levels
+            .iter()
+            .find(|&&l| l >= self.channel_mult.len())
+        {
+            return bad(format!(
+                "attention level {l} does not exist ({} levels)",
+                self.channel_mult.len()
+            ));
         }
         if self.num_condition_types == 0 {
             return bad("num_condition_types must be at least 1".into());
@@ -188,7 +200,14 @@ pub struct ResBlock {
 impl ResBlock {
     fn new(c_in: usize, c_out: usize, temb: usize, groups: usize, device: Device) -> Result<Self> {
         let skip = if c_in != c_out {
-            Some(Conv2d::new(c_in, c_out, 1, Conv2dParams::default(), true, device)?)
+            Some(Conv2d::new(
+                c_in,
+                c_out,
+                1,
+                Conv2dParams::default(),
+                true,
+                device,
+            )?)
         } else {
             None
         };
@@ -280,9 +299,9 @@ impl SpatialTransformer {
             key_padding_mask: Some(padding.clone()),
             ..Default::default()
         };
-        let tokens = self
-            .block
-            .forward(&tokens, &AttentionOpts::default(), Some((context, &cross)))?;
+        let tokens =
+            self.block
+                .forward(&tokens, &AttentionOpts::default(), Some((context, &cross)))?;
         let out = self
             .proj_out
             .forward(&tokens)?
@@ -315,8 +334,16 @@ pub struct Level {
 impl Level {
     fn into_dtype(self, dtype: DType) -> Result<Self> {
         Ok(Level {
-            res: self.res.into_iter().map(|r| r.into_dtype(dtype)).collect::<Result<_>>()?,
-            attn: self.attn.into_iter().map(|a| a.into_dtype(dtype)).collect::<Result<_>>()?,
+            res: self
+                .res
+                .into_iter()
+                .map(|r| r.into_dtype(dtype))
+                .collect::<Result<_>>()?,
+            attn: self
+                .attn
+                .into_iter()
+                .map(|a| a.into_dtype(dtype))
+                .collect::<Result<_>>()?,
             resample: self.resample.map(|c| c.into_dtype(dtype)).transpose()?,
         })
     }
@@ -358,9 +385,15 @@ impl UNet {
         let mut ch = c0;
         for l in 0..levels {
             let w = c.width(l);
-            let mut level = Level { res: vec![], attn: vec![], resample: None };
+            let mut level = Level {
+                res: vec![],
+                attn: vec![],
+                resample: None,
+            };
             for _ in 0..c.res_blocks_per_level {
-                level.res.push(ResBlock::new(ch, w, temb, c.groups, device)?);
+                level
+                    .res
+                    .push(ResBlock::new(ch, w, temb, c.groups, device)?);
                 if has_attn(l) {
                     level.attn.push(SpatialTransformer::new(w, c, device)?);
                 }
@@ -380,10 +413,18 @@ impl UNet {
         let mut up: Vec<Option<Level>> = (0..levels).map(|_| None).collect();
         for l in (0..levels).rev() {
             let w = c.width(l);
-            let mut level = Level { res: vec![], attn: vec![], resample: None };
+            let mut level = Level {
+                res: vec![],
+                attn: vec![],
+                resample: None,
+            };
             for _ in 0..=c.res_blocks_per_level {
-                let skip = skips.pop().ok_or_else(|| Error::msg("UNet: skip widths ran out"))?;
-                level.res.push(ResBlock::new(ch + skip, w, temb, c.groups, device)?);
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| Error::msg("UNet: skip widths ran out"))?;
+                level
+                    .res
+                    .push(ResBlock::new(ch + skip, w, temb, c.groups, device)?);
                 if has_attn(l) {
                     level.attn.push(SpatialTransformer::new(w, c, device)?);
                 }
@@ -445,18 +486,33 @@ impl UNet {
     ) -> Result<Tensor> {
         let c = &self.config;
         let m = c.size_multiple();
-        if x.rank() != 4 || x.dims()[1] != c.in_channels || x.dims()[2] % m != 0 || x.dims()[3] % m != 0 {
+        if x.rank() != 4
+            || x.dims()[1] != c.in_channels
+            || !x.dims()[2].is_multiple_of(m)
+            || !x.dims()[3].is_multiple_of(m)
+        {
             return Err(Error::shape(
                 "UNet",
-                format!("expected x [B, {}, H, W] with H and W multiples of {m}", c.in_channels),
+                format!(
+                    "expected x [B, {}, H, W] with H and W multiples of {m}",
+                    c.in_channels
+                ),
                 &[x.shape()],
             ));
         }
         let b = x.dims()[0];
-        if t.len() != b || context.rank() != 3 || context.dims()[0] != b || context.dims()[2] != c.context_dim {
+        if t.len() != b
+            || context.rank() != 3
+            || context.dims()[0] != b
+            || context.dims()[2] != c.context_dim
+        {
             return Err(Error::shape(
                 "UNet",
-                format!("{} timesteps; expected context [B, S, {}] with B = {b}", t.len(), c.context_dim),
+                format!(
+                    "{} timesteps; expected context [B, S, {}] with B = {b}",
+                    t.len(),
+                    c.context_dim
+                ),
                 &[x.shape(), context.shape()],
             ));
         }
@@ -468,7 +524,9 @@ impl UNet {
         }
         let dtype = self.conv_in.weight.dtype();
         let temb = timestep_embedding(t, c.base_channels, dtype, x.device())?;
-        let temb = self.time_fc2.forward(&self.time_fc1.forward(&temb)?.silu()?)?;
+        let temb = self
+            .time_fc2
+            .forward(&self.time_fc1.forward(&temb)?.silu()?)?;
         let temb = temb.silu()?; // every ResBlock projects SiLU(temb)
         let context = context.add(&self.cond_type_emb.weight.narrow(0, cond_type, 1)?)?;
 
@@ -492,7 +550,9 @@ impl UNet {
         h = self.mid_res2.forward(&h, &temb)?;
         for level in self.up.iter().rev() {
             for (i, res) in level.res.iter().enumerate() {
-                let skip = skips.pop().ok_or_else(|| Error::msg("UNet: skips ran out"))?;
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| Error::msg("UNet: skips ran out"))?;
                 h = res.forward(&Tensor::cat(&[h, skip], 1)?, &temb)?;
                 if let Some(attn) = level.attn.get(i) {
                     h = attn.forward(&h, &context, padding)?;
@@ -516,7 +576,10 @@ impl Module for UNet {
             ("conv_in", &self.conv_in),
         ]);
         for (l, level) in self.down.iter().enumerate() {
-            v.extend(prefixed(&format!("down.{l}"), level.named_parameters("downsample")));
+            v.extend(prefixed(
+                &format!("down.{l}"),
+                level.named_parameters("downsample"),
+            ));
         }
         v.extend(children_parameters(&[
             ("mid.res1", &self.mid_res1),
@@ -524,7 +587,10 @@ impl Module for UNet {
             ("mid.res2", &self.mid_res2),
         ]));
         for (l, level) in self.up.iter().enumerate() {
-            v.extend(prefixed(&format!("up.{l}"), level.named_parameters("upsample")));
+            v.extend(prefixed(
+                &format!("up.{l}"),
+                level.named_parameters("upsample"),
+            ));
         }
         v.extend(children_parameters(&[
             ("norm_out", &self.norm_out),

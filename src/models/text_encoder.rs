@@ -68,6 +68,17 @@ impl CharTextEncoder {
             config,
         };
         init_gpt2(&model.named_parameters(), device)?;
+        // Token embeddings N(0, 1), not GPT-2's 0.02: trained from scratch as a conditioner,
+        // tiny embeddings leave every prompt's states nearly alike, the U-Net learns to ignore
+        // them and they get no signal back (seen in a 1500-step run: shuffled captions gave
+        // the same loss to 5 digits).
+        let w = &model.tok_emb.weight;
+        w.copy_from(&crate::nn::init::normal(
+            0.0,
+            1.0,
+            w.shape().clone(),
+            device,
+        )?)?;
         Ok(model)
     }
 

@@ -5,6 +5,8 @@
 //! ```text
 //! t [B] --sinusoidal(C0)--> time_mlp (Linear C0->E, SiLU, Linear E->E)           temb [B, E]
 //! context [B, S, D] + cond_type_emb[type]   (AR-LDM's type embedding: which conditioning)
+//! temb += text_pool_proj(mean of the context over its real tokens)   (GLIDE: a global path
+//!         for what the whole picture shares, e.g. its colour, beside the cross-attention)
 //! x [B, 3, H, W] --conv_in--> [B, C0, H, W]                                       skip
 //! down.l (l = 0..L):  res.i (ResBlock, + attn.i where level l has attention)      skip each
 //!                     downsample (3x3 conv, stride 2) unless last level           skip
@@ -361,6 +363,7 @@ pub struct UNet {
     pub config: UNetConfig,
     pub time_fc1: Linear,
     pub time_fc2: Linear,
+    pub text_pool_proj: Linear,
     pub cond_type_emb: Embedding,
     pub conv_in: Conv2d,
     pub down: Vec<Level>,
@@ -438,6 +441,7 @@ impl UNet {
         Ok(UNet {
             time_fc1: Linear::new(c0, temb, true, device)?,
             time_fc2: Linear::new(temb, temb, true, device)?,
+            text_pool_proj: Linear::new(c.context_dim, temb, true, device)?,
             cond_type_emb: Embedding::with_std(c.num_condition_types, c.context_dim, 0.02, device)?,
             conv_in: conv3x3(c.in_channels, c0, 1, device)?,
             down,
@@ -460,6 +464,7 @@ impl UNet {
         Ok(UNet {
             time_fc1: self.time_fc1.into_dtype(dtype)?,
             time_fc2: self.time_fc2.into_dtype(dtype)?,
+            text_pool_proj: self.text_pool_proj.into_dtype(dtype)?,
             cond_type_emb: self.cond_type_emb.into_dtype(dtype)?,
             conv_in: self.conv_in.into_dtype(dtype)?,
             down: levels(self.down)?,
@@ -527,8 +532,15 @@ impl UNet {
         let temb = self
             .time_fc2
             .forward(&self.time_fc1.forward(&temb)?.silu()?)?;
-        let temb = temb.silu()?; // every ResBlock projects SiLU(temb)
         let context = context.add(&self.cond_type_emb.weight.narrow(0, cond_type, 1)?)?;
+        // Mean of the context over its real (non-padding) tokens, [B, D].
+        let keep = padding.to_dtype(dtype)?.affine(-1.0, 1.0)?.unsqueeze(2)?; // [B, S, 1]
+        let pooled = context
+            .mul(&keep)?
+            .sum(1)?
+            .div(&keep.sum(1)?.clamp(1.0, f64::INFINITY)?)?;
+        let temb = temb.add(&self.text_pool_proj.forward(&pooled)?)?;
+        let temb = temb.silu()?; // every ResBlock projects SiLU(temb)
 
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
@@ -572,6 +584,7 @@ impl Module for UNet {
         let mut v = children_parameters(&[
             ("time_mlp.fc1", &self.time_fc1),
             ("time_mlp.fc2", &self.time_fc2),
+            ("text_pool_proj", &self.text_pool_proj),
             ("cond_type_emb", &self.cond_type_emb),
             ("conv_in", &self.conv_in),
         ]);

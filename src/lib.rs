@@ -26,6 +26,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod diffusion;
 pub mod error;
 pub mod io;
 /// CUDA kernel sources embedded by `build.rs` (see `kernels/README.md`).

@@ -329,11 +329,14 @@ fn write_grid(gallery: &CaptionedImages, best: &[(usize, f64)], path: &Path) -> 
 pub enum EvalCommand {
     /// Zero-shot classification of a CLIP checkpoint on the test split.
     Clip(EvalClipArgs),
+    /// Prompt adherence and a Frechet distance of a text-to-image diffusion checkpoint.
+    Diffusion(super::diffusion::EvalDiffusionArgs),
 }
 
 pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Clip(a) => eval(&a),
+        EvalCommand::Diffusion(a) => super::diffusion::eval(&a),
     }
 }
 

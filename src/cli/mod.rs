@@ -7,6 +7,7 @@ mod check_kernels;
 mod clip;
 mod data;
 mod demo;
+mod diffusion;
 mod info;
 mod query;
 mod sample;

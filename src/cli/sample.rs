@@ -10,6 +10,8 @@ use tessera::train::char_lm::load_char_lm;
 pub enum SampleCommand {
     /// The char-level transformer language model.
     Char(SampleCharArgs),
+    /// Pictures from the text-to-image diffusion model, as a PNG grid (one row per prompt).
+    Diffusion(super::diffusion::SampleDiffusionArgs),
 }
 
 #[derive(Args, Debug)]
@@ -31,7 +33,10 @@ pub struct SampleCharArgs {
 }
 
 pub fn run(cmd: SampleCommand) -> anyhow::Result<()> {
-    let SampleCommand::Char(a) = cmd;
+    let a = match cmd {
+        SampleCommand::Char(a) => a,
+        SampleCommand::Diffusion(a) => return super::diffusion::sample(&a),
+    };
     println!(
         "{}",
         sample_text(&a.ckpt, &a.prompt, a.len, a.top_p, a.temperature, a.seed)?

@@ -19,6 +19,8 @@ pub enum TrainCommand {
     Caption(super::t2f_train::StageArgs),
     /// The text-to-feature model, initialized from the captioner.
     T2f(super::t2f_train::StageArgs),
+    /// The text-to-image diffusion model (U-Net + char text encoder) on the shapes.
+    Diffusion(super::diffusion::TrainDiffusionArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -71,6 +73,7 @@ pub fn run(cmd: TrainCommand) -> anyhow::Result<()> {
         TrainCommand::Resnet(a) => super::t2f_train::resnet(&a),
         TrainCommand::Caption(a) => super::t2f_train::caption(&a),
         TrainCommand::T2f(a) => super::t2f_train::t2f(&a),
+        TrainCommand::Diffusion(a) => super::diffusion::train(&a),
     }
 }
 

@@ -5,5 +5,7 @@ pub mod char_transformer;
 pub mod clip;
 pub mod resnet;
 pub mod retrieval;
+pub mod text_encoder;
 pub mod text_to_feature;
+pub mod unet;
 pub mod vit;

@@ -41,6 +41,14 @@ impl Conv2d {
             params,
         })
     }
+    /// The same layer with its parameters converted to `dtype` (fresh leaves).
+    pub fn into_dtype(self, dtype: crate::DType) -> Result<Self> {
+        Ok(Conv2d {
+            weight: super::cast_param(&self.weight, dtype)?,
+            bias: super::cast_opt(&self.bias, dtype)?,
+            params: self.params,
+        })
+    }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.weight, self.bias.as_ref(), self.params)
     }

@@ -70,6 +70,15 @@ impl GroupNorm {
             eps,
         })
     }
+    /// The same layer with its affine parameters converted to `dtype` (fresh leaves).
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        Ok(GroupNorm {
+            num_groups: self.num_groups,
+            weight: super::cast_opt(&self.weight, dtype)?,
+            bias: super::cast_opt(&self.bias, dtype)?,
+            eps: self.eps,
+        })
+    }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.group_norm(
             self.num_groups,

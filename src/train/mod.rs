@@ -3,6 +3,7 @@
 pub mod captioner;
 pub mod char_lm;
 pub mod clip;
+pub mod diffusion;
 pub mod progress;
 pub mod shapes_resnet;
 pub mod t2f_pipeline;

@@ -1,0 +1,122 @@
+//! What turns prompts into the token states the U-Net cross-attends to.
+//!
+//! [`Conditioner`] is an enum with one arm per kind of text encoder, so a checkpoint can name
+//! its kind (`"char"`) and be rebuilt. Today: a small char-level encoder trained jointly with
+//! the U-Net. The CLIP text encoder (`models::clip`) fits as another arm: it only has to give
+//! `[B, S, D]` states with a `[B, S]` padding mask (and may stay frozen).
+
+use crate::data::CharTokenizer;
+use crate::models::text_encoder::{CharTextEncoder, CharTextEncoderConfig};
+use crate::nn::{prefixed, Module};
+use crate::{Device, Error, Result, Tensor};
+
+/// Token states of a batch of prompts.
+pub struct TextStates {
+    /// `[B, S, D]`.
+    pub states: Tensor,
+    /// `[B, S]` u8, 1 = padding (ignored by the cross-attention).
+    pub padding: Tensor,
+}
+
+/// The char-level encoder with its tokenizer.
+pub struct CharConditioner {
+    pub tokenizer: CharTokenizer,
+    pub encoder: CharTextEncoder,
+}
+
+pub enum Conditioner {
+    Char(CharConditioner),
+}
+
+impl Conditioner {
+    /// A fresh char-level conditioner for `tokenizer`'s vocabulary.
+    pub fn new_char(
+        tokenizer: CharTokenizer,
+        max_len: usize,
+        dim: usize,
+        num_heads: usize,
+        num_layers: usize,
+        device: Device,
+    ) -> Result<Self> {
+        let encoder = CharTextEncoder::new(
+            CharTextEncoderConfig {
+                vocab_size: tokenizer.vocab_size(),
+                max_len,
+                dim,
+                num_heads,
+                num_layers,
+            },
+            device,
+        )?;
+        Ok(Conditioner::Char(CharConditioner { tokenizer, encoder }))
+    }
+
+    /// `"char"` (what a checkpoint records).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Conditioner::Char(_) => "char",
+        }
+    }
+
+    /// Width `D` of the states.
+    pub fn context_dim(&self) -> usize {
+        match self {
+            Conditioner::Char(c) => c.encoder.config.dim,
+        }
+    }
+
+    /// The states of `prompts` (with a graph when the encoder trains).
+    pub fn encode(&self, prompts: &[&str], device: Device) -> Result<TextStates> {
+        if prompts.is_empty() {
+            return Err(Error::msg("Conditioner::encode: no prompts"));
+        }
+        match self {
+            Conditioner::Char(c) => {
+                let ids = c.encoder.encode_ids(&c.tokenizer, prompts, device)?;
+                let (states, padding) = c.encoder.forward(&ids)?;
+                Ok(TextStates { states, padding })
+            }
+        }
+    }
+
+    /// The config and tokenizer as JSON (for checkpoint metadata).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Conditioner::Char(c) => serde_json::json!({
+                "kind": "char",
+                "encoder": c.encoder.config.to_json(),
+                "tokenizer": c.tokenizer.to_json(),
+            }),
+        }
+    }
+
+    /// Rebuilds (fresh weights) what [`to_json`](Self::to_json) described.
+    pub fn from_json(v: &serde_json::Value, device: Device) -> Result<Self> {
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("char") => {
+                let enc = v
+                    .get("encoder")
+                    .ok_or_else(|| Error::msg("conditioner JSON: missing encoder"))?;
+                let tok = v
+                    .get("tokenizer")
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| Error::msg("conditioner JSON: missing tokenizer"))?;
+                Ok(Conditioner::Char(CharConditioner {
+                    tokenizer: CharTokenizer::from_json(tok)?,
+                    encoder: CharTextEncoder::new(CharTextEncoderConfig::from_json(enc)?, device)?,
+                }))
+            }
+            other => Err(Error::msg(format!(
+                "conditioner JSON: unknown kind {other:?} (expected \"char\")"
+            ))),
+        }
+    }
+}
+
+impl Module for Conditioner {
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Conditioner::Char(c) => prefixed("char_encoder", c.encoder.named_parameters()),
+        }
+    }
+}

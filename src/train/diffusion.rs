@@ -1,0 +1,265 @@
+//! Trains the text-to-image diffusion model on the built-in shapes.
+//!
+//! Every step draws a fresh batch (seeded by `(seed, step)`, as `shapes_resnet` does):
+//! jittered pictures, a caption for each from the *training* templates (10% replaced by the
+//! null prompt for classifier-free guidance), a timestep per picture (uniform over `0..T`) and
+//! the Gaussian noise. So a run never repeats a batch, and resuming at step `k` sees exactly
+//! the batches an uninterrupted run sees. AdamW with warmup + cosine decay, gradient clipping
+//! at 1.0, an EMA of the weights (what sampling uses). Checkpoints (weights, optimizer, EMA,
+//! config and tokenizer in the metadata) are written atomically every `checkpoint_every`
+//! steps and at the end.
+
+use crate::data::shapes::{train_caption, RenderOpts, ShapesDataset};
+use crate::diffusion::guidance::{drop_captions, CFG_DROPOUT};
+use crate::diffusion::{Conditioner, DiffusionConfig, TextToImage};
+use crate::io::Checkpoint;
+use crate::nn::Module;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Optimizer, WarmupCosine};
+use crate::random::Rng;
+use crate::{DType, Device, Error, Result, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a checkpoint's `extra.model` says.
+pub const MODEL_KIND: &str = "text-to-image-diffusion";
+
+#[derive(Clone, Debug)]
+pub struct DiffusionTrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub seed: u64,
+    /// EMA decay of the sampling weights.
+    pub ema_decay: f64,
+    pub checkpoint: Option<PathBuf>,
+    /// Also write the checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Continue from `checkpoint` when it exists.
+    pub resume: bool,
+    /// End this session after this step (checkpoint written), as an interruption would; the
+    /// schedule still spans `steps`.
+    pub stop_at: Option<u64>,
+    pub progress: bool,
+}
+
+impl Default for DiffusionTrainConfig {
+    fn default() -> Self {
+        DiffusionTrainConfig {
+            steps: 2000,
+            batch_size: 32,
+            lr: 1e-3,
+            seed: 0,
+            ema_decay: 0.995,
+            checkpoint: None,
+            checkpoint_every: 250,
+            resume: false,
+            stop_at: None,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DiffusionReport {
+    /// The step the run started from (0, or the resumed checkpoint's).
+    pub start_step: u64,
+    pub steps: u64,
+    pub first_loss: f64,
+    /// Smoothed (EMA 0.9) loss at the end.
+    pub final_loss: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub parameters: usize,
+}
+
+/// One training batch: `x0` `[B, 3, S, S]` in [-1, 1], captions (some null), timesteps, noise.
+pub struct DiffusionBatch {
+    pub x0: Tensor,
+    pub captions: Vec<String>,
+    pub t: Vec<usize>,
+    pub noise: Tensor,
+}
+
+/// The batch of `step`: a pure function of `(seed, step)` and the sizes.
+pub fn diffusion_batch(
+    seed: u64,
+    step: u64,
+    batch_size: usize,
+    image_size: usize,
+    train_steps: usize,
+    device: Device,
+) -> Result<DiffusionBatch> {
+    let seed = seed.wrapping_mul(1_000_003).wrapping_add(step);
+    let data = ShapesDataset::generate(batch_size, &RenderOpts::new(image_size), seed, device)?;
+    let mut rng = Rng::new(seed ^ 0xCA97_10E5);
+    let mut captions: Vec<String> = data
+        .labels
+        .iter()
+        .map(|l| train_caption(l, &mut rng))
+        .collect();
+    drop_captions(&mut captions, CFG_DROPOUT, &mut rng);
+    let t = (0..batch_size).map(|_| rng.below(train_steps)).collect();
+    let noise = Tensor::randn_with_seed(
+        (batch_size, 3, image_size, image_size),
+        DType::F32,
+        device,
+        seed ^ 0x0015_E000,
+        0,
+    )?;
+    Ok(DiffusionBatch {
+        x0: data.images.affine(2.0, -1.0)?,
+        captions,
+        t,
+        noise,
+    })
+}
+
+pub fn train_diffusion(model: &TextToImage, cfg: &DiffusionTrainConfig) -> Result<DiffusionReport> {
+    if cfg.batch_size == 0 {
+        return Err(Error::msg("train diffusion: batch size must be positive"));
+    }
+    let device = model.device();
+    let params = model.named_parameters();
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let schedule = WarmupCosine::new(
+        cfg.lr,
+        cfg.lr / 10.0,
+        (cfg.steps / 20).clamp(1, 200),
+        cfg.steps.max(1),
+    )?;
+    let mut ema = Ema::new(&params, cfg.ema_decay)?;
+    let mut start = 0;
+    if let (true, Some(path)) = (cfg.resume, &cfg.checkpoint) {
+        if path.exists() {
+            let ck = crate::io::resume(path, &params, &mut opt, true)?;
+            ck.restore_ema(&mut ema)
+                .map_err(|e| Error::file(path, e.to_string()))?;
+            start = ck.step;
+        }
+    }
+    model.train();
+    let c = &model.config;
+    let pb = crate::train::progress::bar(cfg.steps, "diffusion", cfg.progress);
+    pb.set_position(start.min(cfg.steps));
+    let t0 = Instant::now();
+    let (mut first_loss, mut final_loss) = (f64::NAN, f64::NAN);
+    let end = cfg.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+    for step in start..end {
+        schedule.apply(&mut opt, step);
+        let batch = diffusion_batch(
+            cfg.seed,
+            step,
+            cfg.batch_size,
+            c.image_size,
+            c.train_steps,
+            device,
+        )?;
+        let prompts: Vec<&str> = batch.captions.iter().map(|s| s.as_str()).collect();
+        let loss = model.loss(&batch.x0, &prompts, &batch.t, &batch.noise)?;
+        let lv = loss.item()?;
+        if !lv.is_finite() {
+            return Err(Error::msg(format!(
+                "diffusion training diverged at step {step}: loss {lv}"
+            )));
+        }
+        opt.zero_grad();
+        loss.backward()?;
+        clip_grad_norm(&params, 1.0)?;
+        opt.step()?;
+        ema.update(&params)?;
+        if first_loss.is_nan() {
+            first_loss = lv;
+        }
+        final_loss = if final_loss.is_nan() {
+            lv
+        } else {
+            0.9 * final_loss + 0.1 * lv
+        };
+        pb.set_message(format!("loss {final_loss:.4}"));
+        pb.inc(1);
+        let done = step + 1;
+        if let Some(path) = &cfg.checkpoint {
+            let periodic = cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0;
+            if periodic || done == end {
+                save_diffusion(model, &opt, &ema, done, path)?;
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+    let done = end.saturating_sub(start);
+    Ok(DiffusionReport {
+        start_step: start,
+        steps: cfg.steps,
+        first_loss,
+        final_loss,
+        seconds,
+        images_per_second: (done as usize * cfg.batch_size) as f64 / seconds.max(1e-9),
+        parameters: model.num_parameters(),
+    })
+}
+
+/// Writes weights, optimizer, EMA, the config and the conditioner (with its tokenizer) to
+/// `path`, atomically.
+pub fn save_diffusion(
+    model: &TextToImage,
+    opt: &dyn Optimizer,
+    ema: &Ema,
+    step: u64,
+    path: &Path,
+) -> Result<()> {
+    let mut extra = HashMap::new();
+    extra.insert("model".to_string(), MODEL_KIND.to_string());
+    extra.insert("config".to_string(), model.config.to_json());
+    extra.insert("conditioner".to_string(), model.text.to_json().to_string());
+    Checkpoint::capture(&model.named_parameters(), opt, step, extra)
+        .with_ema(ema)
+        .save(path)
+}
+
+/// Loads a model saved by [`train_diffusion`], in eval mode, with the EMA weights when
+/// `use_ema` (and the checkpoint has them); returns it with the checkpoint's step.
+pub fn load_diffusion(path: &Path, device: Device, use_ema: bool) -> Result<(TextToImage, u64)> {
+    let ck = Checkpoint::load_to(path, device)?;
+    let get = |k: &str| {
+        ck.extra.get(k).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("not a {MODEL_KIND} checkpoint: no \"{k}\" in its metadata"),
+            )
+        })
+    };
+    if get("model")? != MODEL_KIND {
+        return Err(Error::file(
+            path,
+            format!("holds a {:?} model, not {MODEL_KIND}", get("model")?),
+        ));
+    }
+    let wrap = |e: Error| Error::file(path, e.to_string());
+    let config = DiffusionConfig::from_json(get("config")?).map_err(wrap)?;
+    let cond: serde_json::Value = serde_json::from_str(get("conditioner")?)
+        .map_err(|e| Error::file(path, format!("conditioner metadata: {e}")))?;
+    let text = Conditioner::from_json(&cond, device).map_err(wrap)?;
+    let model = TextToImage::with_conditioner(config, text, device).map_err(wrap)?;
+    let params = model.named_parameters();
+    crate::io::load_named(&params, &ck.model, true).map_err(wrap)?;
+    if use_ema && !ck.ema.is_empty() {
+        let shadow: Vec<(String, Tensor)> = ck
+            .ema
+            .iter()
+            .filter(|(n, _)| n != "num_updates")
+            .cloned()
+            .collect();
+        crate::io::load_named(&params, &shadow, true).map_err(wrap)?;
+    }
+    model.eval();
+    Ok((model, ck.step))
+}

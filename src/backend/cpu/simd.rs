@@ -34,22 +34,16 @@ static CHOSEN: AtomicU8 = AtomicU8::new(0);
 fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        let f = |s: &str| match s {
-            "avx512f" => is_x86_feature_detected!("avx512f"),
-            "avx512vl" => is_x86_feature_detected!("avx512vl"),
-            "avx512bw" => is_x86_feature_detected!("avx512bw"),
-            "avx512dq" => is_x86_feature_detected!("avx512dq"),
-            "avx2" => is_x86_feature_detected!("avx2"),
-            "fma" => is_x86_feature_detected!("fma"),
-            _ => false,
-        };
-        if ["avx512f", "avx512vl", "avx512bw", "avx512dq", "avx2", "fma"]
-            .iter()
-            .all(|s| f(s))
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
         {
             return Isa::Avx512;
         }
-        if f("avx2") && f("fma") {
+        if avx2 {
             return Isa::Avx2;
         }
     }

@@ -44,6 +44,17 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The metadata string `key` of a checkpoint read from `path`, or an error naming the file
+    /// and saying it is not a `kind` checkpoint (the loaders' common first check).
+    pub fn meta(&self, path: &std::path::Path, kind: &str, key: &str) -> Result<&str> {
+        self.extra.get(key).map(String::as_str).ok_or_else(|| {
+            crate::Error::file(
+                path,
+                format!("not a {kind} checkpoint: no \"{key}\" in its metadata"),
+            )
+        })
+    }
+
     /// Captures the current run: the parameters' and optimizer's tensors (live handles, so
     /// save before the next update), `step`, and the global generator's state.
     pub fn capture(

@@ -173,14 +173,7 @@ pub fn caption_accuracy(
 /// Loads a captioner checkpoint: the model and its tokenizer.
 pub fn load_captioner(path: &Path, device: Device) -> Result<(Captioner, CharTokenizer)> {
     let ck = Checkpoint::load_to(path, device)?;
-    let get = |k: &str| {
-        ck.extra.get(k).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("not a captioner checkpoint: no \"{k}\" in its metadata"),
-            )
-        })
-    };
+    let get = |k: &str| ck.meta(path, "captioner", k);
     let config = CaptionerConfig::from_json(get("config")?)?;
     let tokenizer = CharTokenizer::from_json(get("tokenizer")?)?;
     let model = Captioner::new(config, device)?;

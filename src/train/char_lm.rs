@@ -265,14 +265,7 @@ pub fn load_char_lm(
     device: Device,
 ) -> Result<(CharTransformer, CharTokenizer)> {
     let ck = Checkpoint::load_to(path, device)?;
-    let get = |k: &str| {
-        ck.extra.get(k).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("not a char_transformer checkpoint: no \"{k}\" in its metadata"),
-            )
-        })
-    };
+    let get = |k: &str| ck.meta(path, "char_transformer", k);
     let config = crate::models::char_transformer::CharTransformerConfig::from_json(get("config")?)?;
     let tokenizer = CharTokenizer::from_json(get("tokenizer")?)?;
     let model = CharTransformer::new(config, device)?;

@@ -229,14 +229,7 @@ pub fn save_diffusion(
 /// `use_ema` (and the checkpoint has them); returns it with the checkpoint's step.
 pub fn load_diffusion(path: &Path, device: Device, use_ema: bool) -> Result<(TextToImage, u64)> {
     let ck = Checkpoint::load_to(path, device)?;
-    let get = |k: &str| {
-        ck.extra.get(k).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("not a {MODEL_KIND} checkpoint: no \"{k}\" in its metadata"),
-            )
-        })
-    };
+    let get = |k: &str| ck.meta(path, MODEL_KIND, k);
     if get("model")? != MODEL_KIND {
         return Err(Error::file(
             path,

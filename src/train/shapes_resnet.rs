@@ -197,14 +197,7 @@ pub fn save_resnet(
 /// image size it was trained on.
 pub fn load_resnet(path: &Path, device: Device) -> Result<(ResNet18, usize)> {
     let ck = Checkpoint::load_to(path, device)?;
-    let get = |k: &str| {
-        ck.extra.get(k).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("not a resnet18 checkpoint: no \"{k}\" in its metadata"),
-            )
-        })
-    };
+    let get = |k: &str| ck.meta(path, "resnet18", k);
     let config = ResNetConfig::from_json(get("config")?)?;
     let image_size: usize = get("image_size")?
         .parse()

@@ -138,14 +138,7 @@ pub fn retrieval_accuracy(
 /// Loads a text-to-feature checkpoint: the model and its tokenizer.
 pub fn load_text_to_feature(path: &Path, device: Device) -> Result<(TextToFeature, CharTokenizer)> {
     let ck = Checkpoint::load_to(path, device)?;
-    let get = |k: &str| {
-        ck.extra.get(k).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("not a text_to_feature checkpoint: no \"{k}\" in its metadata"),
-            )
-        })
-    };
+    let get = |k: &str| ck.meta(path, "text_to_feature", k);
     let config = TextToFeatureConfig::from_json(get("config")?)?;
     let tokenizer = CharTokenizer::from_json(get("tokenizer")?)?;
     let model = TextToFeature::new(config, device)?;

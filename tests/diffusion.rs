@@ -4,15 +4,15 @@
 //! and training: resume = uninterrupted, checkpoints that load back.
 
 use tessera::autograd::gradcheck::{check_gradients, GradCheck};
-use tessera::data::shapes::caption_alphabet;
-use tessera::data::CharTokenizer;
+use tessera::data::shapes::{caption_alphabet, caption_lines};
+use tessera::data::{CharTokenizer, PromptTokenizer};
 use tessera::diffusion::guidance::drop_captions;
 use tessera::diffusion::schedule::cosine_alpha_bar;
 use tessera::diffusion::{
     ddim_sample, ddim_timesteps, ddpm_sample, guided, BetaSchedule, DiffusionConfig, NoiseSchedule,
     Prediction, SampleOpts, Sampler, StepNoise, TextToImage,
 };
-use tessera::models::text_encoder::{CharTextEncoder, CharTextEncoderConfig};
+use tessera::models::text_encoder::{PromptEncoder, PromptEncoderConfig};
 use tessera::models::unet::{UNet, UNetConfig};
 use tessera::nn::Module;
 use tessera::optim::assign;
@@ -248,6 +248,7 @@ fn tiny_unet_config() -> UNetConfig {
     UNetConfig {
         in_channels: 3,
         out_channels: 3,
+        patch_size: 1,
         base_channels: 8,
         channel_mult: vec![1, 2],
         res_blocks_per_level: 1,
@@ -336,6 +337,24 @@ fn unet_gradients_match_finite_differences_in_f64() {
         opts,
     )
     .unwrap();
+    // The patchified network (2x2 pixels folded into channels) too.
+    let patched = UNet::new(
+        UNetConfig {
+            patch_size: 2,
+            ..tiny_unet_config()
+        },
+        CPU,
+    )
+    .unwrap()
+    .into_dtype(DType::F64)
+    .unwrap();
+    assert_eq!(patched.config.size_multiple(), 4);
+    check_gradients(
+        |xs| patched.forward(&xs[0], &t, &ctx, &pad, 0),
+        std::slice::from_ref(&x),
+        opts,
+    )
+    .unwrap();
     // With respect to a few elements of some parameters, by hand.
     let w = randn((2, 3, 8, 8), 6);
     let loss = |u: &UNet| {
@@ -389,15 +408,15 @@ fn unet_gradients_match_finite_differences_in_f64() {
 #[test]
 fn text_states_ignore_padding() {
     manual_seed(3);
-    let tok = CharTokenizer::from_text(&caption_alphabet());
-    let cfg = CharTextEncoderConfig {
+    let tok = PromptTokenizer::Char(CharTokenizer::from_text(&caption_alphabet()));
+    let cfg = PromptEncoderConfig {
         vocab_size: tok.vocab_size(),
         max_len: 48,
         dim: 16,
         num_heads: 2,
         num_layers: 2,
     };
-    let enc = CharTextEncoder::new(cfg, CPU).unwrap();
+    let enc = PromptEncoder::new(cfg, CPU).unwrap();
     let alone = enc.encode_ids(&tok, &["a red circle"], CPU).unwrap();
     let padded = enc
         .encode_ids(
@@ -449,10 +468,17 @@ fn tiny_model(seed: u64) -> TextToImage {
     manual_seed(seed);
     TextToImage::new(
         tiny_config(),
-        CharTokenizer::from_text(&caption_alphabet()),
+        PromptTokenizer::Char(CharTokenizer::from_text(&caption_alphabet())),
         CPU,
     )
     .unwrap()
+}
+
+/// The same with one token per word.
+fn tiny_word_model(seed: u64) -> TextToImage {
+    manual_seed(seed);
+    let tokens = PromptTokenizer::new("word", &caption_lines()).unwrap();
+    TextToImage::new(tiny_config(), tokens, CPU).unwrap()
 }
 
 fn values(m: &TextToImage) -> Vec<(String, Vec<f64>)> {
@@ -478,14 +504,14 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         resume: true,
         progress: false,
     };
-    let whole = tiny_model(1);
+    let whole = tiny_word_model(1);
     // The same start (tests run in parallel and share the global generator, so copy it).
-    let part = tiny_model(1);
+    let part = tiny_word_model(1);
     tessera::io::load_named(&part.named_parameters(), &whole.named_parameters(), true).unwrap();
     let rw = train_diffusion(&whole, &cfg(6, "whole.safetensors")).unwrap();
     assert_eq!(rw.start_step, 0);
     train_diffusion(&part, &cfg(3, "part.safetensors")).unwrap();
-    let resumed = tiny_model(99); // other init: everything must come from the checkpoint
+    let resumed = tiny_word_model(99); // other init: everything must come from the checkpoint
     let rr = train_diffusion(&resumed, &cfg(6, "part.safetensors")).unwrap();
     assert_eq!(rr.start_step, 3);
     assert_eq!(values(&whole), values(&resumed));
@@ -494,6 +520,9 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
     let (b, _) = load_diffusion(&dir.join("part.safetensors"), CPU, true).unwrap();
     assert_eq!(step, 6);
     assert_eq!(values(&a), values(&b));
+    // The word tokenizer came back from the checkpoint's metadata.
+    assert_eq!(a.text.kind(), "word");
+    assert_eq!(tiny_model(1).text.kind(), "char");
     // EMA weights differ from the raw ones (decay 0.9 over 6 steps).
     let (raw, _) = load_diffusion(&dir.join("whole.safetensors"), CPU, false).unwrap();
     assert_eq!(values(&raw), values(&whole));

@@ -539,3 +539,47 @@ fn absurd_parameters_are_errors_not_panics() {
         "huge stride",
     );
 }
+
+#[test]
+fn pixel_unshuffle_moves_each_block_into_channels_and_shuffle_undoes_it() {
+    let (b, c, h, w, r) = (2, 3, 3, 2, 2);
+    let x = randn(&[b, c, h * r, w * r], 41);
+    let xv = x.to_vec::<f64>().unwrap();
+    let u = x.pixel_unshuffle(r).unwrap();
+    assert_eq!(u.dims(), &[b, c * r * r, h, w]);
+    let uv = u.to_vec::<f64>().unwrap();
+    // out[b, c*r*r + i*r + j, y, x] = in[b, c, y*r + i, x*r + j], written out as loops.
+    for bi in 0..b {
+        for ci in 0..c {
+            for i in 0..r {
+                for j in 0..r {
+                    for y in 0..h {
+                        for xx in 0..w {
+                            let o = ((bi * c * r * r + ci * r * r + i * r + j) * h + y) * w + xx;
+                            let s = ((bi * c + ci) * h * r + y * r + i) * w * r + xx * r + j;
+                            assert_eq!(uv[o], xv[s], "b {bi} c {ci} i {i} j {j} y {y} x {xx}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(u.pixel_shuffle(r).unwrap().to_vec::<f64>().unwrap(), xv);
+    check(|t| t[0].pixel_unshuffle(2), std::slice::from_ref(&x));
+    check(|t| t[0].pixel_shuffle(2), std::slice::from_ref(&u));
+    // Non-contiguous input, and the errors name the op and the shape.
+    check(
+        |t| t[0].transpose(2, 3)?.pixel_unshuffle(2),
+        std::slice::from_ref(&x),
+    );
+    let e = randn(&[1, 3, 5, 4], 42)
+        .pixel_unshuffle(2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pixel_unshuffle") && e.contains("5, 4"), "{e}");
+    let e = randn(&[1, 3, 2, 2], 43)
+        .pixel_shuffle(2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pixel_shuffle") && e.contains("3, 2, 2"), "{e}");
+}

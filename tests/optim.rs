@@ -639,6 +639,31 @@ fn ema_update_copy_swap_and_state() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn ema_warmup_ramps_the_decay_as_min_decay_and_1_plus_n_over_10_plus_n() -> Result<()> {
+    let p = param(&[0.0], &[1], DType::F64);
+    let named = vec![("w".to_string(), p.clone())];
+    let mut ema = Ema::new(&named, 0.95)?.with_warmup();
+    let mut want = 0.0f64;
+    for n in 0..200u64 {
+        let d = (0.95f64).min((1.0 + n as f64) / (10.0 + n as f64));
+        assert!((ema.current_decay() - d).abs() < 1e-15, "update {n}");
+        let v = (n + 1) as f64;
+        assign(&p, &Tensor::from_vec(vec![v], 1, CPU)?)?;
+        ema.update(&named)?;
+        want = d * want + (1.0 - d) * v;
+        assert_close(&ema.get("w").unwrap().to_vec_f64()?, &[want], 1e-12, "ema");
+    }
+    // Past the ramp (n >= 161 for 0.95), the set decay; the ramp follows num_updates through
+    // save and load.
+    assert_eq!(ema.current_decay(), 0.95);
+    let mut other = Ema::new(&named, 0.95)?.with_warmup();
+    assert!(other.current_decay() < 0.2);
+    other.load_state(&ema.state())?;
+    assert_eq!(other.current_decay(), 0.95);
+    Ok(())
+}
+
 /// Fits y = X w* by least squares; returns the final loss and the distance to w*.
 fn least_squares(
     make: impl Fn(Vec<(String, Tensor)>) -> Box<dyn Optimizer>,

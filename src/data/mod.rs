@@ -5,5 +5,7 @@ pub mod mnist;
 pub mod shapes;
 pub mod text;
 pub mod tokenizer;
+pub mod word_tokenizer;
 
 pub use tokenizer::CharTokenizer;
+pub use word_tokenizer::{PromptTokenizer, WordTokenizer};

@@ -318,10 +318,9 @@ pub fn held_out_captions(label: &ShapeLabel) -> Vec<String> {
     HELD_OUT_TEMPLATES.iter().map(|t| fill(t, label)).collect()
 }
 
-/// All characters any template can produce: the vocabulary of the caption tokenizer. Built
-/// from training *and* held-out templates over every factor, so evaluation prompts tokenize
-/// without `<UNK>` (their words are known; only their sentences are new).
-pub fn caption_alphabet() -> String {
+/// Every caption any template can produce, one per line: the text a word tokenizer's
+/// vocabulary is built from (training and held-out templates, as for [`caption_alphabet`]).
+pub fn caption_lines() -> String {
     let mut text = String::new();
     for t in TRAIN_TEMPLATES.iter().chain(HELD_OUT_TEMPLATES.iter()) {
         for shape in 0..SHAPES.len() {
@@ -335,12 +334,20 @@ pub fn caption_alphabet() -> String {
                             place,
                         };
                         text.push_str(&fill(t, &label));
+                        text.push('\n');
                     }
                 }
             }
         }
     }
     text
+}
+
+/// All characters any template can produce: the vocabulary of the caption tokenizer. Built
+/// from training *and* held-out templates over every factor, so evaluation prompts tokenize
+/// without `<UNK>` (their words are known; only their sentences are new).
+pub fn caption_alphabet() -> String {
+    caption_lines().replace('\n', "")
 }
 
 /// The project's original example: three 64x64 pictures on white (a red square, a blue

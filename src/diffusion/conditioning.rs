@@ -1,12 +1,12 @@
 //! What turns prompts into the token states the U-Net cross-attends to.
 //!
 //! [`Conditioner`] is an enum with one arm per kind of text encoder, so a checkpoint can name
-//! its kind (`"char"`) and be rebuilt. Today: a small char-level encoder trained jointly with
-//! the U-Net. The CLIP text encoder (`models::clip`) fits as another arm: it only has to give
-//! `[B, S, D]` states with a `[B, S]` padding mask (and may stay frozen).
+//! its kind and be rebuilt. Today: a small transformer over characters or words, trained
+//! jointly with the U-Net. The CLIP text encoder (`models::clip`) fits as another arm: it
+//! only has to give `[B, S, D]` states with a `[B, S]` padding mask (and may stay frozen).
 
-use crate::data::CharTokenizer;
-use crate::models::text_encoder::{CharTextEncoder, CharTextEncoderConfig};
+use crate::data::PromptTokenizer;
+use crate::models::text_encoder::{PromptEncoder, PromptEncoderConfig};
 use crate::nn::{prefixed, Module};
 use crate::{Device, Error, Result, Tensor};
 
@@ -18,28 +18,28 @@ pub struct TextStates {
     pub padding: Tensor,
 }
 
-/// The char-level encoder with its tokenizer.
-pub struct CharConditioner {
-    pub tokenizer: CharTokenizer,
-    pub encoder: CharTextEncoder,
+/// The jointly trained encoder with its tokenizer.
+pub struct PromptConditioner {
+    pub tokenizer: PromptTokenizer,
+    pub encoder: PromptEncoder,
 }
 
 pub enum Conditioner {
-    Char(CharConditioner),
+    Prompt(PromptConditioner),
 }
 
 impl Conditioner {
-    /// A fresh char-level conditioner for `tokenizer`'s vocabulary.
-    pub fn new_char(
-        tokenizer: CharTokenizer,
+    /// A fresh jointly trained conditioner for `tokenizer`'s vocabulary.
+    pub fn new_prompt(
+        tokenizer: PromptTokenizer,
         max_len: usize,
         dim: usize,
         num_heads: usize,
         num_layers: usize,
         device: Device,
     ) -> Result<Self> {
-        let encoder = CharTextEncoder::new(
-            CharTextEncoderConfig {
+        let encoder = PromptEncoder::new(
+            PromptEncoderConfig {
                 vocab_size: tokenizer.vocab_size(),
                 max_len,
                 dim,
@@ -48,20 +48,23 @@ impl Conditioner {
             },
             device,
         )?;
-        Ok(Conditioner::Char(CharConditioner { tokenizer, encoder }))
+        Ok(Conditioner::Prompt(PromptConditioner {
+            tokenizer,
+            encoder,
+        }))
     }
 
-    /// `"char"` (what a checkpoint records).
+    /// `"char"` or `"word"`: the tokens of the jointly trained encoder.
     pub fn kind(&self) -> &'static str {
         match self {
-            Conditioner::Char(_) => "char",
+            Conditioner::Prompt(c) => c.tokenizer.kind(),
         }
     }
 
     /// Width `D` of the states.
     pub fn context_dim(&self) -> usize {
         match self {
-            Conditioner::Char(c) => c.encoder.config.dim,
+            Conditioner::Prompt(c) => c.encoder.config.dim,
         }
     }
 
@@ -71,7 +74,7 @@ impl Conditioner {
             return Err(Error::msg("Conditioner::encode: no prompts"));
         }
         match self {
-            Conditioner::Char(c) => {
+            Conditioner::Prompt(c) => {
                 let ids = c.encoder.encode_ids(&c.tokenizer, prompts, device)?;
                 let (states, padding) = c.encoder.forward(&ids)?;
                 Ok(TextStates { states, padding })
@@ -82,8 +85,8 @@ impl Conditioner {
     /// The config and tokenizer as JSON (for checkpoint metadata).
     pub fn to_json(&self) -> serde_json::Value {
         match self {
-            Conditioner::Char(c) => serde_json::json!({
-                "kind": "char",
+            Conditioner::Prompt(c) => serde_json::json!({
+                "kind": "prompt",
                 "encoder": c.encoder.config.to_json(),
                 "tokenizer": c.tokenizer.to_json(),
             }),
@@ -93,7 +96,8 @@ impl Conditioner {
     /// Rebuilds (fresh weights) what [`to_json`](Self::to_json) described.
     pub fn from_json(v: &serde_json::Value, device: Device) -> Result<Self> {
         match v.get("kind").and_then(|k| k.as_str()) {
-            Some("char") => {
+            // "char": checkpoints written before word tokens existed.
+            Some("prompt") | Some("char") => {
                 let enc = v
                     .get("encoder")
                     .ok_or_else(|| Error::msg("conditioner JSON: missing encoder"))?;
@@ -101,13 +105,13 @@ impl Conditioner {
                     .get("tokenizer")
                     .and_then(|t| t.as_str())
                     .ok_or_else(|| Error::msg("conditioner JSON: missing tokenizer"))?;
-                Ok(Conditioner::Char(CharConditioner {
-                    tokenizer: CharTokenizer::from_json(tok)?,
-                    encoder: CharTextEncoder::new(CharTextEncoderConfig::from_json(enc)?, device)?,
+                Ok(Conditioner::Prompt(PromptConditioner {
+                    tokenizer: PromptTokenizer::from_json(tok)?,
+                    encoder: PromptEncoder::new(PromptEncoderConfig::from_json(enc)?, device)?,
                 }))
             }
             other => Err(Error::msg(format!(
-                "conditioner JSON: unknown kind {other:?} (expected \"char\")"
+                "conditioner JSON: unknown kind {other:?} (expected \"prompt\")"
             ))),
         }
     }
@@ -116,7 +120,7 @@ impl Conditioner {
 impl Module for Conditioner {
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         match self {
-            Conditioner::Char(c) => prefixed("char_encoder", c.encoder.named_parameters()),
+            Conditioner::Prompt(c) => prefixed("prompt_encoder", c.encoder.named_parameters()),
         }
     }
 }

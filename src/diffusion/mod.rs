@@ -20,7 +20,7 @@ pub mod guidance;
 pub mod schedule;
 pub mod text_to_image;
 
-pub use conditioning::{CharConditioner, Conditioner, TextStates};
+pub use conditioning::{Conditioner, PromptConditioner, TextStates};
 pub use ddim::{ddim_sample, ddim_step, ddim_timesteps};
 pub use ddpm::{ddpm_sample, ddpm_step};
 pub use guidance::{guided, CFG_DROPOUT, NULL_PROMPT};

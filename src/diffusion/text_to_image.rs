@@ -10,7 +10,7 @@ use super::ddpm::ddpm_sample;
 use super::guidance::{guided, NULL_PROMPT};
 use super::schedule::{BetaSchedule, NoiseSchedule, Prediction};
 use super::StepNoise;
-use crate::data::CharTokenizer;
+use crate::data::PromptTokenizer;
 use crate::models::unet::{json_usize, UNet, UNetConfig, CURRENT_CAPTION};
 use crate::nn::{prefixed, Module};
 use crate::ops::mse_loss;
@@ -39,7 +39,7 @@ impl DiffusionConfig {
             image_size: 32,
             train_steps: 1000,
             schedule: BetaSchedule::cosine(),
-            prediction: Prediction::Epsilon,
+            prediction: Prediction::V,
             unet: UNetConfig::small(text_dim),
             text_max_len: 48,
             text_dim,
@@ -125,9 +125,13 @@ pub struct TextToImage {
 }
 
 impl TextToImage {
-    /// A fresh model with a jointly trained char-level text encoder over `tokenizer`.
-    pub fn new(config: DiffusionConfig, tokenizer: CharTokenizer, device: Device) -> Result<Self> {
-        let text = Conditioner::new_char(
+    /// A fresh model with a jointly trained text encoder over `tokenizer`'s tokens.
+    pub fn new(
+        config: DiffusionConfig,
+        tokenizer: PromptTokenizer,
+        device: Device,
+    ) -> Result<Self> {
+        let text = Conditioner::new_prompt(
             tokenizer,
             config.text_max_len,
             config.text_dim,

@@ -1,15 +1,17 @@
-//! A small character-level text encoder for conditioning: the token states of a prompt,
-//! read by the U-Net's cross-attention (trained jointly with it).
+//! A small text encoder for conditioning: the token states of a prompt, read by the U-Net's
+//! cross-attention (trained jointly with it). Tokens are characters or words
+//! ([`PromptTokenizer`]).
 //!
 //! ```text
-//! prompt --CharTokenizer--> <SOS> c1 .. cn, right-padded to T       ids [B, T]
+//! prompt --PromptTokenizer--> <SOS> t1 .. tn, right-padded to T      ids [B, T]
 //!   --tok_emb + pos_emb--> [B, T, C] --blocks (pre-LN, bidirectional, padding masked)-->
 //!   --ln_f--> states [B, T, C]      and the padding mask [B, T] (u8, 1 = <PAD>)
 //! ```
 //! Every prompt starts with `<SOS>`, so even the empty (null) prompt has one real token and
 //! no attention row is fully masked.
 
-use crate::data::tokenizer::{self, CharTokenizer};
+use crate::data::tokenizer;
+use crate::data::PromptTokenizer;
 use crate::models::captioner::{init_gpt2, pad_batch, text_blocks};
 use crate::models::unet::json_usize;
 use crate::nn::{
@@ -20,7 +22,7 @@ use crate::ops::AttentionOpts;
 use crate::{DType, Device, Error, Result, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct CharTextEncoderConfig {
+pub struct PromptEncoderConfig {
     pub vocab_size: usize,
     /// Longest prompt in tokens (`<SOS>` included); longer prompts are cut.
     pub max_len: usize,
@@ -29,7 +31,7 @@ pub struct CharTextEncoderConfig {
     pub num_layers: usize,
 }
 
-impl CharTextEncoderConfig {
+impl PromptEncoderConfig {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "vocab_size": self.vocab_size, "max_len": self.max_len, "dim": self.dim,
@@ -38,7 +40,7 @@ impl CharTextEncoderConfig {
     }
     pub fn from_json(v: &serde_json::Value) -> Result<Self> {
         let n = |k: &str| json_usize(v, "text encoder", k);
-        Ok(CharTextEncoderConfig {
+        Ok(PromptEncoderConfig {
             vocab_size: n("vocab_size")?,
             max_len: n("max_len")?,
             dim: n("dim")?,
@@ -48,19 +50,19 @@ impl CharTextEncoderConfig {
     }
 }
 
-pub struct CharTextEncoder {
-    pub config: CharTextEncoderConfig,
+pub struct PromptEncoder {
+    pub config: PromptEncoderConfig,
     pub tok_emb: Embedding,
     pub pos_emb: LearnedPositionalEmbedding,
     pub blocks: Vec<TransformerBlock>,
     pub ln_f: LayerNorm,
 }
 
-impl CharTextEncoder {
+impl PromptEncoder {
     /// A freshly initialized encoder (GPT-2 init).
-    pub fn new(config: CharTextEncoderConfig, device: Device) -> Result<Self> {
+    pub fn new(config: PromptEncoderConfig, device: Device) -> Result<Self> {
         let c = &config;
-        let model = CharTextEncoder {
+        let model = PromptEncoder {
             tok_emb: Embedding::with_std(c.vocab_size, c.dim, 0.02, device)?,
             pos_emb: LearnedPositionalEmbedding::new(c.max_len, c.dim, device)?,
             blocks: text_blocks(c.dim, c.num_heads, c.num_layers, device)?,
@@ -84,7 +86,7 @@ impl CharTextEncoder {
 
     /// The same encoder with its parameters converted to `dtype` (fresh leaves).
     pub fn into_dtype(self, dtype: DType) -> Result<Self> {
-        Ok(CharTextEncoder {
+        Ok(PromptEncoder {
             tok_emb: self.tok_emb.into_dtype(dtype)?,
             pos_emb: self.pos_emb.into_dtype(dtype)?,
             blocks: self
@@ -97,11 +99,11 @@ impl CharTextEncoder {
         })
     }
 
-    /// Ids `[B, T]` for prompts: `<SOS>` then the characters (unknown ones as `<UNK>`), cut
-    /// at `max_len`, right-padded with `<PAD>`.
+    /// Ids `[B, T]` for prompts: `<SOS>` then the tokens (unknown ones as `<UNK>`), cut at
+    /// `max_len`, right-padded with `<PAD>`.
     pub fn encode_ids(
         &self,
-        tokenizer: &CharTokenizer,
+        tokenizer: &PromptTokenizer,
         prompts: &[&str],
         device: Device,
     ) -> Result<Tensor> {
@@ -122,7 +124,7 @@ impl CharTextEncoder {
         let c = &self.config;
         if ids.rank() != 2 || ids.dims()[1] == 0 || ids.dims()[1] > c.max_len {
             return Err(Error::shape(
-                "CharTextEncoder",
+                "PromptEncoder",
                 format!("expected ids [B, T] with 0 < T <= {}", c.max_len),
                 &[ids.shape()],
             ));
@@ -146,7 +148,7 @@ impl CharTextEncoder {
     }
 }
 
-impl Module for CharTextEncoder {
+impl Module for PromptEncoder {
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = children_parameters(&[("tok_emb", &self.tok_emb), ("pos_emb", &self.pos_emb)]);
         v.extend(list_parameters("blocks", &self.blocks));

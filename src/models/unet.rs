@@ -7,13 +7,15 @@
 //! context [B, S, D] + cond_type_emb[type]   (AR-LDM's type embedding: which conditioning)
 //! temb += text_pool_proj(mean of the context over its real tokens)   (GLIDE: a global path
 //!         for what the whole picture shares, e.g. its colour, beside the cross-attention)
-//! x [B, 3, H, W] --conv_in--> [B, C0, H, W]                                       skip
+//! x [B, 3, H, W] --patchify (p x p pixels -> channels, when patch_size p > 1)-->
+//!   [B, 3p^2, H/p, W/p] --conv_in--> [B, C0, H/p, W/p]                            skip
 //! down.l (l = 0..L):  res.i (ResBlock, + attn.i where level l has attention)      skip each
 //!                     downsample (3x3 conv, stride 2) unless last level           skip
 //! mid:   res1, attn, res2                                         [B, C_{L-1}, H/2^(L-1), ..]
 //! up.l (l = L-1..0):  res.i on cat(h, skip.pop()) (+ attn.i), i = 0..=res_blocks
 //!                     upsample (nearest x2, 3x3 conv) unless l = 0
-//! norm_out (GroupNorm), SiLU, conv_out --> [B, 3, H, W]          (epsilon or v prediction)
+//! norm_out (GroupNorm), SiLU, conv_out --> [B, 3p^2, H/p, W/p] --unpatchify--> [B, 3, H, W]
+//!                                                                 (epsilon or v prediction)
 //! ```
 //! ResBlock: `GN, SiLU, conv3x3, + time_proj(SiLU(temb)) per channel, GN, SiLU, conv3x3`,
 //! plus the input (through a 1x1 `skip` conv when the width changes).
@@ -35,6 +37,10 @@ pub const CURRENT_CAPTION: usize = 0;
 pub struct UNetConfig {
     pub in_channels: usize,
     pub out_channels: usize,
+    /// Side of the pixel patches folded into channels before the first conv (and unfolded
+    /// after the last): 1 = none; 2 runs the whole network at half the image side with
+    /// `4 * in_channels` inputs, a quarter of the compute (U-ViT's and DiT's patchify).
+    pub patch_size: usize,
     /// Width of level 0; level `l` has `base_channels * channel_mult[l]`.
     pub base_channels: usize,
     pub channel_mult: Vec<usize>,
@@ -52,15 +58,18 @@ pub struct UNetConfig {
 }
 
 impl UNetConfig {
-    /// A small U-Net for 32x32 shapes on a CPU: widths 32, 64, 64, attention at 16 and 8 px.
+    /// A small U-Net for 32x32 shapes on a CPU: widths 16, 32, 32 at 32, 16 and 8 px,
+    /// attention at 8 px and in the middle (0.35M parameters with a 64-wide context; about 70
+    /// images/s in training on two cores).
     pub fn small(context_dim: usize) -> Self {
         UNetConfig {
             in_channels: 3,
             out_channels: 3,
-            base_channels: 32,
+            patch_size: 1,
+            base_channels: 16,
             channel_mult: vec![1, 2, 2],
             res_blocks_per_level: 1,
-            attention_levels: vec![1, 2],
+            attention_levels: vec![2],
             groups: 8,
             num_heads: 4,
             context_dim,
@@ -75,11 +84,12 @@ impl UNetConfig {
     }
     /// The factor by which the image side must be divisible.
     pub fn size_multiple(&self) -> usize {
-        1 << (self.channel_mult.len().saturating_sub(1))
+        self.patch_size << (self.channel_mult.len().saturating_sub(1))
     }
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "patch_size": self.patch_size,
             "base_channels": self.base_channels, "channel_mult": self.channel_mult,
             "res_blocks_per_level": self.res_blocks_per_level,
             "attention_levels": self.attention_levels, "groups": self.groups,
@@ -104,6 +114,12 @@ impl UNetConfig {
         Ok(UNetConfig {
             in_channels: n("in_channels")?,
             out_channels: n("out_channels")?,
+            // Checkpoints from before patching existed have no patch_size: 1.
+            patch_size: if v.get("patch_size").is_some() {
+                n("patch_size")?
+            } else {
+                1
+            },
             base_channels: n("base_channels")?,
             channel_mult: list("channel_mult")?,
             res_blocks_per_level: n("res_blocks_per_level")?,
@@ -116,6 +132,9 @@ impl UNetConfig {
     }
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::msg(format!("UNetConfig: {m}")));
+        if self.patch_size == 0 {
+            return bad("patch_size must be at least 1".into());
+        }
         if self.channel_mult.is_empty() || self.base_channels == 0 {
             return bad("needs at least one level and a positive base width".into());
         }
@@ -443,14 +462,14 @@ impl UNet {
             time_fc2: Linear::new(temb, temb, true, device)?,
             text_pool_proj: Linear::new(c.context_dim, temb, true, device)?,
             cond_type_emb: Embedding::with_std(c.num_condition_types, c.context_dim, 0.02, device)?,
-            conv_in: conv3x3(c.in_channels, c0, 1, device)?,
+            conv_in: conv3x3(c.in_channels * c.patch_size * c.patch_size, c0, 1, device)?,
             down,
             mid_res1,
             mid_attn,
             mid_res2,
             up: up.into_iter().flatten().collect(),
             norm_out: GroupNorm::new(c.groups, c0, 1e-5, device)?,
-            conv_out: conv3x3(c0, c.out_channels, 1, device)?,
+            conv_out: conv3x3(c0, c.out_channels * c.patch_size * c.patch_size, 1, device)?,
             config,
         })
     }
@@ -542,7 +561,12 @@ impl UNet {
         let temb = temb.add(&self.text_pool_proj.forward(&pooled)?)?;
         let temb = temb.silu()?; // every ResBlock projects SiLU(temb)
 
-        let mut h = self.conv_in.forward(x)?;
+        let p = c.patch_size;
+        let mut h = if p > 1 {
+            self.conv_in.forward(&x.pixel_unshuffle(p)?)?
+        } else {
+            self.conv_in.forward(x)?
+        };
         let mut skips = vec![h.clone()];
         for level in &self.down {
             for (i, res) in level.res.iter().enumerate() {
@@ -575,7 +599,12 @@ impl UNet {
                 h = up.forward(&h.upsample_nearest2d((2 * hh, 2 * ww))?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        let out = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        if p > 1 {
+            out.pixel_shuffle(p)
+        } else {
+            Ok(out)
+        }
     }
 }
 

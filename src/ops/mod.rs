@@ -12,6 +12,7 @@ mod index;
 pub mod loss;
 mod matmul;
 pub mod norm;
+mod pixel_shuffle;
 pub mod pool;
 mod reduce;
 mod similarity;

@@ -135,7 +135,7 @@ pub fn train_diffusion(model: &TextToImage, cfg: &DiffusionTrainConfig) -> Resul
         (cfg.steps / 20).clamp(1, 200),
         cfg.steps.max(1),
     )?;
-    let mut ema = Ema::new(&params, cfg.ema_decay)?;
+    let mut ema = Ema::new(&params, cfg.ema_decay)?.with_warmup();
     let mut start = 0;
     if let (true, Some(path)) = (cfg.resume, &cfg.checkpoint) {
         if path.exists() {

@@ -23,7 +23,9 @@
 //! the task that owns the element, so the task split (which follows the thread count) never
 //! changes a result.
 //! Cost: each pass is `2 * N * C_out * OH*OW * K` FLOPs; packing reads each input element about
-//! `KH*KW/(sh*sw)` times per row block (usually 1 block). f64 runs the same code with the f64
+//! `KH*KW/(sh*sw)` times per row block (usually 1 block), from a copy of the input with its
+//! padding written out (`PaddedInput`), one vector copy per (tap, run of output pixels),
+//! compiled for the micro-kernel's instruction set (`pack::vectorized`). f64 runs the same code with the f64
 //! micro-kernels. Non-contiguous inputs are gathered into a contiguous copy first
 //! (`contiguous_cow`).
 
@@ -36,7 +38,7 @@ use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
 use pack::{
     input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
-    tap_table, valid_columns, wants_tap_table, PixelRun,
+    valid_columns, vectorized, PaddedInput, PixelRun,
 };
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -218,7 +220,7 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
     // W_g [C_out/G, K] per group, packed once for every task.
     let wpack = pack_row_panels(w, 0, (cout_g * k, k, 1), g.groups, cout_g, k, mr);
     let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
-    let cols_ok = valid_columns(g);
+    let xp = PaddedInput::new(x, g);
     let mut out = vec![T::ZERO; total];
     let sink = DisjointWrites::new(&mut out);
     (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
@@ -226,16 +228,12 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         let (nrows, ncols) = (tile.nrows, tile.ncols);
         let mut bpack = vec![T::ZERO; KC.min(k) * round_up(ncols, nr)];
         let mut c = vec![T::ZERO; nrows * ncols];
-        let (mut runs, mut table) = (Vec::new(), Vec::new());
+        let mut runs = Vec::new();
         pixel_runs(g, tile.c0, ncols, nr, &mut runs);
-        let table = wants_tap_table(g).then(|| {
-            tap_table(g, &runs, ncols, &mut table);
-            &table[..]
-        });
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let b = &mut bpack;
-            pack_im2col(x, g, tile.gi, &runs, ncols, pc, kc, nr, &cols_ok, table, b);
+            vectorized(isa, || pack_im2col(&xp, g, tile.gi, &runs, ncols, pc, kc, nr, b));
             let panel0 = tile.gi * mpan + tile.r0 / mr;
             let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
             multiply_block(&kern, kc, a_panel, &bpack, &mut c, nrows, ncols);
@@ -411,7 +409,7 @@ fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa
     let depth = g.n * p;
     // Column blocks repack dy's rows each, so keep them wide.
     let plan = TilePlan::new(g.groups, cout_g, k, mr, nr, 4 * nr);
-    let cols_ok = valid_columns(g);
+    let xp = PaddedInput::new(x, g);
     let sink = DisjointWrites::new(&mut dw);
     (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
         let tile = plan.tile(t);
@@ -421,30 +419,16 @@ fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa
         let mut apack = vec![T::ZERO; round_up(nrows, mr) * kc_max];
         let mut bpack = vec![T::ZERO; kc_max * round_up(ncols, nr)];
         let mut c = vec![T::ZERO; nrows * ncols];
-        let (mut runs, mut scratch, mut table) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
         for pc in (0..depth).step_by(KC) {
             let kc = KC.min(depth - pc);
             pixel_runs(g, pc, kc, usize::MAX, &mut runs);
-            let table = wants_tap_table(g).then(|| {
-                tap_table(g, &runs, kc, &mut table);
-                &table[..]
-            });
-            pack_dy_rows(dy, g, co0, nrows, &runs, kc, mr, &mut apack);
             let b = &mut bpack[..kc * round_up(ncols, nr)];
-            pack_im2col_transposed(
-                x,
-                g,
-                tile.gi,
-                &runs,
-                kc,
-                tile.c0,
-                ncols,
-                nr,
-                &cols_ok,
-                table,
-                &mut scratch,
-                b,
-            );
+            vectorized(isa, || {
+                pack_dy_rows(dy, g, co0, nrows, &runs, kc, mr, &mut apack);
+                let (gi, c0, s) = (tile.gi, tile.c0, &mut scratch);
+                pack_im2col_transposed(&xp, g, gi, &runs, kc, c0, ncols, nr, s, b);
+            });
             let a_panel = |q: usize| &apack[q * kc * mr..(q + 1) * kc * mr];
             multiply_block(&kern, kc, a_panel, b, &mut c, nrows, ncols);
         }
@@ -680,6 +664,12 @@ mod tests {
             (2, 4, 4, 33, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2),
             // 1x1 output map.
             (5, 6, 3, 3, 7, 3, 3, (1, 1), (0, 0), (1, 1), 1),
+            // The small diffusion U-Net's shapes: RGB in (C_in = 3), 16 channels at 32x32 (runs
+            // of one panel row), the stride-2 downsample, and 8x8 maps (several runs a panel).
+            (2, 3, 32, 32, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 16, 32, 32, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 16, 32, 32, 16, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            (3, 16, 8, 8, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ]
     }
 

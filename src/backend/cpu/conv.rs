@@ -30,6 +30,7 @@
 //! (`contiguous_cow`).
 
 mod pack;
+mod weight_grad;
 
 use super::matmul::{detect_isa, Isa, MicroKernel, PackedFloat};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
@@ -37,9 +38,10 @@ use crate::backend::conv::{Conv2dGeom, ConvBackend};
 use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
 use pack::{
-    input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
-    valid_columns, vectorized, PaddedInput, PixelRun,
+    input_row, pack_im2col, pack_row_panels, pixel_runs, valid_columns, vectorized, PaddedInput,
+    PixelRun,
 };
+use weight_grad::conv2d_bwd_weight;
 use rayon::prelude::*;
 use std::marker::PhantomData;
 
@@ -233,7 +235,7 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let b = &mut bpack;
-            vectorized(isa, || pack_im2col(&xp, g, tile.gi, &runs, ncols, pc, kc, nr, b));
+            vectorized(isa, #[inline(always)] || pack_im2col(&xp, g, tile.gi, &runs, ncols, pc, kc, nr, b));
             let panel0 = tile.gi * mpan + tile.r0 / mr;
             let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
             multiply_block(&kern, kc, a_panel, &bpack, &mut c, nrows, ncols);
@@ -396,48 +398,6 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
                 });
         });
     dx
-}
-
-fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
-    let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
-    let mut dw = vec![T::ZERO; g.c_out * k];
-    if dw.is_empty() || p == 0 || g.n == 0 {
-        return dw;
-    }
-    let kern = T::micro_kernel(isa);
-    let (mr, nr) = (kern.mr, kern.nr);
-    let depth = g.n * p;
-    // Column blocks repack dy's rows each, so keep them wide.
-    let plan = TilePlan::new(g.groups, cout_g, k, mr, nr, 4 * nr);
-    let xp = PaddedInput::new(x, g);
-    let sink = DisjointWrites::new(&mut dw);
-    (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
-        let tile = plan.tile(t);
-        let (nrows, ncols) = (tile.nrows, tile.ncols);
-        let co0 = tile.gi * cout_g + tile.r0;
-        let kc_max = KC.min(depth);
-        let mut apack = vec![T::ZERO; round_up(nrows, mr) * kc_max];
-        let mut bpack = vec![T::ZERO; kc_max * round_up(ncols, nr)];
-        let mut c = vec![T::ZERO; nrows * ncols];
-        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
-        for pc in (0..depth).step_by(KC) {
-            let kc = KC.min(depth - pc);
-            pixel_runs(g, pc, kc, usize::MAX, &mut runs);
-            let b = &mut bpack[..kc * round_up(ncols, nr)];
-            vectorized(isa, || {
-                pack_dy_rows(dy, g, co0, nrows, &runs, kc, mr, &mut apack);
-                let (gi, c0, s) = (tile.gi, tile.c0, &mut scratch);
-                pack_im2col_transposed(&xp, g, gi, &runs, kc, c0, ncols, nr, s, b);
-            });
-            let a_panel = |q: usize| &apack[q * kc * mr..(q + 1) * kc * mr];
-            multiply_block(&kern, kc, a_panel, b, &mut c, nrows, ncols);
-        }
-        for r in 0..nrows {
-            // SAFETY: tiles of the plan cover disjoint (row, column) sets of dW.
-            unsafe { sink.write((co0 + r) * k + tile.c0, &c[r * ncols..(r + 1) * ncols]) };
-        }
-    });
-    dw
 }
 
 macro_rules! float_pair {
@@ -725,6 +685,8 @@ mod tests {
         for case in [
             (4, 16, 9, 9, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (2, 8, 11, 10, 24, 3, 3, (2, 2), (1, 1), (1, 1), 2),
+            // Enough pixels for several weight-gradient depth chunks.
+            (3, 3, 48, 48, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ] {
             let g = geom(case);
             let x: Vec<f32> = random(g.n * g.c_in * g.h * g.w, 1)

@@ -44,6 +44,7 @@ use pack::{
 use weight_grad::conv2d_bwd_weight;
 use rayon::prelude::*;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 /// Depth block: rows of the packed B block (and depth of an A panel slice) per pass.
 const KC: usize = 256;
@@ -69,9 +70,10 @@ struct DisjointWrites<'a, T> {
 unsafe impl<T: Send> Sync for DisjointWrites<'_, T> {}
 
 impl<'a, T: Copy> DisjointWrites<'a, T> {
-    fn new(buf: &'a mut [T]) -> Self {
+    /// Over possibly uninitialised memory (a `Vec`'s spare capacity): it is only written.
+    fn new(buf: &'a mut [MaybeUninit<T>]) -> Self {
         DisjointWrites {
-            ptr: buf.as_mut_ptr(),
+            ptr: buf.as_mut_ptr().cast(),
             len: buf.len(),
             _buf: PhantomData,
         }
@@ -223,8 +225,9 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
     let wpack = pack_row_panels(w, 0, (cout_g * k, k, 1), g.groups, cout_g, k, mr);
     let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
     let xp = PaddedInput::new(x, g);
-    let mut out = vec![T::ZERO; total];
-    let sink = DisjointWrites::new(&mut out);
+    // Not zeroed first: the tiles write every element.
+    let mut out = Vec::with_capacity(total);
+    let sink = DisjointWrites::new(&mut out.spare_capacity_mut()[..total]);
     (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
         let tile = plan.tile(t);
         let (nrows, ncols) = (tile.nrows, tile.ncols);
@@ -242,6 +245,9 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         }
         store_rows(&sink, g, &runs, &c, tile);
     });
+    // SAFETY: the plan's tiles cover every (output channel, pixel) of every image and
+    // `store_rows` writes each one, so all `total` elements are initialised.
+    unsafe { out.set_len(total) };
     out
 }
 

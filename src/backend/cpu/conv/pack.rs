@@ -14,6 +14,7 @@ use super::super::Float;
 use crate::backend::conv::Conv2dGeom;
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Consecutive GEMM columns inside one output row of one image: pixels `(oy, ox..ox+len)` of
@@ -134,17 +135,37 @@ impl<'a, T: Float> PaddedInput<'a, T> {
                 w,
             };
         }
-        let hw = g.h * g.w;
-        let mut data = vec![T::ZERO; g.n * g.c_in * h * w];
-        if hw > 0 {
-            data.par_chunks_mut(h * w)
-                .zip(x.par_chunks(hw))
-                .for_each(|(dst, src)| {
-                    for (iy, row) in src.chunks_exact(g.w).enumerate() {
-                        copy_run(&mut dst[(iy + ph) * w + pw..][..g.w], row);
-                    }
-                });
+        let (hw, len) = (g.h * g.w, g.n * g.c_in * h * w);
+        if hw == 0 {
+            return PaddedInput {
+                data: Cow::Owned(vec![T::ZERO; len]),
+                h,
+                w,
+            };
         }
+        // Written once, not zeroed first: per plane the top and bottom padding rows, then per
+        // row its left padding, the input row, its right padding.
+        let mut data = Vec::with_capacity(len);
+        let zero = MaybeUninit::new(T::ZERO);
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(h * w)
+            .zip(x.par_chunks(hw))
+            .for_each(|(dst, src)| {
+                dst[..ph * w].fill(zero);
+                dst[(ph + g.h) * w..].fill(zero);
+                for (iy, row) in src.chunks_exact(g.w).enumerate() {
+                    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and a `T` is a valid one.
+                    let row: &[MaybeUninit<T>] =
+                        unsafe { std::slice::from_raw_parts(row.as_ptr().cast(), row.len()) };
+                    let drow = &mut dst[(iy + ph) * w..(iy + ph + 1) * w];
+                    drow[..pw].fill(zero);
+                    copy_run(&mut drow[pw..pw + g.w], row);
+                    drow[pw + g.w..].fill(zero);
+                }
+            });
+        // SAFETY: every plane's rows were all written above (padding rows, then each input
+        // row with its left and right padding).
+        unsafe { data.set_len(len) };
         PaddedInput {
             data: Cow::Owned(data),
             h,

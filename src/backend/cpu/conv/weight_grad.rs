@@ -97,7 +97,9 @@ impl<T: Float> Task<'_, T> {
         // a[r*kl + t] = dy[co = gi*C_out/G + r, pixel t]; b[j*kl + t] = col[cols.start + j, t];
         // zero past kc (and rows past the live ones, whose sums are dropped).
         let (mut a, mut b) = (vec![T::ZERO; rows * ld], vec![T::ZERO; cols * ld]);
-        let mut c = vec![T::ZERO; rows * cols];
+        // Per element, `L` lane sums: the lanes are added up once, at the end (adding them at
+        // every depth block cost more than the block's multiplies).
+        let mut c = vec![[T::ZERO; L]; rows * cols];
         let mut runs = Vec::new();
         for pc in self.pixels.clone().step_by(KC) {
             let kc = KC.min(self.pixels.end - pc);
@@ -114,29 +116,32 @@ impl<T: Float> Task<'_, T> {
             }
             let (xp, c0) = (self.xp, self.cols.start);
             pack_im2col(xp, g, self.gi, &runs, kc, c0, ncols, kl, &mut b);
-            for r0 in (0..rows).step_by(R) {
-                for j0 in (0..cols).step_by(J) {
-                    let (at, bt) = (&a[r0 * kl..(r0 + R) * kl], &b[j0 * kl..(j0 + J) * kl]);
+            // `J` im2col rows at a time against all of `a` (which stays in L1).
+            for j0 in (0..cols).step_by(J) {
+                let bt = &b[j0 * kl..(j0 + J) * kl];
+                for r0 in (0..rows).step_by(R) {
+                    let at = &a[r0 * kl..(r0 + R) * kl];
                     dot_tile::<T, R, J, L, FMA>(kl, at, bt, &mut c[r0 * cols + j0..], cols);
                 }
             }
         }
         let mut tile = Vec::with_capacity(cout_g * ncols);
         for r in 0..cout_g {
-            tile.extend_from_slice(&c[r * cols..r * cols + ncols]);
+            let lanes = &c[r * cols..r * cols + ncols];
+            tile.extend(lanes.iter().map(|v| v.iter().fold(T::ZERO, |s, &x| s + x)));
         }
         tile
     }
 }
 
-/// `c[r*ldc + j] += sum_t a[r*kl + t] * b[j*kl + t]` for `r < R`, `j < J`, `t < kl` (a
-/// multiple of `L`): `R*J` accumulators of `L` lanes, summed lane by lane in order at the end.
+/// `c[r*ldc + j][l] += sum_i a[r*kl + i*L + l] * b[j*kl + i*L + l]` for `r < R`, `j < J`
+/// (`kl` a multiple of `L`): `R*J` accumulators of `L` lanes, in registers.
 #[inline(always)]
 fn dot_tile<T: Float, const R: usize, const J: usize, const L: usize, const FMA: bool>(
     kl: usize,
     a: &[T],
     b: &[T],
-    c: &mut [T],
+    c: &mut [[T; L]],
     ldc: usize,
 ) {
     let mut acc = [[[T::ZERO; L]; J]; R];
@@ -159,8 +164,10 @@ fn dot_tile<T: Float, const R: usize, const J: usize, const L: usize, const FMA:
     }
     for r in 0..R {
         for j in 0..J {
-            let s = acc[r][j].iter().fold(T::ZERO, |s, &v| s + v);
-            c[r * ldc + j] = c[r * ldc + j] + s;
+            let sum = &mut c[r * ldc + j];
+            for l in 0..L {
+                sum[l] = sum[l] + acc[r][j][l];
+            }
         }
     }
 }

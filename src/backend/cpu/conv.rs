@@ -41,10 +41,10 @@ use pack::{
     input_row, pack_im2col, pack_row_panels, pixel_runs, valid_columns, vectorized, PaddedInput,
     PixelRun,
 };
-use weight_grad::conv2d_bwd_weight;
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
+use weight_grad::conv2d_bwd_weight;
 
 /// Depth block: rows of the packed B block (and depth of an A panel slice) per pass.
 const KC: usize = 256;
@@ -238,7 +238,11 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let b = &mut bpack;
-            vectorized(isa, #[inline(always)] || pack_im2col(&xp, g, tile.gi, &runs, ncols, pc, kc, nr, b));
+            vectorized(
+                isa,
+                #[inline(always)]
+                || pack_im2col(&xp, g, tile.gi, &runs, ncols, pc, kc, nr, b),
+            );
             let panel0 = tile.gi * mpan + tile.r0 / mr;
             let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
             multiply_block(&kern, kc, a_panel, &bpack, &mut c, nrows, ncols);

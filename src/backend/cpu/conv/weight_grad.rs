@@ -50,10 +50,26 @@ pub(super) fn conv2d_bwd_weight<T: Float>(x: &[T], dy: &[T], g: &Conv2dGeom, isa
             };
             let wide = std::mem::size_of::<T>() == 4;
             match (isa, wide) {
-                (Isa::Avx512, true) => vectorized(isa, #[inline(always)] || task.run::<4, 4, 16, true>()),
-                (Isa::Avx512, false) => vectorized(isa, #[inline(always)] || task.run::<4, 4, 8, true>()),
-                (Isa::Avx2, true) => vectorized(isa, #[inline(always)] || task.run::<2, 4, 8, true>()),
-                (Isa::Avx2, false) => vectorized(isa, #[inline(always)] || task.run::<2, 4, 4, true>()),
+                (Isa::Avx512, true) => vectorized(
+                    isa,
+                    #[inline(always)]
+                    || task.run::<4, 4, 16, true>(),
+                ),
+                (Isa::Avx512, false) => vectorized(
+                    isa,
+                    #[inline(always)]
+                    || task.run::<4, 4, 8, true>(),
+                ),
+                (Isa::Avx2, true) => vectorized(
+                    isa,
+                    #[inline(always)]
+                    || task.run::<2, 4, 8, true>(),
+                ),
+                (Isa::Avx2, false) => vectorized(
+                    isa,
+                    #[inline(always)]
+                    || task.run::<2, 4, 4, true>(),
+                ),
                 _ => task.run::<2, 4, 4, false>(),
             }
         })
@@ -66,7 +82,7 @@ pub(super) fn conv2d_bwd_weight<T: Float>(x: &[T], dy: &[T], g: &Conv2dGeom, isa
             let row = &mut dw[(gi * cout_g + r) * k + c0..][..ncols];
             for tile in tiles {
                 for (d, &v) in row.iter_mut().zip(&tile[r * ncols..(r + 1) * ncols]) {
-                    *d = *d + v;
+                    *d += v;
                 }
             }
         }
@@ -166,7 +182,7 @@ fn dot_tile<T: Float, const R: usize, const J: usize, const L: usize, const FMA:
         for j in 0..J {
             let sum = &mut c[r * ldc + j];
             for l in 0..L {
-                sum[l] = sum[l] + acc[r][j][l];
+                sum[l] += acc[r][j][l];
             }
         }
     }

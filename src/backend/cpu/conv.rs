@@ -14,14 +14,15 @@
 //!   same fast path, no scatter. Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
 //!   per block of pixels, then col2im adds it into `dx`; tasks = (image, group, input-channel
 //!   block), each owning its `dx` planes.
-//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, a GEMM whose depth runs
-//!   over every pixel of the batch; tasks = (group, block of rows, block of K), each packing
-//!   `dy` rows and transposed column panels.
+//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, a product whose depth
+//!   runs over every pixel of the batch, contiguous in both operands: dot-product register
+//!   tiles along the pixels, no transposes (`conv/weight_grad.rs`); tasks = (group, block of
+//!   K, fixed chunk of pixels), the chunks' partial sums added in chunk order.
 //!
 //! Determinism: every output element is `((0 + blk_0) + blk_1) + ...` over fixed depth blocks
-//! of [`KC`], each summed in order by the micro-kernel, and col2im adds in a fixed order inside
-//! the task that owns the element, so the task split (which follows the thread count) never
-//! changes a result.
+//! of [`KC`], each summed in order by the micro-kernel, col2im adds in a fixed order inside
+//! the task that owns the element, and the weight gradient's pixel chunks depend on the shape
+//! alone, so the task split (which follows the thread count) never changes a result.
 //! Cost: each pass is `2 * N * C_out * OH*OW * K` FLOPs; packing reads each input element about
 //! `KH*KW/(sh*sw)` times per row block (usually 1 block), from a copy of the input with its
 //! padding written out (`PaddedInput`), one vector copy per (tap, run of output pixels),

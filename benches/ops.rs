@@ -103,22 +103,38 @@ fn attention(c: &mut Criterion) {
 
 fn conv(c: &mut Criterion) {
     let mut g = c.benchmark_group("conv2d");
-    // A ResNet-18 layer1 conv at 56x56 and a U-Net conv at 32x32.
-    for &(n, ci, co, hw) in &[(8usize, 64usize, 64usize, 56usize), (8, 128, 128, 32)] {
+    // A ResNet-18 layer1 conv at 56x56, a U-Net conv at 32x32, and the small diffusion
+    // U-Net's convs (few channels, so packing costs as much as the GEMM): 32x32 and 16x16 at
+    // stride 1, and the stride-2 downsample.
+    let cases: [(usize, usize, usize, usize, usize); 6] = [
+        (8, 64, 64, 56, 1),
+        (8, 128, 128, 32, 1),
+        (32, 16, 16, 32, 1),
+        (32, 32, 32, 16, 1),
+        (32, 16, 16, 32, 2),
+        (32, 3, 16, 32, 1),
+    ];
+    for &(n, ci, co, hw, s) in &cases {
         let x = randn(&[n, ci, hw, hw], 11).requires_grad_().unwrap();
         let w = randn(&[co, ci, 3, 3], 12).requires_grad_().unwrap();
         let p = tessera::ops::Conv2dParams {
             padding: (1, 1),
+            stride: (s, s),
             ..Default::default()
         };
-        g.throughput(Throughput::Elements((2 * n * co * hw * hw * ci * 9) as u64));
-        g.bench_function(format!("forward_n{n}_c{ci}_{hw}x{hw}"), |bch| {
+        let ohw = hw.div_ceil(s);
+        let flops = 2 * n * co * ohw * ohw * ci * 9;
+        let name = |pass: &str| match (s, ci == co) {
+            (1, true) => format!("{pass}_n{n}_c{ci}_{hw}x{hw}"),
+            (1, false) => format!("{pass}_n{n}_c{ci}to{co}_{hw}x{hw}"),
+            _ => format!("{pass}_n{n}_c{ci}_{hw}x{hw}_s{s}"),
+        };
+        g.throughput(Throughput::Elements(flops as u64));
+        g.bench_function(name("forward"), |bch| {
             bch.iter(|| black_box(tessera::no_grad(|| x.conv2d(&w, None, p).unwrap())))
         });
-        g.throughput(Throughput::Elements(
-            (3 * 2 * n * co * hw * hw * ci * 9) as u64,
-        ));
-        g.bench_function(format!("forward_backward_n{n}_c{ci}_{hw}x{hw}"), |bch| {
+        g.throughput(Throughput::Elements(3 * flops as u64));
+        g.bench_function(name("forward_backward"), |bch| {
             bch.iter(|| {
                 x.conv2d(&w, None, p)
                     .unwrap()

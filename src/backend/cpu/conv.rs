@@ -14,20 +14,24 @@
 //!   same fast path, no scatter. Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
 //!   per block of pixels, then col2im adds it into `dx`; tasks = (image, group, input-channel
 //!   block), each owning its `dx` planes.
-//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, a GEMM whose depth runs
-//!   over every pixel of the batch; tasks = (group, block of rows, block of K), each packing
-//!   `dy` rows and transposed column panels.
+//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, a product whose depth
+//!   runs over every pixel of the batch, contiguous in both operands: dot-product register
+//!   tiles along the pixels, no transposes (`conv/weight_grad.rs`); tasks = (group, block of
+//!   K, fixed chunk of pixels), the chunks' partial sums added in chunk order.
 //!
 //! Determinism: every output element is `((0 + blk_0) + blk_1) + ...` over fixed depth blocks
-//! of [`KC`], each summed in order by the micro-kernel, and col2im adds in a fixed order inside
-//! the task that owns the element, so the task split (which follows the thread count) never
-//! changes a result.
+//! of [`KC`], each summed in order by the micro-kernel, col2im adds in a fixed order inside
+//! the task that owns the element, and the weight gradient's pixel chunks depend on the shape
+//! alone, so the task split (which follows the thread count) never changes a result.
 //! Cost: each pass is `2 * N * C_out * OH*OW * K` FLOPs; packing reads each input element about
-//! `KH*KW/(sh*sw)` times per row block (usually 1 block). f64 runs the same code with the f64
+//! `KH*KW/(sh*sw)` times per row block (usually 1 block), from a copy of the input with its
+//! padding written out (`PaddedInput`), one vector copy per (tap, run of output pixels),
+//! compiled for the micro-kernel's instruction set (`pack::vectorized`). f64 runs the same code with the f64
 //! micro-kernels. Non-contiguous inputs are gathered into a contiguous copy first
 //! (`contiguous_cow`).
 
 mod pack;
+mod weight_grad;
 
 use super::matmul::{detect_isa, Isa, MicroKernel, PackedFloat};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
@@ -35,11 +39,13 @@ use crate::backend::conv::{Conv2dGeom, ConvBackend};
 use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
 use pack::{
-    input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
-    tap_table, valid_columns, wants_tap_table, PixelRun,
+    input_row, pack_im2col, pack_row_panels, pixel_runs, valid_columns, vectorized, PaddedInput,
+    PixelRun,
 };
 use rayon::prelude::*;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+use weight_grad::conv2d_bwd_weight;
 
 /// Depth block: rows of the packed B block (and depth of an A panel slice) per pass.
 const KC: usize = 256;
@@ -65,9 +71,10 @@ struct DisjointWrites<'a, T> {
 unsafe impl<T: Send> Sync for DisjointWrites<'_, T> {}
 
 impl<'a, T: Copy> DisjointWrites<'a, T> {
-    fn new(buf: &'a mut [T]) -> Self {
+    /// Over possibly uninitialised memory (a `Vec`'s spare capacity): it is only written.
+    fn new(buf: &'a mut [MaybeUninit<T>]) -> Self {
         DisjointWrites {
-            ptr: buf.as_mut_ptr(),
+            ptr: buf.as_mut_ptr().cast(),
             len: buf.len(),
             _buf: PhantomData,
         }
@@ -218,30 +225,34 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
     // W_g [C_out/G, K] per group, packed once for every task.
     let wpack = pack_row_panels(w, 0, (cout_g * k, k, 1), g.groups, cout_g, k, mr);
     let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
-    let cols_ok = valid_columns(g);
-    let mut out = vec![T::ZERO; total];
-    let sink = DisjointWrites::new(&mut out);
+    let xp = PaddedInput::new(x, g);
+    // Not zeroed first: the tiles write every element.
+    let mut out = Vec::with_capacity(total);
+    let sink = DisjointWrites::new(&mut out.spare_capacity_mut()[..total]);
     (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
         let tile = plan.tile(t);
         let (nrows, ncols) = (tile.nrows, tile.ncols);
         let mut bpack = vec![T::ZERO; KC.min(k) * round_up(ncols, nr)];
         let mut c = vec![T::ZERO; nrows * ncols];
-        let (mut runs, mut table) = (Vec::new(), Vec::new());
+        let mut runs = Vec::new();
         pixel_runs(g, tile.c0, ncols, nr, &mut runs);
-        let table = wants_tap_table(g).then(|| {
-            tap_table(g, &runs, ncols, &mut table);
-            &table[..]
-        });
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let b = &mut bpack;
-            pack_im2col(x, g, tile.gi, &runs, ncols, pc, kc, nr, &cols_ok, table, b);
+            vectorized(
+                isa,
+                #[inline(always)]
+                || pack_im2col(&xp, g, tile.gi, &runs, ncols, pc, kc, nr, b),
+            );
             let panel0 = tile.gi * mpan + tile.r0 / mr;
             let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
             multiply_block(&kern, kc, a_panel, &bpack, &mut c, nrows, ncols);
         }
         store_rows(&sink, g, &runs, &c, tile);
     });
+    // SAFETY: the plan's tiles cover every (output channel, pixel) of every image and
+    // `store_rows` writes each one, so all `total` elements are initialised.
+    unsafe { out.set_len(total) };
     out
 }
 
@@ -398,62 +409,6 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
                 });
         });
     dx
-}
-
-fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
-    let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
-    let mut dw = vec![T::ZERO; g.c_out * k];
-    if dw.is_empty() || p == 0 || g.n == 0 {
-        return dw;
-    }
-    let kern = T::micro_kernel(isa);
-    let (mr, nr) = (kern.mr, kern.nr);
-    let depth = g.n * p;
-    // Column blocks repack dy's rows each, so keep them wide.
-    let plan = TilePlan::new(g.groups, cout_g, k, mr, nr, 4 * nr);
-    let cols_ok = valid_columns(g);
-    let sink = DisjointWrites::new(&mut dw);
-    (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
-        let tile = plan.tile(t);
-        let (nrows, ncols) = (tile.nrows, tile.ncols);
-        let co0 = tile.gi * cout_g + tile.r0;
-        let kc_max = KC.min(depth);
-        let mut apack = vec![T::ZERO; round_up(nrows, mr) * kc_max];
-        let mut bpack = vec![T::ZERO; kc_max * round_up(ncols, nr)];
-        let mut c = vec![T::ZERO; nrows * ncols];
-        let (mut runs, mut scratch, mut table) = (Vec::new(), Vec::new(), Vec::new());
-        for pc in (0..depth).step_by(KC) {
-            let kc = KC.min(depth - pc);
-            pixel_runs(g, pc, kc, usize::MAX, &mut runs);
-            let table = wants_tap_table(g).then(|| {
-                tap_table(g, &runs, kc, &mut table);
-                &table[..]
-            });
-            pack_dy_rows(dy, g, co0, nrows, &runs, kc, mr, &mut apack);
-            let b = &mut bpack[..kc * round_up(ncols, nr)];
-            pack_im2col_transposed(
-                x,
-                g,
-                tile.gi,
-                &runs,
-                kc,
-                tile.c0,
-                ncols,
-                nr,
-                &cols_ok,
-                table,
-                &mut scratch,
-                b,
-            );
-            let a_panel = |q: usize| &apack[q * kc * mr..(q + 1) * kc * mr];
-            multiply_block(&kern, kc, a_panel, b, &mut c, nrows, ncols);
-        }
-        for r in 0..nrows {
-            // SAFETY: tiles of the plan cover disjoint (row, column) sets of dW.
-            unsafe { sink.write((co0 + r) * k + tile.c0, &c[r * ncols..(r + 1) * ncols]) };
-        }
-    });
-    dw
 }
 
 macro_rules! float_pair {
@@ -680,6 +635,12 @@ mod tests {
             (2, 4, 4, 33, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2),
             // 1x1 output map.
             (5, 6, 3, 3, 7, 3, 3, (1, 1), (0, 0), (1, 1), 1),
+            // The small diffusion U-Net's shapes: RGB in (C_in = 3), 16 channels at 32x32 (runs
+            // of one panel row), the stride-2 downsample, and 8x8 maps (several runs a panel).
+            (2, 3, 32, 32, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 16, 32, 32, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 16, 32, 32, 16, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            (3, 16, 8, 8, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ]
     }
 
@@ -735,6 +696,8 @@ mod tests {
         for case in [
             (4, 16, 9, 9, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (2, 8, 11, 10, 24, 3, 3, (2, 2), (1, 1), (1, 1), 2),
+            // Enough pixels for several weight-gradient depth chunks.
+            (3, 3, 48, 48, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ] {
             let g = geom(case);
             let x: Vec<f32> = random(g.n * g.c_in * g.h * g.w, 1)

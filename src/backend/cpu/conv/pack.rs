@@ -5,12 +5,16 @@
 //! The implicit column matrix of group `gi`: row `k = (ci, ky, kx)` (`K = C_in/G * KH * KW`),
 //! column `col = n*P + oy*OW + ox` (images side by side, `P = OH*OW`), value
 //! `x[n, gi*C_in/G + ci, oy*sh + ky*dh - ph, ox*sw + kx*dw - pw]` (0 in the padding).
-//! Columns are walked as [`PixelRun`]s (consecutive pixels of one output row), so for stride 1
-//! each (tap, run) is one `copy_from_slice` of an input row segment.
+//! Columns are walked as [`PixelRun`]s (consecutive pixels of one output row) read from the
+//! input with its padding written out ([`PaddedInput`]), so each (tap, run) is one copy of an
+//! input row segment (strided for stride > 1), with no border cases.
 
+use super::super::matmul::Isa;
 use super::super::Float;
 use crate::backend::conv::Conv2dGeom;
 use rayon::prelude::*;
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Consecutive GEMM columns inside one output row of one image: pixels `(oy, ox..ox+len)` of
@@ -83,87 +87,111 @@ pub(super) fn input_row(g: &Conv2dGeom, oy: usize, ky: usize) -> Option<usize> {
         .filter(|&iy| iy < g.h)
 }
 
-/// `dst[t] = plane[window of pixel (run.oy, run.ox + t) at tap (ky, kx)]` for `t < run.len`,
-/// 0 where the window is in the padding; `cols` is [`valid_columns`]`[kx]`.
+/// Runs `f` compiled for the micro-kernel's instruction set, so that the packing loops
+/// (inlined into it) copy with the widest vectors the CPU has: compiled for the baseline they
+/// moved 16 bytes at a time, and packing cost as much as the GEMM at small channel counts.
 #[inline(always)]
-fn gather_tap_run<T: Float>(
-    plane: &[T],
-    g: &Conv2dGeom,
-    ky: usize,
-    kx: usize,
-    run: &PixelRun,
-    cols: &Range<usize>,
-    dst: &mut [T],
-) {
-    let (ox, len) = (run.ox, run.len);
-    let dst = &mut dst[..len];
-    let Some(iy) = input_row(g, run.oy, ky) else {
-        dst.fill(T::ZERO);
-        return;
-    };
-    let lo = cols.start.clamp(ox, ox + len) - ox;
-    let hi = cols.end.clamp(ox + lo, ox + len) - ox;
-    dst[..lo].fill(T::ZERO);
-    dst[hi..].fill(T::ZERO);
-    if lo == hi {
-        return;
+pub(super) fn vectorized<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    match isa {
+        // SAFETY: the micro-kernel's `Isa` is only ever one this CPU supports (`detect_isa`,
+        // or a test that checked before forcing it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_avx512(f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { run_avx2(f) },
+        _ => f(),
     }
-    let row = &plane[iy * g.w..(iy + 1) * g.w];
-    let sw = g.stride.1;
-    let ix0 = (ox + lo) * sw + kx * g.dilation.1 - g.padding.1;
-    if sw == 1 {
-        copy_run(&mut dst[lo..hi], &row[ix0..ix0 + (hi - lo)]);
-    } else {
-        for (i, d) in dst[lo..hi].iter_mut().enumerate() {
-            *d = row[ix0 + i * sw];
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// The convolution's input with its zero padding written out (`[N, C_in, H + 2ph, W + 2pw]`),
+/// so that every tap of every output pixel reads inside it: packing is then a plain copy per
+/// (tap, run of pixels), with no border tests. Borrowed when there is no padding.
+pub(super) struct PaddedInput<'a, T: Clone> {
+    data: Cow<'a, [T]>,
+    h: usize,
+    w: usize,
+}
+
+impl<'a, T: Float> PaddedInput<'a, T> {
+    pub(super) fn new(x: &'a [T], g: &Conv2dGeom) -> Self {
+        let (ph, pw) = g.padding;
+        let (h, w) = (g.h + 2 * ph, g.w + 2 * pw);
+        if ph == 0 && pw == 0 {
+            return PaddedInput {
+                data: Cow::Borrowed(x),
+                h,
+                w,
+            };
         }
-    }
-}
-
-/// Output maps narrower than this are packed through a [`tap_table`]: their runs are a few
-/// pixels long, and the work per run would cost more than the copying.
-const SHORT_ROW: usize = 16;
-/// A tap in the padding, in a [`tap_table`].
-const PADDING: usize = usize::MAX;
-
-/// Whether [`pack_im2col`] should be given a [`tap_table`] for this geometry.
-pub(super) fn wants_tap_table(g: &Conv2dGeom) -> bool {
-    g.ow < SHORT_ROW
-}
-
-/// `table[tap*ncols + col]`: the offset in `x` of the input that tap `(ky, kx)` of the
-/// `col`-th column of `runs` reads, minus the offset of its channel plane (`n*C_in*H*W +
-/// iy*W + ix`), or [`PADDING`].
-pub(super) fn tap_table(g: &Conv2dGeom, runs: &[PixelRun], ncols: usize, table: &mut Vec<usize>) {
-    table.clear();
-    table.resize(g.kh * g.kw * ncols, PADDING);
-    let hw = g.h * g.w;
-    for ky in 0..g.kh {
-        for kx in 0..g.kw {
-            let row = &mut table[(ky * g.kw + kx) * ncols..][..ncols];
-            for run in runs {
-                let Some(iy) = input_row(g, run.oy, ky) else {
-                    continue;
-                };
-                for t in 0..run.len {
-                    let ix =
-                        ((run.ox + t) * g.stride.1 + kx * g.dilation.1).checked_sub(g.padding.1);
-                    if let Some(ix) = ix.filter(|&ix| ix < g.w) {
-                        row[run.at + t] = run.n * g.c_in * hw + iy * g.w + ix;
-                    }
+        let (hw, len) = (g.h * g.w, g.n * g.c_in * h * w);
+        if hw == 0 {
+            return PaddedInput {
+                data: Cow::Owned(vec![T::ZERO; len]),
+                h,
+                w,
+            };
+        }
+        // Written once, not zeroed first: per plane the top and bottom padding rows, then per
+        // row its left padding, the input row, its right padding.
+        let mut data = Vec::with_capacity(len);
+        let zero = MaybeUninit::new(T::ZERO);
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(h * w)
+            .zip(x.par_chunks(hw))
+            .for_each(|(dst, src)| {
+                dst[..ph * w].fill(zero);
+                dst[(ph + g.h) * w..].fill(zero);
+                for (iy, row) in src.chunks_exact(g.w).enumerate() {
+                    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and a `T` is a valid one.
+                    let row: &[MaybeUninit<T>] =
+                        unsafe { std::slice::from_raw_parts(row.as_ptr().cast(), row.len()) };
+                    let drow = &mut dst[(iy + ph) * w..(iy + ph + 1) * w];
+                    drow[..pw].fill(zero);
+                    copy_run(&mut drow[pw..pw + g.w], row);
+                    drow[pw + g.w..].fill(zero);
                 }
-            }
+            });
+        // SAFETY: every plane's rows were all written above (padding rows, then each input
+        // row with its left and right padding).
+        unsafe { data.set_len(len) };
+        PaddedInput {
+            data: Cow::Owned(data),
+            h,
+            w,
         }
     }
+}
+
+/// Where one [`PixelRun`] reads (offset in the padded input of its first pixel at tap (0, 0)
+/// of group channel 0) and writes (offset in the packed block at depth 0).
+#[derive(Clone, Copy)]
+struct RunCopy {
+    src: usize,
+    dst: usize,
+    len: usize,
 }
 
 /// `dst.copy_from_slice(src)` for runs of at most a few dozen elements, inline: a call to
-/// `memmove` per run cost about as much as the packing itself.
+/// `memmove` per run cost about as much as the packing itself. Copies 64 bytes at a time (one
+/// AVX-512 register under [`vectorized`]).
 #[inline(always)]
 pub(super) fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    let lanes = (64 / std::mem::size_of::<T>().max(1)).max(1);
     let n = dst.len();
     let src = &src[..n];
-    let (mut dc, mut sc) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    let (mut dc, mut sc) = (dst.chunks_exact_mut(lanes), src.chunks_exact(lanes));
     for (d, s) in (&mut dc).zip(&mut sc) {
         d.copy_from_slice(s);
     }
@@ -173,12 +201,13 @@ pub(super) fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
 }
 
 /// The B operand of the forward GEMM: rows `k0..k0+kc` of group `gi`'s column matrix, for the
-/// columns in `runs` (`ncols` in all, cut at `nr`), as `nr`-wide panels
-/// `buf[(q*kc + kk)*nr + j]`; columns past `ncols` are zero. `table`, when given, is the
-/// [`tap_table`] of `runs` (the same values, read element by element).
+/// columns in `runs` (`ncols` in all; `stride` apart in `buf`, each run inside one `nr`-wide
+/// panel), as panels `buf[(q*kc + kk)*nr + j]`; columns past `ncols` in the last panel are
+/// zero. Each (row, run) is one copy of `run.len` inputs (every `sw`-th for stride `sw`).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(super) fn pack_im2col<T: Float>(
-    x: &[T],
+    xp: &PaddedInput<T>,
     g: &Conv2dGeom,
     gi: usize,
     runs: &[PixelRun],
@@ -186,116 +215,39 @@ pub(super) fn pack_im2col<T: Float>(
     k0: usize,
     kc: usize,
     nr: usize,
-    cols: &[Range<usize>],
-    table: Option<&[usize]>,
     buf: &mut [T],
 ) {
-    let (hw, khw) = (g.h * g.w, g.kh * g.kw);
+    let (hp, wp) = (xp.h, xp.w);
+    let (plane, khw) = (hp * wp, g.kh * g.kw);
+    let (sh, sw) = g.stride;
+    let (dh, dw) = g.dilation;
+    let x = &xp.data[..];
     let panels = ncols.div_ceil(nr);
     if !ncols.is_multiple_of(nr) {
         buf[(panels - 1) * kc * nr..panels * kc * nr].fill(T::ZERO);
     }
-    if let Some(table) = table {
-        for kk in 0..kc {
-            let k = k0 + kk;
-            let (ci, tap) = (k / khw, k % khw);
-            let plane = &x[(gi * g.cin_g() + ci) * hw..];
-            let offsets = &table[tap * ncols..(tap + 1) * ncols];
-            for (q, oq) in offsets.chunks(nr).enumerate() {
-                let dst = &mut buf[(q * kc + kk) * nr..][..oq.len()];
-                for (d, &o) in dst.iter_mut().zip(oq) {
-                    *d = if o == PADDING { T::ZERO } else { plane[o] };
-                }
-            }
-        }
-        return;
-    }
+    let copies: Vec<RunCopy> = runs
+        .iter()
+        .map(|run| RunCopy {
+            src: (run.n * g.c_in + gi * g.cin_g()) * plane + run.oy * sh * wp + run.ox * sw,
+            dst: (run.at / nr) * kc * nr + run.at % nr,
+            len: run.len,
+        })
+        .collect();
     for kk in 0..kc {
         let k = k0 + kk;
         let (ci, ky, kx) = (k / khw, (k % khw) / g.kw, k % g.kw);
-        for run in runs {
-            let plane = &x[(run.n * g.c_in + gi * g.cin_g() + ci) * hw..][..hw];
-            let (q, j) = (run.at / nr, run.at % nr);
-            let dst = &mut buf[(q * kc + kk) * nr + j..][..run.len];
-            gather_tap_run(plane, g, ky, kx, run, &cols[kx], dst);
-        }
-    }
-}
-
-/// The B operand of the weight-gradient GEMM, the transposed column matrix: depth = the
-/// pixels in `runs` (`kc` of them), columns = rows `k0..k0+ncols` of group `gi`'s column
-/// matrix, as `nr`-wide panels `buf[(q*kc + kk)*nr + j]`; columns past `ncols` are zero.
-/// Each panel is gathered row by row into `scratch` (`nr x kc`, contiguous copies) and then
-/// transposed: writing the panel directly would store one element per cache line.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn pack_im2col_transposed<T: Float>(
-    x: &[T],
-    g: &Conv2dGeom,
-    gi: usize,
-    runs: &[PixelRun],
-    kc: usize,
-    k0: usize,
-    ncols: usize,
-    nr: usize,
-    cols: &[Range<usize>],
-    table: Option<&[usize]>,
-    scratch: &mut Vec<T>,
-    buf: &mut [T],
-) {
-    scratch.resize(nr * kc, T::ZERO);
-    for q in 0..ncols.div_ceil(nr) {
-        let live = nr.min(ncols - q * nr);
-        // scratch[j*kc + t] = col[k0 + q*nr + j, pixel t]: one panel of width kc.
-        pack_im2col(
-            x,
-            g,
-            gi,
-            runs,
-            kc,
-            k0 + q * nr,
-            live,
-            kc,
-            cols,
-            table,
-            scratch,
-        );
-        let panel = &mut buf[q * kc * nr..(q + 1) * kc * nr];
-        for (t, prow) in panel.chunks_exact_mut(nr).enumerate() {
-            for (j, v) in prow[..live].iter_mut().enumerate() {
-                *v = scratch[j * kc + t];
-            }
-            prow[live..].fill(T::ZERO);
-        }
-    }
-}
-
-/// The A operand of the weight-gradient GEMM: rows `co0..co0+rows` of the output gradient
-/// `dy` `[N, C_out, P]`, depth = the pixels in `runs` (`kc` of them), as `mr`-row panels
-/// `buf[(q*kc + kk)*mr + r]`; rows past `rows` are zero.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn pack_dy_rows<T: Float>(
-    dy: &[T],
-    g: &Conv2dGeom,
-    co0: usize,
-    rows: usize,
-    runs: &[PixelRun],
-    kc: usize,
-    mr: usize,
-    buf: &mut [T],
-) {
-    let p = g.p();
-    for q in 0..rows.div_ceil(mr) {
-        let panel = &mut buf[q * kc * mr..(q + 1) * kc * mr];
-        let live = mr.min(rows - q * mr);
-        if live < mr {
-            panel.fill(T::ZERO);
-        }
-        for r in 0..live {
-            let co = co0 + q * mr + r;
-            for run in runs {
-                let src = &dy[(run.n * g.c_out + co) * p + run.oy * g.ow + run.ox..][..run.len];
-                for (t, &v) in src.iter().enumerate() {
-                    panel[(run.at + t) * mr + r] = v;
+        let tap = ci * plane + ky * dh * wp + kx * dw;
+        let row = &mut buf[kk * nr..];
+        for c in &copies {
+            let dst = &mut row[c.dst..][..c.len];
+            let src = &x[c.src + tap..];
+            if sw == 1 {
+                copy_run(dst, src);
+            } else {
+                let src = &src[..(c.len - 1) * sw + 1];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = src[i * sw];
                 }
             }
         }

@@ -98,6 +98,27 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Calls `f` compiled for `want`, or for the widest instruction set below it that this CPU
+/// has (another module's choice, such as the GEMM micro-kernel's, may need fewer features
+/// than [`Isa::Avx512`] enables here).
+#[inline(always)]
+pub fn vectorized_at<R>(want: Isa, f: impl FnOnce() -> R) -> R {
+    let have = detect();
+    let run = match (want, have) {
+        (Isa::Baseline, _) | (_, Isa::Baseline) => Isa::Baseline,
+        (Isa::Avx512, Isa::Avx512) => Isa::Avx512,
+        _ => Isa::Avx2,
+    };
+    match run {
+        // SAFETY: `run` is never wider than what `detect()` found on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_avx512(f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { run_avx2(f) },
+        _ => f(),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
 unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {

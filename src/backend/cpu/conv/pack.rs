@@ -10,6 +10,7 @@
 //! input row segment (strided for stride > 1), with no border cases.
 
 use super::super::matmul::Isa;
+use super::super::simd;
 use super::super::Float;
 use crate::backend::conv::Conv2dGeom;
 use rayon::prelude::*;
@@ -87,32 +88,18 @@ pub(super) fn input_row(g: &Conv2dGeom, oy: usize, ky: usize) -> Option<usize> {
         .filter(|&iy| iy < g.h)
 }
 
-/// Runs `f` compiled for the micro-kernel's instruction set, so that the packing loops
-/// (inlined into it) copy with the widest vectors the CPU has: compiled for the baseline they
-/// moved 16 bytes at a time, and packing cost as much as the GEMM at small channel counts.
+/// Runs `f` compiled for the micro-kernel's instruction set (or the widest below it that
+/// `simd` can vouch for), so that the packing loops (inlined into it) copy with the widest
+/// vectors the CPU has: compiled for the baseline they moved 16 bytes at a time, and packing
+/// cost as much as the GEMM at small channel counts.
 #[inline(always)]
 pub(super) fn vectorized<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
-    match isa {
-        // SAFETY: the micro-kernel's `Isa` is only ever one this CPU supports (`detect_isa`,
-        // or a test that checked before forcing it).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { run_avx512(f) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { run_avx2(f) },
-        _ => f(),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
+    let want = match isa {
+        Isa::Avx512 => simd::Isa::Avx512,
+        Isa::Avx2 => simd::Isa::Avx2,
+        _ => simd::Isa::Baseline,
+    };
+    simd::vectorized_at(want, f)
 }
 
 /// The convolution's input with its zero padding written out (`[N, C_in, H + 2ph, W + 2pw]`),

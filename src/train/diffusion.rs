@@ -46,8 +46,8 @@ pub struct DiffusionTrainConfig {
 impl Default for DiffusionTrainConfig {
     fn default() -> Self {
         DiffusionTrainConfig {
-            steps: 2000,
-            batch_size: 32,
+            steps: 6000,
+            batch_size: 16,
             lr: 1e-3,
             seed: 0,
             ema_decay: 0.995,

@@ -39,13 +39,13 @@ use crate::backend::conv::{Conv2dGeom, ConvBackend};
 use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
 use pack::{
-    input_row, pack_im2col, pack_row_panels, pixel_runs, valid_columns, vectorized, PaddedInput,
-    PixelRun,
+    input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
+    valid_columns, vectorized, PaddedInput, PixelRun,
 };
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use weight_grad::conv2d_bwd_weight;
+use weight_grad::conv2d_bwd_weight_tiles;
 
 /// Depth block: rows of the packed B block (and depth of an A panel slice) per pass.
 const KC: usize = 256;
@@ -409,6 +409,72 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
                 });
         });
     dx
+}
+
+/// dW = dY x im2col(X)^T, by whichever path suits the shape: with few output channels per
+/// group (the small U-Net's 16 and 32) the GEMM's `mr`-row panels are mostly padding and
+/// transposing both operands into them dominates, so dot-product tiles along the pixels
+/// (`weight_grad.rs`) win; with more channels the packed GEMM wins (docs/PERF.md, session 4:
+/// the tiles alone made ResNet-18's backward 1.5-2x slower).
+fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    if g.cout_g() <= WEIGHT_GRAD_TILES_MAX_COUT {
+        conv2d_bwd_weight_tiles(x, dy, g, isa)
+    } else {
+        conv2d_bwd_weight_gemm(x, dy, g, isa)
+    }
+}
+
+/// Up to this many output channels per group, the weight gradient uses the pixel tiles.
+const WEIGHT_GRAD_TILES_MAX_COUT: usize = 32;
+
+fn conv2d_bwd_weight_gemm<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
+    let total = g.c_out * k;
+    if total == 0 || p == 0 || g.n == 0 {
+        return vec![T::ZERO; total];
+    }
+    let kern = T::micro_kernel(isa);
+    let (mr, nr) = (kern.mr, kern.nr);
+    let depth = g.n * p;
+    // Column blocks repack dy's rows each, so keep them wide.
+    let plan = TilePlan::new(g.groups, cout_g, k, mr, nr, 4 * nr);
+    let xp = PaddedInput::new(x, g);
+    let mut dw = Vec::with_capacity(total);
+    let sink = DisjointWrites::new(&mut dw.spare_capacity_mut()[..total]);
+    (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
+        let tile = plan.tile(t);
+        let (nrows, ncols) = (tile.nrows, tile.ncols);
+        let co0 = tile.gi * cout_g + tile.r0;
+        let kc_max = KC.min(depth);
+        let mut apack = vec![T::ZERO; round_up(nrows, mr) * kc_max];
+        let mut bpack = vec![T::ZERO; kc_max * round_up(ncols, nr)];
+        let mut c = vec![T::ZERO; nrows * ncols];
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
+        for pc in (0..depth).step_by(KC) {
+            let kc = KC.min(depth - pc);
+            pixel_runs(g, pc, kc, usize::MAX, &mut runs);
+            let b = &mut bpack[..kc * round_up(ncols, nr)];
+            vectorized(
+                isa,
+                #[inline(always)]
+                || {
+                    pack_dy_rows(dy, g, co0, nrows, &runs, kc, mr, &mut apack);
+                    let (gi, c0, s) = (tile.gi, tile.c0, &mut scratch);
+                    pack_im2col_transposed(&xp, g, gi, &runs, kc, c0, ncols, nr, s, b);
+                },
+            );
+            let a_panel = |q: usize| &apack[q * kc * mr..(q + 1) * kc * mr];
+            multiply_block(&kern, kc, a_panel, b, &mut c, nrows, ncols);
+        }
+        for r in 0..nrows {
+            // SAFETY: tiles of the plan cover disjoint (row, column) sets of dW.
+            unsafe { sink.write((co0 + r) * k + tile.c0, &c[r * ncols..(r + 1) * ncols]) };
+        }
+    });
+    // SAFETY: the plan's tiles cover every (output channel, column) of dW and each tile
+    // writes all of its rows, so all `total` elements are initialised.
+    unsafe { dw.set_len(total) };
+    dw
 }
 
 macro_rules! float_pair {

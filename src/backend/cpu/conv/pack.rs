@@ -293,3 +293,88 @@ pub(super) fn pack_row_panels<T: Float>(
         });
     buf
 }
+/// The B operand of the weight-gradient GEMM, the transposed column matrix: depth = the
+/// pixels in `runs` (`kc` of them), columns = rows `k0..k0+ncols` of group `gi`'s column
+/// matrix, as `nr`-wide panels `buf[(q*kc + kk)*nr + j]`; columns past `ncols` are zero.
+/// Each panel is gathered row by row into `scratch` (`nr x kc`, contiguous copies) and then
+/// transposed in blocks: writing the panel directly would store one element per cache line.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn pack_im2col_transposed<T: Float>(
+    xp: &PaddedInput<T>,
+    g: &Conv2dGeom,
+    gi: usize,
+    runs: &[PixelRun],
+    kc: usize,
+    k0: usize,
+    ncols: usize,
+    nr: usize,
+    scratch: &mut Vec<T>,
+    buf: &mut [T],
+) {
+    scratch.resize(nr * kc, T::ZERO);
+    for q in 0..ncols.div_ceil(nr) {
+        let live = nr.min(ncols - q * nr);
+        // scratch[j*kc + t] = col[k0 + q*nr + j, pixel t]: one panel of width kc.
+        pack_im2col(xp, g, gi, runs, kc, k0 + q * nr, live, kc, scratch);
+        let panel = &mut buf[q * kc * nr..(q + 1) * kc * nr];
+        transpose_into_panel(&scratch[..live * kc], live, kc, nr, panel);
+    }
+}
+
+/// `panel[t*nr + j] = rows[j*kc + t]` for `j < live`, 0 for `live <= j < nr`: blocks of
+/// [`TRANSPOSE_BLOCK`] depth, so the panel rows being written stay in L1 while the source
+/// rows stream through.
+#[inline(always)]
+fn transpose_into_panel<T: Float>(rows: &[T], live: usize, kc: usize, nr: usize, panel: &mut [T]) {
+    const TRANSPOSE_BLOCK: usize = 16;
+    if live < nr {
+        for prow in panel.chunks_exact_mut(nr) {
+            prow[live..].fill(T::ZERO);
+        }
+    }
+    for t0 in (0..kc).step_by(TRANSPOSE_BLOCK) {
+        let b = TRANSPOSE_BLOCK.min(kc - t0);
+        let block = &mut panel[t0 * nr..(t0 + b) * nr];
+        for j in 0..live {
+            let src = &rows[j * kc + t0..][..b];
+            for (t, &v) in src.iter().enumerate() {
+                block[t * nr + j] = v;
+            }
+        }
+    }
+}
+
+/// The A operand of the weight-gradient GEMM: rows `co0..co0+rows` of the output gradient
+/// `dy` `[N, C_out, P]`, depth = the pixels in `runs` (`kc` of them), as `mr`-row panels
+/// `buf[(q*kc + kk)*mr + r]`; rows past `rows` are zero.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn pack_dy_rows<T: Float>(
+    dy: &[T],
+    g: &Conv2dGeom,
+    co0: usize,
+    rows: usize,
+    runs: &[PixelRun],
+    kc: usize,
+    mr: usize,
+    buf: &mut [T],
+) {
+    let p = g.p();
+    for q in 0..rows.div_ceil(mr) {
+        let panel = &mut buf[q * kc * mr..(q + 1) * kc * mr];
+        let live = mr.min(rows - q * mr);
+        if live < mr {
+            panel.fill(T::ZERO);
+        }
+        for r in 0..live {
+            let co = co0 + q * mr + r;
+            for run in runs {
+                let src = &dy[(run.n * g.c_out + co) * p + run.oy * g.ow + run.ox..][..run.len];
+                for (t, &v) in src.iter().enumerate() {
+                    panel[(run.at + t) * mr + r] = v;
+                }
+            }
+        }
+    }
+}

@@ -22,7 +22,12 @@ const DEPTH_CHUNK: usize = 16 * KC;
 /// Most im2col rows (weight-gradient columns) per task: bounds the `COLS_MAX x KC` scratch.
 const COLS_MAX: usize = 256;
 
-pub(super) fn conv2d_bwd_weight<T: Float>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+pub(super) fn conv2d_bwd_weight_tiles<T: Float>(
+    x: &[T],
+    dy: &[T],
+    g: &Conv2dGeom,
+    isa: Isa,
+) -> Vec<T> {
     let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
     let mut dw = vec![T::ZERO; g.c_out * k];
     if dw.is_empty() || p == 0 || g.n == 0 {

@@ -167,9 +167,11 @@ impl ClipImageConditioner {
                 ClipInput::CenterCrop if h >= side && w >= side => x
                     .narrow(2, (h - side) / 2, side)?
                     .narrow(3, (w - side) / 2, side)?,
-                ClipInput::CenterCrop => return Err(Error::msg(format!(
+                ClipInput::CenterCrop => {
+                    return Err(Error::msg(format!(
                     "clip-image conditioner: cannot crop {h}x{w} pictures to CLIP's {side}x{side}"
-                ))),
+                )))
+                }
                 ClipInput::Resize => {
                     let rows = nearest_indices(h, side, x.device())?;
                     let cols = nearest_indices(w, side, x.device())?;

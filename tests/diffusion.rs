@@ -503,6 +503,7 @@ fn resume_gives_the_same_model_as_an_uninterrupted_run() {
         checkpoint_every: 0,
         resume: true,
         progress: false,
+        ..Default::default()
     };
     let whole = tiny_word_model(1);
     // The same start (tests run in parallel and share the global generator, so copy it).

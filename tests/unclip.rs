@@ -23,6 +23,7 @@ use tessera::optim::{assign, AdamW, AdamWConfig, Optimizer};
 use tessera::random::manual_seed;
 use tessera::train::diffusion::{
     load_diffusion, load_diffusion_with_dataset, train_diffusion_on, DiffusionTrainConfig,
+    TimestepSampling,
 };
 use tessera::train::diffusion_data::DiffusionData;
 use tessera::train::prior::{train_prior, PriorTrainConfig};
@@ -468,8 +469,12 @@ fn fashion_mnist_batches_are_padded_gray_and_reproducible() {
     };
     let data = DiffusionData::named("fashion-mnist", &dir).unwrap();
     assert_eq!((data.name(), data.channels()), ("fashion-mnist", 1));
-    let a = data.batch(3, 7, 8, 32, 1000, CPU).unwrap();
-    let b = data.batch(3, 7, 8, 32, 1000, CPU).unwrap();
+    let a = data
+        .batch(3, 7, 8, 32, 1000, TimestepSampling::Uniform, CPU)
+        .unwrap();
+    let b = data
+        .batch(3, 7, 8, 32, 1000, TimestepSampling::Uniform, CPU)
+        .unwrap();
     assert_eq!(a.x0.dims(), &[8, 1, 32, 32]);
     assert_eq!(a.noise.dims(), &[8, 1, 32, 32]);
     assert_eq!(a.x0.to_vec_f64().unwrap(), b.x0.to_vec_f64().unwrap());

@@ -13,7 +13,7 @@ use tessera::diffusion::{
 };
 use tessera::io::{grid, Image};
 use tessera::train::diffusion::{
-    load_diffusion_with_dataset, train_diffusion_on, DiffusionTrainConfig,
+    load_diffusion_with_dataset, train_diffusion_on, DiffusionTrainConfig, TimestepSampling,
 };
 use tessera::train::diffusion_data::DiffusionData;
 use tessera::train::prior::{train_prior, PriorReport, PriorTrainConfig};
@@ -59,6 +59,14 @@ pub struct TrainDiffusionArgs {
     /// What the jointly trained text encoder reads: `word` (one token per word) or `char`.
     #[arg(long, default_value = "word")]
     pub tokens: String,
+    /// How each picture's training timestep is drawn: `uniform` (DDPM) or `logit-normal`
+    /// (`t = T * sigmoid(n)`, `n ~ N(--timestep-mean, --timestep-std)`: more mid-noise steps).
+    #[arg(long, default_value = "uniform")]
+    pub timesteps: String,
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub timestep_mean: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub timestep_std: f64,
     #[arg(long, default_value_t = 250)]
     pub checkpoint_every: u64,
     /// Continue from the checkpoint in `--out` if it exists.
@@ -235,6 +243,7 @@ pub fn train(a: &TrainDiffusionArgs) -> anyhow::Result<()> {
         resume: a.resume,
         stop_at: None,
         progress: !a.json,
+        timesteps: TimestepSampling::from_name(&a.timesteps, a.timestep_mean, a.timestep_std)?,
     };
     let r = train_diffusion_on(&model, &data, &cfg)?;
     let samples = if a.no_samples {

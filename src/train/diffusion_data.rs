@@ -11,7 +11,7 @@
 //! Batches are pure functions of `(seed, step)`, as for the shapes, so resume is exact.
 //! [`PriorPool`] gives the (caption, picture) pairs the unCLIP prior learns from.
 
-use super::diffusion::{diffusion_batch, DiffusionBatch};
+use super::diffusion::{diffusion_batch, DiffusionBatch, TimestepSampling};
 use crate::data::mnist::{load_dataset, CaptionedImages, DatasetName, Split, FASHION_CAPTIONS};
 use crate::data::shapes::{
     caption_lines, fill, RenderOpts, ShapesDataset, HELD_OUT_TEMPLATES, TRAIN_TEMPLATES,
@@ -116,12 +116,19 @@ impl DiffusionData {
         batch_size: usize,
         image_size: usize,
         train_steps: usize,
+        timesteps: TimestepSampling,
         device: Device,
     ) -> Result<DiffusionBatch> {
         match self {
-            DiffusionData::Shapes => {
-                diffusion_batch(seed, step, batch_size, image_size, train_steps, device)
-            }
+            DiffusionData::Shapes => diffusion_batch(
+                seed,
+                step,
+                batch_size,
+                image_size,
+                train_steps,
+                timesteps,
+                device,
+            ),
             DiffusionData::FashionMnist { train, .. } => {
                 let seed = seed.wrapping_mul(1_000_003).wrapping_add(step);
                 let mut rng = Rng::new(seed ^ 0xFA5_0001);
@@ -131,7 +138,9 @@ impl DiffusionData {
                     .map(|&i| train.class_captions[train.labels[i]].clone())
                     .collect();
                 drop_captions(&mut captions, CFG_DROPOUT, &mut rng);
-                let t = (0..batch_size).map(|_| rng.below(train_steps)).collect();
+                let t = (0..batch_size)
+                    .map(|_| timesteps.draw(&mut rng, train_steps))
+                    .collect();
                 let noise = Tensor::randn_with_seed(
                     (batch_size, 1, image_size, image_size),
                     DType::F32,

@@ -93,7 +93,8 @@ fn tiny_unclip(seed: u64) -> TextToImage {
     let cond =
         ClipImageConditioner::new(tiny_clip(seed), word_tokens(), 16, ClipInput::Resize, CPU)
             .unwrap();
-    TextToImage::with_conditioner(tiny_config(), Conditioner::ClipImage(cond), CPU).unwrap()
+    TextToImage::with_conditioner(tiny_config(), Conditioner::ClipImage(Box::new(cond)), CPU)
+        .unwrap()
 }
 
 fn unclip_part(m: &TextToImage) -> &ClipImageConditioner {
@@ -469,12 +470,14 @@ fn fashion_mnist_batches_are_padded_gray_and_reproducible() {
     };
     let data = DiffusionData::named("fashion-mnist", &dir).unwrap();
     assert_eq!((data.name(), data.channels()), ("fashion-mnist", 1));
-    let a = data
-        .batch(3, 7, 8, 32, 1000, TimestepSampling::Uniform, CPU)
-        .unwrap();
-    let b = data
-        .batch(3, 7, 8, 32, 1000, TimestepSampling::Uniform, CPU)
-        .unwrap();
+    let cfg = DiffusionTrainConfig {
+        seed: 3,
+        batch_size: 8,
+        timesteps: TimestepSampling::Uniform,
+        ..Default::default()
+    };
+    let a = data.batch(&cfg, 7, 32, 1000, CPU).unwrap();
+    let b = data.batch(&cfg, 7, 32, 1000, CPU).unwrap();
     assert_eq!(a.x0.dims(), &[8, 1, 32, 32]);
     assert_eq!(a.noise.dims(), &[8, 1, 32, 32]);
     assert_eq!(a.x0.to_vec_f64().unwrap(), b.x0.to_vec_f64().unwrap());

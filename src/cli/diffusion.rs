@@ -229,7 +229,7 @@ pub fn train(a: &TrainDiffusionArgs) -> anyhow::Result<()> {
                 }
                 prior_report = Some(r);
             }
-            TextToImage::with_conditioner(config, Conditioner::ClipImage(cond), device)?
+            TextToImage::with_conditioner(config, Conditioner::ClipImage(Box::new(cond)), device)?
         }
     };
     let cfg = DiffusionTrainConfig {

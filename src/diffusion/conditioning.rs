@@ -28,7 +28,8 @@ pub struct PromptConditioner {
 pub enum Conditioner {
     Prompt(PromptConditioner),
     /// unCLIP: a frozen CLIP image embedding (from a prior at sampling time) as the condition.
-    ClipImage(super::unclip::ClipImageConditioner),
+    /// Boxed: CLIP and the prior make it several times the size of the other arm.
+    ClipImage(Box<super::unclip::ClipImageConditioner>),
 }
 
 impl Conditioner {
@@ -117,9 +118,9 @@ impl Conditioner {
                     encoder: PromptEncoder::new(PromptEncoderConfig::from_json(enc)?, device)?,
                 }))
             }
-            Some("clip-image") => Ok(Conditioner::ClipImage(
+            Some("clip-image") => Ok(Conditioner::ClipImage(Box::new(
                 super::unclip::ClipImageConditioner::from_json(v, device)?,
-            )),
+            ))),
             other => Err(Error::msg(format!(
                 "conditioner JSON: unknown kind {other:?} (expected \"prompt\" or \"clip-image\")"
             ))),

@@ -221,15 +221,7 @@ pub fn train_diffusion_on(
     let end = cfg.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in start..end {
         schedule.apply(&mut opt, step);
-        let batch = data.batch(
-            cfg.seed,
-            step,
-            cfg.batch_size,
-            c.image_size,
-            c.train_steps,
-            cfg.timesteps,
-            device,
-        )?;
+        let batch = data.batch(cfg, step, c.image_size, c.train_steps, device)?;
         let prompts: Vec<&str> = batch.captions.iter().map(|s| s.as_str()).collect();
         let loss = model.training_loss(&batch.x0, &prompts, &batch.t, &batch.noise)?;
         let lv = loss.item()?;

@@ -11,7 +11,7 @@
 //! Batches are pure functions of `(seed, step)`, as for the shapes, so resume is exact.
 //! [`PriorPool`] gives the (caption, picture) pairs the unCLIP prior learns from.
 
-use super::diffusion::{diffusion_batch, DiffusionBatch, TimestepSampling};
+use super::diffusion::{diffusion_batch, DiffusionBatch, DiffusionTrainConfig};
 use crate::data::mnist::{load_dataset, CaptionedImages, DatasetName, Split, FASHION_CAPTIONS};
 use crate::data::shapes::{
     caption_lines, fill, RenderOpts, ShapesDataset, HELD_OUT_TEMPLATES, TRAIN_TEMPLATES,
@@ -108,17 +108,17 @@ impl DiffusionData {
         }
     }
 
-    /// The training batch of `step` (see [`diffusion_batch`]).
+    /// The training batch of `step` under `cfg` (seed, batch size, timestep density) for a
+    /// model of side `image_size` and `train_steps` noise levels (see [`diffusion_batch`]).
     pub fn batch(
         &self,
-        seed: u64,
+        cfg: &DiffusionTrainConfig,
         step: u64,
-        batch_size: usize,
         image_size: usize,
         train_steps: usize,
-        timesteps: TimestepSampling,
         device: Device,
     ) -> Result<DiffusionBatch> {
+        let (seed, batch_size, timesteps) = (cfg.seed, cfg.batch_size, cfg.timesteps);
         match self {
             DiffusionData::Shapes => diffusion_batch(
                 seed,
@@ -172,8 +172,8 @@ impl DiffusionData {
         match self {
             DiffusionData::Shapes => {
                 let (seed, templates): (u64, &[&str]) = match split {
-                    Split::Train => (0x9_01_0001, &TRAIN_TEMPLATES),
-                    Split::Test => (0x9_01_0002, &HELD_OUT_TEMPLATES),
+                    Split::Train => (0x0901_0001, &TRAIN_TEMPLATES),
+                    Split::Test => (0x0901_0002, &HELD_OUT_TEMPLATES),
                 };
                 let data =
                     ShapesDataset::generate(count, &RenderOpts::new(image_size), seed, device)?;

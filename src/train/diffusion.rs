@@ -1,4 +1,4 @@
-//! Trains the text-to-image diffusion model on the built-in shapes.
+//! Trains the text-to-image diffusion model on the built-in shapes (or Fashion-MNIST: `diffusion_data.rs`).
 //!
 //! Every step draws a fresh batch (seeded by `(seed, step)`, as `shapes_resnet` does):
 //! jittered pictures, a caption for each from the *training* templates (10% replaced by the

@@ -1,4 +1,5 @@
-//! Trains the text-to-image diffusion model on the built-in shapes (or Fashion-MNIST: `diffusion_data.rs`).
+//! Trains the text-to-image diffusion model on the built-in shapes (or on Fashion-MNIST:
+//! `diffusion_data.rs`).
 //!
 //! Every step draws a fresh batch (seeded by `(seed, step)`, as `shapes_resnet` does):
 //! jittered pictures, a caption for each from the *training* templates (10% replaced by the

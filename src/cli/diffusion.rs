@@ -1,18 +1,22 @@
 //! `tessera train diffusion` and `tessera sample diffusion`: the text-to-image diffusion model
-//! on the built-in shapes (32x32), and PNG grids of its pictures, one row per prompt.
+//! on the built-in shapes or Fashion-MNIST (32x32), conditioned on text or (unCLIP) on CLIP
+//! image embeddings, and PNG grids of its pictures, one row per prompt.
 
 use super::{resolve_device, DeviceArg};
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
-use tessera::data::shapes::caption_lines;
 use tessera::data::PromptTokenizer;
+use tessera::diffusion::unclip::{ClipImageConditioner, ClipInput};
+use tessera::diffusion::Conditioner;
 use tessera::diffusion::{
     BetaSchedule, DiffusionConfig, Prediction, SampleOpts, Sampler, TextToImage,
 };
 use tessera::io::{grid, Image};
 use tessera::train::diffusion::{
-    load_diffusion, train_diffusion, DiffusionTrainConfig, TimestepSampling,
+    load_diffusion_with_dataset, train_diffusion_on, DiffusionTrainConfig, TimestepSampling,
 };
+use tessera::train::diffusion_data::DiffusionData;
+use tessera::train::prior::{train_prior, PriorReport, PriorTrainConfig};
 
 /// The checkpoint's name inside `--out`.
 pub const CHECKPOINT_FILE: &str = "diffusion.safetensors";
@@ -68,6 +72,25 @@ pub struct TrainDiffusionArgs {
     /// Continue from the checkpoint in `--out` if it exists.
     #[arg(long)]
     pub resume: bool,
+    /// `shapes` (built in, RGB) or `fashion-mnist` (IDX files under `--data`, gray, padded
+    /// from 28 to 32 pixels).
+    #[arg(long, default_value = "shapes")]
+    pub dataset: String,
+    /// Folder with the Fashion-MNIST IDX files (or with a `fashion-mnist/` sub-folder).
+    #[arg(long, default_value = "data")]
+    pub data: PathBuf,
+    /// What the U-Net is conditioned on: `text` (a jointly trained text encoder) or
+    /// `clip-image` (unCLIP: the frozen CLIP image embedding of the picture in training, the
+    /// prior's prediction from the prompt at sampling; needs `--clip`).
+    #[arg(long, value_enum, default_value_t = ConditioningArg::Text)]
+    pub conditioning: ConditioningArg,
+    /// The CLIP checkpoint for `--conditioning clip-image`, trained on the same dataset
+    /// (`tessera train clip --dataset shapes`); its weights are copied into the checkpoint.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Training steps of the unCLIP prior (before the decoder).
+    #[arg(long, default_value_t = 1500)]
+    pub prior_steps: u64,
     /// Skip the grid of samples written after training.
     #[arg(long)]
     pub no_samples: bool,
@@ -76,6 +99,47 @@ pub struct TrainDiffusionArgs {
     /// Print one final JSON line with the figures (and no progress bar).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConditioningArg {
+    Text,
+    ClipImage,
+}
+
+impl ConditioningArg {
+    fn name(self) -> &'static str {
+        match self {
+            ConditioningArg::Text => "text",
+            ConditioningArg::ClipImage => "clip-image",
+        }
+    }
+}
+
+/// The conditioning a loaded model has.
+fn conditioning_of(model: &TextToImage) -> ConditioningArg {
+    match model.text {
+        Conditioner::ClipImage(_) => ConditioningArg::ClipImage,
+        _ => ConditioningArg::Text,
+    }
+}
+
+/// An error when `--conditioning` was given and the checkpoint has another.
+fn check_conditioning(
+    asked: Option<ConditioningArg>,
+    model: &TextToImage,
+    ckpt: &Path,
+) -> anyhow::Result<()> {
+    let has = conditioning_of(model);
+    match asked {
+        Some(a) if a != has => anyhow::bail!(
+            "{}: the checkpoint is conditioned on {}, not {} (the conditioning is chosen in training)",
+            ckpt.display(),
+            has.name(),
+            a.name()
+        ),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -109,6 +173,9 @@ pub struct SampleDiffusionArgs {
     /// Use the raw trained weights instead of their EMA.
     #[arg(long)]
     pub no_ema: bool,
+    /// Checks that the checkpoint has this conditioning (it is fixed in training).
+    #[arg(long, value_enum)]
+    pub conditioning: Option<ConditioningArg>,
     #[arg(long, default_value = "grid.png")]
     pub out: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
@@ -119,12 +186,18 @@ pub struct SampleDiffusionArgs {
 
 pub fn train(a: &TrainDiffusionArgs) -> anyhow::Result<()> {
     let device = resolve_device(a.device, a.json)?;
+    if a.conditioning == ConditioningArg::Text && a.clip.is_some() {
+        anyhow::bail!("--clip is only read with --conditioning clip-image");
+    }
+    let data = DiffusionData::named(&a.dataset, &a.data)?;
     std::fs::create_dir_all(&a.out).map_err(|e| tessera::Error::io(&a.out, e))?;
     let small = DiffusionConfig::small();
     let config = DiffusionConfig {
         schedule: BetaSchedule::from_name(&a.schedule)?,
         prediction: Prediction::from_name(&a.prediction)?,
         unet: tessera::models::unet::UNetConfig {
+            in_channels: data.channels(),
+            out_channels: data.channels(),
             base_channels: a.base_channels,
             attention_levels: a.attention_levels.clone(),
             patch_size: a.patch_size,
@@ -133,9 +206,32 @@ pub fn train(a: &TrainDiffusionArgs) -> anyhow::Result<()> {
         ..small
     };
     tessera::random::manual_seed(a.seed);
-    let tokenizer = PromptTokenizer::new(&a.tokens, &caption_lines())?;
-    let model = TextToImage::new(config, tokenizer, device)?;
     let ckpt = a.out.join(CHECKPOINT_FILE);
+    let mut prior_report = None;
+    let model = match a.conditioning {
+        ConditioningArg::Text => {
+            let tokenizer = PromptTokenizer::new(&a.tokens, &data.caption_text())?;
+            TextToImage::new(config, tokenizer, device)?
+        }
+        ConditioningArg::ClipImage => {
+            let cond = clip_image_conditioner(a, &data, config.text_dim, device)?;
+            // A resumed run takes its prior (and CLIP) from the checkpoint.
+            if !(a.resume && ckpt.exists()) {
+                let cfg = PriorTrainConfig {
+                    steps: a.prior_steps,
+                    seed: a.seed,
+                    progress: !a.json,
+                    ..Default::default()
+                };
+                let r = train_prior(&cond, &data, config.image_size, &cfg)?;
+                if !a.json {
+                    print_prior(&r);
+                }
+                prior_report = Some(r);
+            }
+            TextToImage::with_conditioner(config, Conditioner::ClipImage(Box::new(cond)), device)?
+        }
+    };
     let cfg = DiffusionTrainConfig {
         steps: a.steps,
         batch_size: a.batch_size,
@@ -149,28 +245,25 @@ pub fn train(a: &TrainDiffusionArgs) -> anyhow::Result<()> {
         progress: !a.json,
         timesteps: TimestepSampling::from_name(&a.timesteps, a.timestep_mean, a.timestep_std)?,
     };
-    let r = train_diffusion(&model, &cfg)?;
+    let r = train_diffusion_on(&model, &data, &cfg)?;
     let samples = if a.no_samples {
         None
     } else {
-        let prompts = [
-            "a red circle",
-            "a blue square",
-            "a green triangle",
-            "a yellow cross",
-            "a purple diamond",
-            "an orange circle",
-        ];
+        let prompts = data.sample_prompts();
+        let prompts: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
         let path = a.out.join("samples.png");
         let opts = SampleOpts::default();
-        write_samples(&ckpt, &prompts, 6, &opts, true, device, &path, a.json)?;
+        write_samples(&ckpt, &prompts, 6, &opts, true, device, &path, a.json, None)?;
         Some(path)
     };
     if a.json {
         println!(
             "{}",
             serde_json::json!({
-                "model": "diffusion", "steps": r.steps, "start_step": r.start_step,
+                "model": "diffusion", "dataset": data.name(),
+                "conditioning": a.conditioning.name(),
+                "prior": prior_report.as_ref().map(prior_json),
+                "steps": r.steps, "start_step": r.start_step,
                 "batch_size": a.batch_size, "first_loss": r.first_loss,
                 "final_loss": r.final_loss, "seconds": r.seconds,
                 "images_per_second": r.images_per_second, "parameters": r.parameters,
@@ -211,7 +304,15 @@ pub fn sample(a: &SampleDiffusionArgs) -> anyhow::Result<()> {
     let prompts: Vec<&str> = a.prompt.iter().map(|s| s.as_str()).collect();
     let t0 = std::time::Instant::now();
     write_samples(
-        &a.ckpt, &prompts, a.count, &opts, !a.no_ema, device, &a.out, a.json,
+        &a.ckpt,
+        &prompts,
+        a.count,
+        &opts,
+        !a.no_ema,
+        device,
+        &a.out,
+        a.json,
+        a.conditioning,
     )?;
     if a.json {
         println!(
@@ -246,11 +347,13 @@ fn write_samples(
     device: tessera::Device,
     out: &Path,
     quiet: bool,
+    conditioning: Option<ConditioningArg>,
 ) -> anyhow::Result<()> {
     if count == 0 {
         anyhow::bail!("--count must be at least 1");
     }
-    let (model, _) = load_diffusion(ckpt, device, use_ema)?;
+    let (model, _, _) = load_diffusion_with_dataset(ckpt, device, use_ema)?;
+    check_conditioning(conditioning, &model, ckpt)?;
     let steps = match opts.sampler {
         Sampler::Ddpm => model.config.train_steps,
         Sampler::Ddim => opts.steps,
@@ -284,6 +387,9 @@ pub struct EvalDiffusionArgs {
     pub guidance: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Checks that the checkpoint has this conditioning (it is fixed in training).
+    #[arg(long, value_enum)]
+    pub conditioning: Option<ConditioningArg>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     #[arg(long)]
@@ -292,7 +398,14 @@ pub struct EvalDiffusionArgs {
 
 pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
     let device = resolve_device(a.device, a.json)?;
-    let (model, step) = load_diffusion(&a.ckpt, device, true)?;
+    let (model, step, dataset) = load_diffusion_with_dataset(&a.ckpt, device, true)?;
+    check_conditioning(a.conditioning, &model, &a.ckpt)?;
+    if dataset != "shapes" {
+        anyhow::bail!(
+            "{}: trained on {dataset}; prompt adherence and the Frechet distance are only defined for the shapes data (they need the shapes classifier); `tessera sample diffusion` still draws a grid",
+            a.ckpt.display()
+        );
+    }
     let (classifier, classifier_size) =
         tessera::train::shapes_resnet::load_resnet(&a.classifier, device)?;
     let opts = SampleOpts {
@@ -326,7 +439,8 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "model": "diffusion", "checkpoint_step": step, "prompts": r.prompts,
+                "model": "diffusion", "conditioning": conditioning_of(&model).name(),
+                "checkpoint_step": step, "prompts": r.prompts,
                 "images": r.images, "prompt_adherence": r.both_right,
                 "shape_right": r.shape_right, "colour_right": r.colour_right,
                 "frechet": r.frechet, "frechet_real_vs_real": r.frechet_real,
@@ -348,4 +462,84 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The unCLIP conditioner of `tessera train diffusion --conditioning clip-image`: the CLIP
+/// checkpoint of `--clip` (checked against the dataset) with a fresh prior and projection.
+fn clip_image_conditioner(
+    a: &TrainDiffusionArgs,
+    data: &DiffusionData,
+    context_dim: usize,
+    device: tessera::Device,
+) -> anyhow::Result<ClipImageConditioner> {
+    let Some(path) = &a.clip else {
+        anyhow::bail!(
+            "--conditioning clip-image needs --clip FILE: a CLIP checkpoint trained on the same data (`tessera train clip --dataset {} --ckpt FILE`)",
+            data.name()
+        );
+    };
+    let (clip, extra) = tessera::train::clip::load_clip(path, device)?;
+    let trained_on = extra
+        .get("dataset")
+        .map(|s| s.as_str())
+        .unwrap_or("fashion-mnist");
+    if trained_on != data.name() {
+        return Err(tessera::Error::file(
+            path,
+            format!(
+                "CLIP was trained on {trained_on}, the decoder trains on {}; train CLIP with --dataset {}",
+                data.name(),
+                data.name()
+            ),
+        )
+        .into());
+    }
+    if clip.config.vit.channels != data.channels() {
+        return Err(tessera::Error::file(
+            path,
+            format!(
+                "CLIP reads {}-channel pictures, {} has {}",
+                clip.config.vit.channels,
+                data.name(),
+                data.channels()
+            ),
+        )
+        .into());
+    }
+    let input = match data {
+        DiffusionData::Shapes => ClipInput::Resize,
+        DiffusionData::FashionMnist { .. } => ClipInput::CenterCrop,
+    };
+    let tokenizer = PromptTokenizer::new("word", &data.caption_text())?;
+    Ok(ClipImageConditioner::new(
+        clip,
+        tokenizer,
+        context_dim,
+        input,
+        device,
+    )?)
+}
+
+fn prior_json(r: &PriorReport) -> serde_json::Value {
+    serde_json::json!({
+        "steps": r.steps, "first_loss": r.first_loss, "final_loss": r.final_loss,
+        "seconds": r.seconds, "parameters": r.parameters,
+        "held_out_cosine": r.held_out.cosine, "held_out_retrieval": r.held_out.retrieval,
+        "clip_text_cosine": r.clip_text_baseline.cosine,
+        "clip_text_retrieval": r.clip_text_baseline.retrieval,
+    })
+}
+
+fn print_prior(r: &PriorReport) {
+    println!(
+        "prior: {} steps, mse {:.5} -> {:.5}, {:.1} s | held-out cosine {:.3}, retrieval {:.1}% (CLIP text embedding alone: cosine {:.3}, retrieval {:.1}%)",
+        r.steps,
+        r.first_loss,
+        r.final_loss,
+        r.seconds,
+        r.held_out.cosine,
+        100.0 * r.held_out.retrieval,
+        r.clip_text_baseline.cosine,
+        100.0 * r.clip_text_baseline.retrieval
+    );
 }

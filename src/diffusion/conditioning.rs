@@ -4,6 +4,7 @@
 //! its kind and be rebuilt. Today: a small transformer over characters or words, trained
 //! jointly with the U-Net. The CLIP text encoder (`models::clip`) fits as another arm: it
 //! only has to give `[B, S, D]` states with a `[B, S]` padding mask (and may stay frozen).
+//! The unCLIP path (`unclip.rs`) is the second arm: CLIP image embeddings as a few tokens.
 
 use crate::data::PromptTokenizer;
 use crate::models::text_encoder::{PromptEncoder, PromptEncoderConfig};
@@ -26,6 +27,9 @@ pub struct PromptConditioner {
 
 pub enum Conditioner {
     Prompt(PromptConditioner),
+    /// unCLIP: a frozen CLIP image embedding (from a prior at sampling time) as the condition.
+    /// Boxed: CLIP and the prior make it several times the size of the other arm.
+    ClipImage(Box<super::unclip::ClipImageConditioner>),
 }
 
 impl Conditioner {
@@ -58,6 +62,7 @@ impl Conditioner {
     pub fn kind(&self) -> &'static str {
         match self {
             Conditioner::Prompt(c) => c.tokenizer.kind(),
+            Conditioner::ClipImage(_) => "clip-image",
         }
     }
 
@@ -65,6 +70,7 @@ impl Conditioner {
     pub fn context_dim(&self) -> usize {
         match self {
             Conditioner::Prompt(c) => c.encoder.config.dim,
+            Conditioner::ClipImage(c) => c.context_dim,
         }
     }
 
@@ -79,6 +85,7 @@ impl Conditioner {
                 let (states, padding) = c.encoder.forward(&ids)?;
                 Ok(TextStates { states, padding })
             }
+            Conditioner::ClipImage(c) => c.encode(prompts, device),
         }
     }
 
@@ -90,6 +97,7 @@ impl Conditioner {
                 "encoder": c.encoder.config.to_json(),
                 "tokenizer": c.tokenizer.to_json(),
             }),
+            Conditioner::ClipImage(c) => c.to_json(),
         }
     }
 
@@ -110,8 +118,11 @@ impl Conditioner {
                     encoder: PromptEncoder::new(PromptEncoderConfig::from_json(enc)?, device)?,
                 }))
             }
+            Some("clip-image") => Ok(Conditioner::ClipImage(Box::new(
+                super::unclip::ClipImageConditioner::from_json(v, device)?,
+            ))),
             other => Err(Error::msg(format!(
-                "conditioner JSON: unknown kind {other:?} (expected \"prompt\")"
+                "conditioner JSON: unknown kind {other:?} (expected \"prompt\" or \"clip-image\")"
             ))),
         }
     }
@@ -121,6 +132,13 @@ impl Module for Conditioner {
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         match self {
             Conditioner::Prompt(c) => prefixed("prompt_encoder", c.encoder.named_parameters()),
+            Conditioner::ClipImage(c) => prefixed("clip_image", c.named_parameters()),
+        }
+    }
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Conditioner::Prompt(_) => Vec::new(),
+            Conditioner::ClipImage(c) => prefixed("clip_image", c.named_buffers()),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Denoising diffusion: noise schedules and prediction targets (`schedule.rs`), the DDPM
 //! ancestral sampler (`ddpm.rs`), DDIM (`ddim.rs`), classifier-free guidance (`guidance.rs`),
 //! text conditioners (`conditioning.rs`) and the text-to-image model that ties the U-Net
-//! (`models::unet`) to them (`text_to_image.rs`); prompt adherence and a Frechet distance on
-//! the shapes classifier's features (`adherence.rs`, `frechet.rs`).
+//! (`models::unet`) to them (`text_to_image.rs`); the unCLIP conditioner, CLIP image
+//! embeddings as the condition (`unclip.rs`); prompt adherence and a Frechet distance on the
+//! shapes classifier's features (`adherence.rs`, `frechet.rs`).
 //!
 //! The EMA of the weights used for sampling is [`crate::optim::Ema`].
 //!
@@ -19,6 +20,7 @@ pub mod frechet;
 pub mod guidance;
 pub mod schedule;
 pub mod text_to_image;
+pub mod unclip;
 
 pub use conditioning::{Conditioner, PromptConditioner, TextStates};
 pub use ddim::{ddim_sample, ddim_step, ddim_timesteps};

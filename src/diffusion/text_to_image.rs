@@ -194,7 +194,29 @@ impl TextToImage {
         mse_loss(&self.predict(&x_t, t, prompts)?, &target)
     }
 
-    /// `count` pictures per prompt, prompt by prompt: `[P * count, 3, S, S]` in [0, 1].
+    /// The training loss for a batch: [`loss`](Self::loss) with text conditioners; with the
+    /// unCLIP conditioner the condition is the CLIP image embedding of `x0` itself (zero where
+    /// the caption was dropped to the null prompt), not the caption.
+    pub fn training_loss(
+        &self,
+        x0: &Tensor,
+        captions: &[&str],
+        t: &[usize],
+        noise: &Tensor,
+    ) -> Result<Tensor> {
+        let Conditioner::ClipImage(c) = &self.text else {
+            return self.loss(x0, captions, t, noise);
+        };
+        let s = c.training_states(x0, captions)?;
+        let x_t = self.schedule.q_sample(x0, noise, t)?;
+        let target = self.schedule.target(self.config.prediction, x0, noise, t)?;
+        let out = self
+            .unet
+            .forward(&x_t, t, &s.states, &s.padding, CURRENT_CAPTION)?;
+        mse_loss(&out, &target)
+    }
+
+    /// `count` pictures per prompt, prompt by prompt: `[P * count, C, S, S]` in [0, 1].
     /// `on_step` is called after each denoising step.
     pub fn sample(
         &self,
@@ -223,7 +245,8 @@ impl TextToImage {
             let s = self.config.image_size;
             let dtype = self.unet.conv_in.weight.dtype();
             let noise = StepNoise::new(opts.seed);
-            let x_start = noise.initial((b, 3, s, s), dtype, device)?;
+            let c = self.config.unet.in_channels;
+            let x_start = noise.initial((b, c, s, s), dtype, device)?;
             let model = |x: &Tensor, t: usize| -> Result<Tensor> {
                 let x_in = if use_cfg {
                     Tensor::cat(&[x.clone(), x.clone()], 0)?
@@ -273,5 +296,9 @@ impl Module for TextToImage {
         let mut v = prefixed("unet", self.unet.named_parameters());
         v.extend(prefixed("text", self.text.named_parameters()));
         v
+    }
+    /// The unCLIP conditioner's frozen CLIP and prior (nothing for text conditioners).
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        prefixed("text", self.text.named_buffers())
     }
 }

@@ -3,6 +3,7 @@
 pub mod captioner;
 pub mod char_transformer;
 pub mod clip;
+pub mod prior;
 pub mod resnet;
 pub mod retrieval;
 pub mod text_encoder;

@@ -1,4 +1,5 @@
-//! Trains the text-to-image diffusion model on the built-in shapes.
+//! Trains the text-to-image diffusion model on the built-in shapes (or on Fashion-MNIST:
+//! `diffusion_data.rs`).
 //!
 //! Every step draws a fresh batch (seeded by `(seed, step)`, as `shapes_resnet` does):
 //! jittered pictures, a caption for each from the *training* templates (10% replaced by the
@@ -16,6 +17,7 @@ use crate::io::Checkpoint;
 use crate::nn::Module;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema, LrSchedule, Optimizer, WarmupCosine};
 use crate::random::Rng;
+use crate::train::diffusion_data::DiffusionData;
 use crate::{DType, Device, Error, Result, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -164,6 +166,24 @@ pub fn diffusion_batch(
 }
 
 pub fn train_diffusion(model: &TextToImage, cfg: &DiffusionTrainConfig) -> Result<DiffusionReport> {
+    train_diffusion_on(model, &DiffusionData::Shapes, cfg)
+}
+
+/// [`train_diffusion`] on `data` (the shapes or Fashion-MNIST); the model's channels must
+/// follow the data's.
+pub fn train_diffusion_on(
+    model: &TextToImage,
+    data: &DiffusionData,
+    cfg: &DiffusionTrainConfig,
+) -> Result<DiffusionReport> {
+    if model.config.unet.in_channels != data.channels() {
+        return Err(Error::msg(format!(
+            "train diffusion: {} pictures have {} channel(s), the U-Net reads {}",
+            data.name(),
+            data.channels(),
+            model.config.unet.in_channels
+        )));
+    }
     if cfg.batch_size == 0 {
         return Err(Error::msg("train diffusion: batch size must be positive"));
     }
@@ -187,7 +207,7 @@ pub fn train_diffusion(model: &TextToImage, cfg: &DiffusionTrainConfig) -> Resul
     let mut start = 0;
     if let (true, Some(path)) = (cfg.resume, &cfg.checkpoint) {
         if path.exists() {
-            let ck = crate::io::resume(path, &params, &mut opt, true)?;
+            let ck = crate::io::resume(path, &model.state_dict(), &mut opt, true)?;
             ck.restore_ema(&mut ema)
                 .map_err(|e| Error::file(path, e.to_string()))?;
             start = ck.step;
@@ -202,17 +222,9 @@ pub fn train_diffusion(model: &TextToImage, cfg: &DiffusionTrainConfig) -> Resul
     let end = cfg.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in start..end {
         schedule.apply(&mut opt, step);
-        let batch = diffusion_batch(
-            cfg.seed,
-            step,
-            cfg.batch_size,
-            c.image_size,
-            c.train_steps,
-            cfg.timesteps,
-            device,
-        )?;
+        let batch = data.batch(cfg, step, c.image_size, c.train_steps, device)?;
         let prompts: Vec<&str> = batch.captions.iter().map(|s| s.as_str()).collect();
-        let loss = model.loss(&batch.x0, &prompts, &batch.t, &batch.noise)?;
+        let loss = model.training_loss(&batch.x0, &prompts, &batch.t, &batch.noise)?;
         let lv = loss.item()?;
         if !lv.is_finite() {
             return Err(Error::msg(format!(
@@ -238,7 +250,7 @@ pub fn train_diffusion(model: &TextToImage, cfg: &DiffusionTrainConfig) -> Resul
         if let Some(path) = &cfg.checkpoint {
             let periodic = cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0;
             if periodic || done == end {
-                save_diffusion(model, &opt, &ema, done, path)?;
+                save_diffusion_on(model, data.name(), &opt, &ema, done, path)?;
             }
         }
     }
@@ -265,11 +277,26 @@ pub fn save_diffusion(
     step: u64,
     path: &Path,
 ) -> Result<()> {
+    save_diffusion_on(model, "shapes", opt, ema, step, path)
+}
+
+/// [`save_diffusion`] naming the dataset the model was trained on (what `eval diffusion`
+/// checks). The frozen parts of an unCLIP conditioner (CLIP, the prior) are saved as buffers,
+/// so the checkpoint alone samples.
+pub fn save_diffusion_on(
+    model: &TextToImage,
+    dataset: &str,
+    opt: &dyn Optimizer,
+    ema: &Ema,
+    step: u64,
+    path: &Path,
+) -> Result<()> {
     let mut extra = HashMap::new();
     extra.insert("model".to_string(), MODEL_KIND.to_string());
     extra.insert("config".to_string(), model.config.to_json());
     extra.insert("conditioner".to_string(), model.text.to_json().to_string());
-    Checkpoint::capture(&model.named_parameters(), opt, step, extra)
+    extra.insert("dataset".to_string(), dataset.to_string());
+    Checkpoint::capture(&model.state_dict(), opt, step, extra)
         .with_ema(ema)
         .save(path)
 }
@@ -277,6 +304,16 @@ pub fn save_diffusion(
 /// Loads a model saved by [`train_diffusion`], in eval mode, with the EMA weights when
 /// `use_ema` (and the checkpoint has them); returns it with the checkpoint's step.
 pub fn load_diffusion(path: &Path, device: Device, use_ema: bool) -> Result<(TextToImage, u64)> {
+    load_diffusion_with_dataset(path, device, use_ema).map(|(m, step, _)| (m, step))
+}
+
+/// [`load_diffusion`], also returning the dataset the model was trained on (`shapes` for
+/// checkpoints written before the dataset was recorded).
+pub fn load_diffusion_with_dataset(
+    path: &Path,
+    device: Device,
+    use_ema: bool,
+) -> Result<(TextToImage, u64, String)> {
     let ck = Checkpoint::load_to(path, device)?;
     let get = |k: &str| ck.meta(path, MODEL_KIND, k);
     if get("model")? != MODEL_KIND {
@@ -292,7 +329,7 @@ pub fn load_diffusion(path: &Path, device: Device, use_ema: bool) -> Result<(Tex
     let text = Conditioner::from_json(&cond, device).map_err(wrap)?;
     let model = TextToImage::with_conditioner(config, text, device).map_err(wrap)?;
     let params = model.named_parameters();
-    crate::io::load_named(&params, &ck.model, true).map_err(wrap)?;
+    crate::io::load_named(&model.state_dict(), &ck.model, true).map_err(wrap)?;
     if use_ema && !ck.ema.is_empty() {
         let shadow: Vec<(String, Tensor)> = ck
             .ema
@@ -303,7 +340,12 @@ pub fn load_diffusion(path: &Path, device: Device, use_ema: bool) -> Result<(Tex
         crate::io::load_named(&params, &shadow, true).map_err(wrap)?;
     }
     model.eval();
-    Ok((model, ck.step))
+    let dataset = ck
+        .extra
+        .get("dataset")
+        .cloned()
+        .unwrap_or_else(|| "shapes".to_string());
+    Ok((model, ck.step, dataset))
 }
 
 #[cfg(test)]

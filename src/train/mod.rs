@@ -4,6 +4,8 @@ pub mod captioner;
 pub mod char_lm;
 pub mod clip;
 pub mod diffusion;
+pub mod diffusion_data;
+pub mod prior;
 pub mod progress;
 pub mod shapes_resnet;
 pub mod t2f_pipeline;

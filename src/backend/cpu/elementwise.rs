@@ -199,17 +199,65 @@ fn binary_fn<T: Float>(op: BinaryOp) -> impl Fn(T, T) -> T + Sync + Send + Copy 
     }
 }
 
-/// Storage offset of the first element of row `row` (rows run along the last dimension).
-#[inline]
-pub(crate) fn row_offset(layout: &Layout, mut row: usize) -> usize {
-    let dims = layout.dims();
-    let strides = layout.strides();
-    let mut off = layout.offset();
-    for d in (0..dims.len().saturating_sub(1)).rev() {
-        off += (row % dims[d]) * strides[d];
-        row /= dims[d];
+/// The dims of an elementwise loop over `N` views of one shape, with the dims of size 1
+/// dropped and adjacent dims merged wherever every view steps through them as one: a
+/// `[B, C, H, W] + [B, C, 1, 1]` broadcast runs as `[B·C, H·W]` rows with the second view's
+/// inner stride 0, instead of `B·C·H` rows of `W`.
+pub(crate) struct Coalesced<const N: usize> {
+    dims: Vec<usize>,
+    strides: [Vec<usize>; N],
+}
+
+impl<const N: usize> Coalesced<N> {
+    pub(crate) fn new(dims: &[usize], strides: [&[usize]; N]) -> Self {
+        let mut out = Coalesced {
+            dims: Vec::with_capacity(dims.len()),
+            strides: std::array::from_fn(|_| Vec::with_capacity(dims.len())),
+        };
+        for (i, &d) in dims.iter().enumerate() {
+            if d == 1 {
+                continue;
+            }
+            let merge = !out.dims.is_empty()
+                && (0..N).all(|v| *out.strides[v].last().unwrap() == strides[v][i] * d);
+            if merge {
+                *out.dims.last_mut().unwrap() *= d;
+                for v in 0..N {
+                    *out.strides[v].last_mut().unwrap() = strides[v][i];
+                }
+            } else {
+                out.dims.push(d);
+                for v in 0..N {
+                    out.strides[v].push(strides[v][i]);
+                }
+            }
+        }
+        if out.dims.is_empty() {
+            out.dims.push(1);
+            for v in 0..N {
+                out.strides[v].push(1);
+            }
+        }
+        out
     }
-    off
+    /// Length of the innermost (merged) dim.
+    pub(crate) fn inner(&self) -> usize {
+        *self.dims.last().unwrap()
+    }
+    /// Stride of view `v` along the innermost dim.
+    pub(crate) fn inner_stride(&self, v: usize) -> usize {
+        *self.strides[v].last().unwrap()
+    }
+    /// Offset of row `row` (rows run along the innermost dim) in view `v`, from its start.
+    #[inline]
+    pub(crate) fn row_offset(&self, v: usize, mut row: usize) -> usize {
+        let mut off = 0;
+        for d in (0..self.dims.len() - 1).rev() {
+            off += (row % self.dims[d]) * self.strides[v][d];
+            row /= self.dims[d];
+        }
+        off
+    }
 }
 
 /// `o[i] = f(a[i])`: a plain indexed loop, always inlined, so that inside [`vectorized`] it is
@@ -245,26 +293,27 @@ pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync + Default>(
             });
         return out;
     }
-    let inner = *la.dims().last().unwrap_or(&1);
-    let sa = *la.strides().last().unwrap_or(&1);
-    let rows_per_task = (PAR_CHUNK / inner.max(1)).max(1);
+    let rows = Coalesced::new(la.dims(), [la.strides()]);
+    let (inner, sa, a0) = (rows.inner(), rows.inner_stride(0), la.offset());
+    let rows_per_task = (PAR_CHUNK / inner).max(1);
     out.par_chunks_mut(inner * rows_per_task)
         .enumerate()
         .for_each(|(t, chunk)| {
-            for (r, o) in chunk.chunks_mut(inner).enumerate() {
-                let oa = row_offset(la, t * rows_per_task + r);
-                if sa == 1 {
-                    let a = &a[oa..oa + inner];
-                    vectorized(
-                        #[inline(always)]
-                        || apply1(o, a, &f),
-                    );
-                } else {
-                    for (i, o) in o.iter_mut().enumerate() {
-                        *o = f(a[oa + i * sa]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (r, o) in chunk.chunks_mut(inner).enumerate() {
+                        let oa = a0 + rows.row_offset(0, t * rows_per_task + r);
+                        if sa == 1 {
+                            apply1(o, &a[oa..oa + inner], &f);
+                        } else {
+                            for (i, o) in o.iter_mut().enumerate() {
+                                *o = f(a[oa + i * sa]);
+                            }
+                        }
                     }
-                }
-            }
+                },
+            )
         });
     out
 }
@@ -305,44 +354,49 @@ pub(crate) fn map2<
             });
         return out;
     }
-    let inner = *la.dims().last().unwrap_or(&1);
-    let (sa, sb) = (
-        *la.strides().last().unwrap_or(&1),
-        *lb.strides().last().unwrap_or(&1),
-    );
-    let rows_per_task = (PAR_CHUNK / inner.max(1)).max(1);
+    let rows = Coalesced::new(la.dims(), [la.strides(), lb.strides()]);
+    let inner = rows.inner();
+    let (sa, sb) = (rows.inner_stride(0), rows.inner_stride(1));
+    let (a0, b0) = (la.offset(), lb.offset());
+    let rows_per_task = (PAR_CHUNK / inner).max(1);
     out.par_chunks_mut(inner * rows_per_task)
         .enumerate()
         .for_each(|(t, chunk)| {
-            for (r, o) in chunk.chunks_mut(inner).enumerate() {
-                let row = t * rows_per_task + r;
-                let (oa, ob) = (row_offset(la, row), row_offset(lb, row));
-                if sa == 1 && sb == 1 {
-                    let (a, b) = (&a[oa..oa + inner], &b[ob..ob + inner]);
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            for i in 0..inner {
-                                o[i] = f(a[i], b[i]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (r, o) in chunk.chunks_mut(inner).enumerate() {
+                        let row = t * rows_per_task + r;
+                        let oa = a0 + rows.row_offset(0, row);
+                        let ob = b0 + rows.row_offset(1, row);
+                        match (sa, sb) {
+                            (1, 1) => {
+                                let (a, b) = (&a[oa..oa + inner], &b[ob..ob + inner]);
+                                for i in 0..inner {
+                                    o[i] = f(a[i], b[i]);
+                                }
                             }
-                        },
-                    )
-                } else if sa == 1 && sb == 0 {
-                    let (a, b) = (&a[oa..oa + inner], b[ob]);
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            for i in 0..inner {
-                                o[i] = f(a[i], b);
+                            (1, 0) => {
+                                let (a, b) = (&a[oa..oa + inner], b[ob]);
+                                for i in 0..inner {
+                                    o[i] = f(a[i], b);
+                                }
                             }
-                        },
-                    )
-                } else {
-                    for (i, o) in o.iter_mut().enumerate() {
-                        *o = f(a[oa + i * sa], b[ob + i * sb]);
+                            (0, 1) => {
+                                let (a, b) = (a[oa], &b[ob..ob + inner]);
+                                for i in 0..inner {
+                                    o[i] = f(a, b[i]);
+                                }
+                            }
+                            _ => {
+                                for (i, o) in o.iter_mut().enumerate() {
+                                    *o = f(a[oa + i * sa], b[ob + i * sb]);
+                                }
+                            }
+                        }
                     }
-                }
-            }
+                },
+            )
         });
     out
 }

@@ -28,7 +28,10 @@
 //!   vector FMAs when inlined into a `#[target_feature]` function: f32 AVX2 6x16; f64 AVX2 4x8,
 //!   AVX-512 8x16; portable 4x8 (mul + add, no FMA call), each checked in the disassembly.
 //!
-//! When M < 4 the packing is skipped and B's rows stream straight into C's.
+//! When M < 4 the packing is skipped and B's rows stream straight into C's. So it is, with the
+//! f32 AVX-512 kernel, for blocks of C up to 64 x 64 (`DIRECT_MAX`) in one K block with B's
+//! rows contiguous (batched attention-sized products): 12- or 8-row tiles read A and B in place
+//! ([`Micro::tile_direct`]), the last partial row panel overlapping the one before.
 //!
 //! Determinism: each C element is `(blk_0 + blk_1) + ...` over fixed `KC` blocks, each block
 //! summed in order of k, whatever the thread count or the split (the split only decides which
@@ -49,6 +52,9 @@ const NC_BYTES: usize = 512 * 1024;
 /// Most bytes of A packed at once (`MC x KC`: 1024 rows of f32). Each `MR x KC` panel of it
 /// is read once per B block (then reused from L1), so the block may live in L3.
 const MC_BYTES: usize = 1024 * 1024;
+/// Blocks of C up to `DIRECT_MAX^2` elements with K <= KC are multiplied unpacked when the
+/// micro-kernel can (the f32 AVX-512 one): packing A and B cost as much as 32^3's arithmetic.
+const DIRECT_MAX: usize = 64;
 /// Below this many FLOPs a call runs on the calling thread: waking the pool costs more.
 const SERIAL_FLOPS: usize = 1 << 21;
 
@@ -308,6 +314,30 @@ trait Micro<T> {
         nr: usize,
         overwrite: bool,
     );
+
+    /// The tile heights [`Micro::tile_direct`] takes (none: it does not exist).
+    const DIRECT_ROWS: &'static [usize] = &[];
+
+    /// Like [`Micro::tile`] for a tile of `rows` ([`Micro::DIRECT_ROWS`]) full rows read in
+    /// place, unpacked: A's element `(r, kk)` at `a[r*a_rs + kk*a_cs]`, B's `(kk, j)` at
+    /// `b[kk*b_rs + j]`, only `j < nr` read. For small products, where packing cost as much as
+    /// the arithmetic.
+    ///
+    /// # Safety
+    /// As [`Micro::tile`], with those elements readable; only when `DIRECT`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_direct(
+        _kc: usize,
+        _rows: usize,
+        _a: (*const T, usize, usize),
+        _b: (*const T, usize),
+        _c: *mut T,
+        _ldc: usize,
+        _nr: usize,
+        _overwrite: bool,
+    ) {
+        unreachable!("no direct micro-kernel")
+    }
 }
 
 /// The portable micro-kernel over fixed-size arrays, which LLVM vectorizes for the target
@@ -425,6 +455,32 @@ unsafe fn run_block<T: Float, const MR: usize, const NR: usize, const FMA: bool,
     );
     // Equal row blocks (in whole panels), not a full one and a sliver.
     let mc_max = rows.div_ceil(rows.div_ceil(mc_max)).div_ceil(MR) * MR;
+    let direct = K::DIRECT_ROWS.iter().copied().filter(|&h| rows >= h);
+    // The tile height that computes the fewest rows (the first, 12, on a tie).
+    let tall = direct.min_by_key(|&h| rows.div_ceil(h) * h);
+    if let Some(h) = tall.filter(|_| k <= KC && ob.s1 == 1 && rows * cols <= DIRECT_MAX.pow(2)) {
+        // A small product in one K block: no packing at all. A last partial row panel is
+        // computed as the full panel ending at the last row, overlapping the one before: its
+        // shared rows come out bit for bit the same and are simply written twice.
+        let starts = (0..rows / h * h)
+            .step_by(h)
+            .chain((rows % h != 0).then_some(rows - h));
+        for i in starts {
+            let ap = a[abase + (blk.i0 + i) * oa.s0..].as_ptr();
+            for j in (0..cols).step_by(NR) {
+                let bp = b[bbase + blk.j0 + j..].as_ptr();
+                let nr = NR.min(cols - j);
+                // SAFETY: rows blk.i0+i..+h (<= i1) of A over k depths and columns < j1 of B
+                // are inside the operands (`gemm_with` checked that both layouts' last
+                // elements are); the tile is this block's.
+                unsafe {
+                    let ct = c0.add((blk.i0 + i) * n + blk.j0 + j);
+                    K::tile_direct(k, h, (ap, oa.s0, oa.s1), (bp, ob.s0), ct, n, nr, true);
+                }
+            }
+        }
+        return;
+    }
     for ic in (blk.i0..blk.i1).step_by(mc_max) {
         let mc = mc_max.min(blk.i1 - ic);
         for pc in (0..k).step_by(KC) {
@@ -640,7 +696,38 @@ impl Micro<f32> for Avx512F32 {
         // SAFETY: forwarded contract (see `Micro::tile`).
         unsafe { micro_avx512_f32_12x32(kc, a, b, c, ldc, mr, nr, overwrite) }
     }
+
+    /// 8-row tiles fit products of 8k rows (32 = 3 x 12 would waste a ninth).
+    const DIRECT_ROWS: &'static [usize] = &[12, 8];
+
+    #[inline(always)]
+    unsafe fn tile_direct(
+        kc: usize,
+        rows: usize,
+        a: (*const f32, usize, usize),
+        b: (*const f32, usize),
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        overwrite: bool,
+    ) {
+        // SAFETY: forwarded contract (see `Micro::tile_direct`).
+        unsafe {
+            match rows {
+                12 => micro_avx512_f32_direct::<12>(kc, a, b, c, ldc, nr, overwrite),
+                8 => micro_avx512_f32_direct::<8>(kc, a, b, c, ldc, nr, overwrite),
+                _ => unreachable!("direct tiles are 12 or 8 rows"),
+            }
+        }
+    }
 }
+
+/// The `12 x 32` accumulators, as `(columns 0..16, columns 16..32)` per row.
+#[cfg(target_arch = "x86_64")]
+type Acc12x32 = (
+    [std::arch::x86_64::__m512; 12],
+    [std::arch::x86_64::__m512; 12],
+);
 
 /// # Safety
 /// See [`Micro::tile`] (with `MR = 12`, `NR = 32`); the CPU must have AVX-512F.
@@ -683,6 +770,85 @@ unsafe fn micro_avx512_f32_12x32(
                 hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
             }
         }
+        store_12x32((lo, hi), c, ldc, mr, nr, overwrite);
+    }
+}
+
+/// [`micro_avx512_f32_12x32`] on operands read in place (see [`Micro::tile_direct`]), `R`
+/// (12 or 8) rows of A at `a_rs` apart, B's rows `b_rs` apart, loaded under masks past `nr`
+/// columns.
+///
+/// # Safety
+/// See [`Micro::tile_direct`]; the CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn micro_avx512_f32_direct<const R: usize>(
+    kc: usize,
+    (a, a_rs, a_cs): (*const f32, usize, usize),
+    (b, b_rs): (*const f32, usize),
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    let (m0, m1) = column_masks(nr);
+    // SAFETY: rows r < R of A, depths kk < kc and B's columns under the masks are readable
+    // (the caller's contract); masked-off lanes are never read.
+    unsafe {
+        let mut lo = [_mm512_setzero_ps(); 12];
+        let mut hi = [_mm512_setzero_ps(); 12];
+        for kk in 0..kc {
+            let bk = b.add(kk * b_rs);
+            let b0 = _mm512_maskz_loadu_ps(m0, bk);
+            let b1 = _mm512_maskz_loadu_ps(m1, bk.add(16));
+            let ak = a.add(kk * a_cs);
+            for r in 0..R {
+                let x = _mm512_set1_ps(*ak.add(r * a_rs));
+                lo[r] = _mm512_fmadd_ps(x, b0, lo[r]);
+                hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
+            }
+        }
+        store_12x32((lo, hi), c, ldc, R, nr, overwrite);
+    }
+}
+
+/// Load/store masks for the `nr` valid columns of a 32-wide tile's two halves.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn column_masks(nr: usize) -> (u16, u16) {
+    let m0 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
+    let m1 = if nr >= 32 {
+        0xffff
+    } else if nr > 16 {
+        (1u16 << (nr - 16)) - 1
+    } else {
+        0
+    };
+    (m0, m1)
+}
+
+/// `C = acc` (`overwrite`) or `C += acc` on the `mr x nr` valid part of a 12 x 32 tile.
+///
+/// # Safety
+/// `c[r*ldc + j]`, `r < mr`, `j < nr`, writable (and initialised unless `overwrite`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_12x32(
+    (lo, hi): Acc12x32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 12;
+    const NR: usize = 32;
+    // SAFETY: rows r < mr and the columns under the masks are the caller's tile.
+    unsafe {
         if mr == MR && nr == NR {
             for r in 0..MR {
                 let row = c.add(r * ldc);
@@ -698,14 +864,7 @@ unsafe fn micro_avx512_f32_12x32(
             return;
         }
         // An edge tile: masked to the `nr` valid columns and the `mr` valid rows.
-        let m0: __mmask16 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
-        let m1: __mmask16 = if nr >= 32 {
-            0xffff
-        } else if nr > 16 {
-            (1u16 << (nr - 16)) - 1
-        } else {
-            0
-        };
+        let (m0, m1) = column_masks(nr);
         for r in 0..MR {
             if r < mr {
                 let row = c.add(r * ldc);
@@ -796,6 +955,12 @@ fn gemm_with<T: ScratchPool>(
         s1: l.strides()[2],
     };
     let (oa, ob) = (op(la), op(lb));
+    // Every element either layout addresses lies inside its buffer (the unpacked path reads
+    // them through raw pointers).
+    let last = |o: Operand, rows: usize, cols: usize| {
+        o.off + (d.bsz - 1) * o.sb + (rows - 1) * o.s0 + (cols - 1) * o.s1
+    };
+    assert!(last(oa, d.m, d.k) < a.len() && last(ob, d.k, d.n) < b.len());
     let threads = rayon::current_num_threads();
     let (tile, blocks) = sizes(isa);
     let split = match parts {
@@ -1153,7 +1318,8 @@ mod tests {
 
     /// Every instruction set, every way of cutting C into tasks, and every operand layout
     /// (transposed A or B, a broadcast B, batches) on odd shapes that cross the tile, `KC`,
-    /// `MC` and `NC` edges and take the M < 4 path: close to an f64 reference, and bit for bit
+    /// `MC` and `NC` edges and take the M < 4 and the unpacked (12- and 8-row, overlapping)
+    /// paths: close to an f64 reference, and bit for bit
     /// the same whatever the split (the determinism the module promises).
     #[test]
     fn every_split_layout_and_isa_matches_naive() {
@@ -1165,6 +1331,9 @@ mod tests {
             (3, 2, 5, 70),
             (2, 50, 300, 70),
             (5, 31, 64, 33),
+            (4, 32, 20, 40),
+            (2, 24, 30, 64),
+            (2, 9, 16, 31),
             (1, 1100, 3, 40),
             (1, 5, 7, 1100),
         ];

@@ -29,9 +29,10 @@
 //!   AVX-512 8x16; portable 4x8 (mul + add, no FMA call), each checked in the disassembly.
 //!
 //! When M < 4 the packing is skipped and B's rows stream straight into C's. So it is, with the
-//! f32 AVX-512 kernel, for blocks of C up to 64 x 64 (`DIRECT_MAX`) in one K block with B's
-//! rows contiguous (batched attention-sized products): 12- or 8-row tiles read A and B in place
-//! ([`Micro::tile_direct`]), the last partial row panel overlapping the one before.
+//! f32 AVX-512 kernel, for blocks of C at most 64 columns wide (`DIRECT_MAX`) in one K block
+//! with B's rows contiguous and `K x N <= 64 x 64` (batched attention-sized products,
+//! tall-skinny ones): 12- or 8-row tiles read A and B in place ([`Micro::tile_direct`]), the
+//! last partial row panel overlapping the one before.
 //!
 //! Determinism: each C element is `(blk_0 + blk_1) + ...` over fixed `KC` blocks, each block
 //! summed in order of k, whatever the thread count or the split (the split only decides which
@@ -52,8 +53,9 @@ const NC_BYTES: usize = 512 * 1024;
 /// Most bytes of A packed at once (`MC x KC`: 1024 rows of f32). Each `MR x KC` panel of it
 /// is read once per B block (then reused from L1), so the block may live in L3.
 const MC_BYTES: usize = 1024 * 1024;
-/// Blocks of C up to `DIRECT_MAX^2` elements with K <= KC are multiplied unpacked when the
-/// micro-kernel can (the f32 AVX-512 one): packing A and B cost as much as 32^3's arithmetic.
+/// Blocks of C at most `DIRECT_MAX` wide with K <= KC and `K x DIRECT_MAX` at most
+/// `DIRECT_MAX^2` are multiplied unpacked when the micro-kernel can (the f32 AVX-512 one):
+/// packing A and B cost as much as 32^3's arithmetic, and A's packing 20% of 65536x64x64's.
 const DIRECT_MAX: usize = 64;
 /// Below this many FLOPs a call runs on the calling thread: waking the pool costs more.
 const SERIAL_FLOPS: usize = 1 << 21;
@@ -458,8 +460,10 @@ unsafe fn run_block<T: Float, const MR: usize, const NR: usize, const FMA: bool,
     let direct = K::DIRECT_ROWS.iter().copied().filter(|&h| rows >= h);
     // The tile height that computes the fewest rows (the first, 12, on a tie).
     let tall = direct.min_by_key(|&h| rows.div_ceil(h) * h);
-    if let Some(h) = tall.filter(|_| k <= KC && ob.s1 == 1 && rows * cols <= DIRECT_MAX.pow(2)) {
-        // A small product in one K block: no packing at all. A last partial row panel is
+    // Unpacked when each A panel serves at most two tiles and all of B's block fits in L1.
+    let unpacked = k <= KC && ob.s1 == 1 && cols <= DIRECT_MAX && k * cols <= DIRECT_MAX.pow(2);
+    if let Some(h) = tall.filter(|_| unpacked) {
+        // A narrow product in one K block: no packing at all. A last partial row panel is
         // computed as the full panel ending at the last row, overlapping the one before: its
         // shared rows come out bit for bit the same and are simply written twice.
         let starts = (0..rows / h * h)
@@ -1334,6 +1338,8 @@ mod tests {
             (4, 32, 20, 40),
             (2, 24, 30, 64),
             (2, 9, 16, 31),
+            (1, 200, 64, 64),
+            (1, 150, 65, 60),
             (1, 1100, 3, 40),
             (1, 5, 7, 1100),
         ];

@@ -12,7 +12,7 @@
 //! ```text
 //! for ic in rows step MC:              // A block, reused over all of the block's columns
 //!   for pc in 0..K step KC:            // reduction block
-//!     pack A[ic.., pc..] into MR-tall row panels      (MC x KC: 240 KiB of f32, L2)
+//!     pack A[ic.., pc..] into MR-tall row panels      (MC x KC: <= 1 MiB of f32, L2/L3)
 //!     for jc in cols step NC:          // B block
 //!       pack B[pc.., jc..] into NR-wide column panels (KC x NC: 512 KiB of f32, L2)
 //!       for each MR-row A panel        (MR x KC: 12 KiB, stays in L1 ...)
@@ -35,8 +35,9 @@
 //! last partial row panel overlapping the one before.
 //!
 //! Determinism: each C element is `(blk_0 + blk_1) + ...` over fixed `KC` blocks, each block
-//! summed in order of k, whatever the thread count or the split (the split only decides which
-//! task computes an element, never how).
+//! summed in order of k by one chain of FMAs from zero, whatever the thread count or the split
+//! (the split decides which task computes an element; the path it takes, packed, unpacked or
+//! M < 4, may follow the block's size, but all three sum alike, and a tested split's bits match).
 //! Cost: `2*M*N*K` FLOPs; per task, A is packed `ceil(cols/NC)` times and B `ceil(rows/MC)`
 //! times (once each for most shapes); C is written `ceil(K/KC)` times and read one time less.
 
@@ -1340,6 +1341,8 @@ mod tests {
             (2, 9, 16, 31),
             (1, 200, 64, 64),
             (1, 150, 65, 60),
+            // Packed whole, unpacked when cut in two column parts: the same bits either way.
+            (1, 50, 40, 100),
             (1, 1100, 3, 40),
             (1, 5, 7, 1100),
         ];

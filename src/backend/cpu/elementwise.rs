@@ -222,21 +222,19 @@ impl<const N: usize> Coalesced<N> {
                 && (0..N).all(|v| *out.strides[v].last().unwrap() == strides[v][i] * d);
             if merge {
                 *out.dims.last_mut().unwrap() *= d;
-                for v in 0..N {
-                    *out.strides[v].last_mut().unwrap() = strides[v][i];
+                for (o, st) in out.strides.iter_mut().zip(&strides) {
+                    *o.last_mut().unwrap() = st[i];
                 }
             } else {
                 out.dims.push(d);
-                for v in 0..N {
-                    out.strides[v].push(strides[v][i]);
+                for (o, st) in out.strides.iter_mut().zip(&strides) {
+                    o.push(st[i]);
                 }
             }
         }
         if out.dims.is_empty() {
             out.dims.push(1);
-            for v in 0..N {
-                out.strides[v].push(1);
-            }
+            out.strides.iter_mut().for_each(|o| o.push(1));
         }
         out
     }

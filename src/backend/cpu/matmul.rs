@@ -2,15 +2,23 @@
 //! `C[b] = A[b] @ B[b]`, `A: [M, K]`, `B: [K, N]`, any strides (transposed and broadcast
 //! operands are packed straight from their layouts, never copied first).
 //!
-//! Loop nest, per batch and per block of `MC` rows (one Rayon task each; when there are fewer
-//! row blocks than threads, per block of columns instead):
+//! Work split: C is cut into `batch x row part x column part` blocks, one Rayon task each,
+//! chosen once per call from the shape and the thread count ([`Split`]): whole matrices when
+//! there are enough batches, else as few parts as give every thread the same work, cut along M
+//! or N, whichever packs less (cutting M packs B once more per part, cutting N packs A once more
+//! per `NC` block). Every task packs its own panels and runs the loop nest below on its block,
+//! so there is no synchronisation inside a call; problems under [`SERIAL_FLOPS`] run on the
+//! calling thread. Loop nest per block (the BLIS order, with C row-major):
 //! ```text
-//! for jc in 0..N step NC:            // B block columns
-//!   for pc in 0..K step KC:          // reduction block
-//!     pack B[pc.., jc..] into NR-wide column panels   (KC x NC: 512 KiB of f32, L2-sized)
-//!     pack A[ic.., pc..] into MR-tall row panels      (MC x KC: at most 96 KiB of f32)
-//!     for each (MR x NR) tile: micro-kernel, KC rank-1 updates into MR*NR register accumulators,
-//!                              then C_tile += acc
+//! for ic in rows step MC:              // A block, reused over all of the block's columns
+//!   for pc in 0..K step KC:            // reduction block
+//!     pack A[ic.., pc..] into MR-tall row panels      (MC x KC: <= 1 MiB of f32, L2/L3)
+//!     for jc in cols step NC:          // B block
+//!       pack B[pc.., jc..] into NR-wide column panels (KC x NC: 512 KiB of f32, L2)
+//!       for each MR-row A panel        (MR x KC: 12 KiB, stays in L1 ...)
+//!         for each NR-col B panel      (... while the B panels stream from L2)
+//!           micro-kernel: KC rank-1 updates into MR*NR register accumulators, then
+//!           C_tile = acc (first K block) or C_tile += acc
 //! ```
 //! Micro-kernels (the [`Micro`] trait), chosen at run time with `is_x86_feature_detected!`:
 //! - f32 on AVX-512: 12 x 32 written with intrinsics (24 zmm accumulators; two loads of B and
@@ -20,12 +28,18 @@
 //!   vector FMAs when inlined into a `#[target_feature]` function: f32 AVX2 6x16; f64 AVX2 4x8,
 //!   AVX-512 8x16; portable 4x8 (mul + add, no FMA call), each checked in the disassembly.
 //!
-//! When M < 4 the packing is skipped and B's rows stream straight into C's.
+//! When M < 4 the packing is skipped and B's rows stream straight into C's. So it is, with the
+//! f32 AVX-512 kernel, for blocks of C at most 64 columns wide (`DIRECT_MAX`) in one K block
+//! with B's rows contiguous and `K x N <= 64 x 64` (batched attention-sized products,
+//! tall-skinny ones): 12- or 8-row tiles read A and B in place ([`Micro::tile_direct`]), the
+//! last partial row panel overlapping the one before.
 //!
-//! Determinism: each C element is `((0 + blk_0) + blk_1) + ...` over fixed `KC` blocks, each
-//! block summed in order of k, whatever the thread count or `MC` split.
-//! Cost: `2*M*N*K` FLOPs; A is read `ceil(N/NC)` times, B `ceil(M/MC)` times (packing), C
-//! read and written `ceil(K/KC)` times.
+//! Determinism: each C element is `(blk_0 + blk_1) + ...` over fixed `KC` blocks, each block
+//! summed in order of k by one chain of FMAs from zero, whatever the thread count or the split
+//! (the split decides which task computes an element; the path it takes, packed, unpacked or
+//! M < 4, may follow the block's size, but all three sum alike, and a tested split's bits match).
+//! Cost: `2*M*N*K` FLOPs; per task, A is packed `ceil(cols/NC)` times and B `ceil(rows/MC)`
+//! times (once each for most shapes); C is written `ceil(K/KC)` times and read one time less.
 
 use super::{CpuData, CpuStorage, Float};
 use crate::backend::matmul::MatmulBackend;
@@ -35,12 +49,17 @@ use rayon::prelude::*;
 
 /// Reduction block (A panel and B panel depth).
 const KC: usize = 256;
-/// Columns of B packed at once.
-const NC: usize = 512;
-/// Largest row block per task.
-const MC_MAX: usize = 96;
-/// Column-split granularity when there are too few rows to go around the threads.
-const NC_SPLIT_MIN: usize = 64;
+/// Bytes of B packed at once (`KC x NC`: half the 1 MiB L2, 512 columns of f32).
+const NC_BYTES: usize = 512 * 1024;
+/// Most bytes of A packed at once (`MC x KC`: 1024 rows of f32). Each `MR x KC` panel of it
+/// is read once per B block (then reused from L1), so the block may live in L3.
+const MC_BYTES: usize = 1024 * 1024;
+/// Blocks of C at most `DIRECT_MAX` wide with K <= KC and `K x DIRECT_MAX` at most
+/// `DIRECT_MAX^2` are multiplied unpacked when the micro-kernel can (the f32 AVX-512 one):
+/// packing A and B cost as much as 32^3's arithmetic, and A's packing 20% of 65536x64x64's.
+const DIRECT_MAX: usize = 64;
+/// Below this many FLOPs a call runs on the calling thread: waking the pool costs more.
+const SERIAL_FLOPS: usize = 1 << 21;
 
 /// One strided operand: element `(i, j)` of batch `b` is at `off + b*sb + i*s0 + j*s1`.
 #[derive(Clone, Copy)]
@@ -49,6 +68,92 @@ struct Operand {
     sb: usize,
     s0: usize,
     s1: usize,
+}
+
+/// The problem: `bsz` products `[m, k] @ [k, n]` into a contiguous `[bsz, m, n]` output.
+#[derive(Clone, Copy)]
+struct Dims {
+    bsz: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+/// The rectangle of C one task computes: batch `bi`, rows `i0..i1`, columns `j0..j1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Block {
+    bi: usize,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+}
+
+/// The output buffer, written by tasks through a raw pointer, each task to its own [`Block`]
+/// (blocks never overlap); nothing reads or references the buffer while they run.
+#[derive(Clone, Copy)]
+struct Out<T>(*mut T);
+// SAFETY: tasks write disjoint elements (their blocks), and `T: Send` values cross threads.
+unsafe impl<T: Send> Send for Out<T> {}
+unsafe impl<T: Send> Sync for Out<T> {}
+
+/// A thread's packing buffers, kept between calls (see [`ScratchPool`]).
+struct Scratch<T> {
+    apack: Vec<T>,
+    bpack: Vec<T>,
+}
+
+impl<T: Float> Scratch<T> {
+    fn new() -> Self {
+        Scratch {
+            apack: Vec::new(),
+            bpack: Vec::new(),
+        }
+    }
+    /// Both buffers at least these lengths (contents unspecified; packing writes all it reads).
+    fn reserve(&mut self, a: usize, b: usize) {
+        if self.apack.len() < a {
+            self.apack.resize(a, T::ZERO);
+        }
+        if self.bpack.len() < b {
+            self.bpack.resize(b, T::ZERO);
+        }
+    }
+}
+
+/// Dtypes with a per-thread [`Scratch`]: allocating (and page-faulting) the packing buffers
+/// on every call cost as much as the arithmetic at 256^3.
+trait ScratchPool: Float {
+    /// Runs `f` with this thread's scratch (a fresh one if it is already in use: a nested
+    /// call on the same thread, while Rayon waits inside an outer one).
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R;
+}
+
+macro_rules! scratch_pool {
+    ($t:ty) => {
+        impl ScratchPool for $t {
+            fn with_scratch<R>(f: impl FnOnce(&mut Scratch<$t>) -> R) -> R {
+                thread_local! {
+                    static POOL: std::cell::Cell<Option<Scratch<$t>>> =
+                        const { std::cell::Cell::new(None) };
+                }
+                let mut s = POOL.with(|p| p.take()).unwrap_or_else(Scratch::new);
+                let r = f(&mut s);
+                POOL.with(|p| p.set(Some(s)));
+                r
+            }
+        }
+    };
+}
+scratch_pool!(f32);
+scratch_pool!(f64);
+
+/// `MR`-row blocks of A per `MC` block, and `NR`-column blocks of B per `NC` block, for `T`.
+fn block_sizes<T, const MR: usize, const NR: usize>() -> (usize, usize) {
+    let size = std::mem::size_of::<T>();
+    let mc = (MC_BYTES / (size * KC) / MR).max(1) * MR;
+    let nc = (NC_BYTES / (size * KC) / NR).max(1) * NR;
+    (mc, nc)
 }
 
 /// Packs rows `i0..i0+mc` x cols `p0..p0+kc` of A into `MR`-row panels: panel `q`,
@@ -70,10 +175,20 @@ fn pack_a<T: Float, const MR: usize>(
         if rows < MR {
             panel.fill(T::ZERO);
         }
-        for r in 0..rows {
-            let row = base + (q * MR + r) * sm;
+        if sm == 1 {
+            // A stored transposed: each depth's MR rows are contiguous.
             for kk in 0..kc {
-                panel[kk * MR + r] = a[row + kk * sk];
+                let src = base + kk * sk + q * MR;
+                panel[kk * MR..kk * MR + rows].copy_from_slice(&a[src..src + rows]);
+            }
+        } else if sk == 1 {
+            transpose_panel(a, base + q * MR * sm, sm, rows, kc, panel, MR);
+        } else {
+            for r in 0..rows {
+                let row = base + (q * MR + r) * sm;
+                for kk in 0..kc {
+                    panel[kk * MR + r] = a[row + kk * sk];
+                }
             }
         }
     }
@@ -103,6 +218,9 @@ fn pack_b<T: Float, const NR: usize>(
                 let src = base + kk * sk + q * NR;
                 panel[kk * NR..kk * NR + cols].copy_from_slice(&b[src..src + cols]);
             }
+        } else if sk == 1 {
+            // B stored transposed (a Linear layer's weight): each column is contiguous.
+            transpose_panel(b, base + q * NR * sn, sn, cols, kc, panel, NR);
         } else {
             for j in 0..cols {
                 let col = base + (q * NR + j) * sn;
@@ -114,12 +232,115 @@ fn pack_b<T: Float, const NR: usize>(
     }
 }
 
-/// A register-tile micro-kernel: `C[0..mr, 0..nr] += sum_kk a[kk] (x) b[kk]` over packed
-/// `MR`-row and `NR`-column panels of depth `kc`; `c` rows are `ldc` apart.
+/// `dst[kk*w + r] = src[base + r*stride + kk]` for `r < rows`, `kk < kc`: `rows` contiguous
+/// runs of `src` written across a panel `w` wide (packing A stored by rows, or B stored by
+/// columns). f32 goes through 4 x 4 SSE transposes (x86-64's baseline), 3-4x faster than the
+/// element loop, which is what packing cost next to the small products' arithmetic.
+#[inline(always)]
+fn transpose_panel<T: Float>(
+    src: &[T],
+    base: usize,
+    stride: usize,
+    rows: usize,
+    kc: usize,
+    dst: &mut [T],
+    w: usize,
+) {
+    if rows == 0 || kc == 0 {
+        return;
+    }
+    assert!(base + (rows - 1) * stride + kc <= src.len() && (kc - 1) * w + rows <= dst.len());
+    let (r4, k4) = (rows / 4 * 4, kc / 4 * 4);
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        use std::arch::x86_64::*;
+        let (sp, dp) = (src.as_ptr().cast::<f32>(), dst.as_mut_ptr().cast::<f32>());
+        for r in (0..r4).step_by(4) {
+            for kk in (0..k4).step_by(4) {
+                // SAFETY: T is f32; rows r..r+4 < rows and depths kk..kk+4 <= kc lie inside
+                // both slices (asserted above). SSE is part of the x86-64 baseline.
+                unsafe {
+                    let p = sp.add(base + r * stride + kk);
+                    let x0 = _mm_loadu_ps(p);
+                    let x1 = _mm_loadu_ps(p.add(stride));
+                    let x2 = _mm_loadu_ps(p.add(2 * stride));
+                    let x3 = _mm_loadu_ps(p.add(3 * stride));
+                    let t0 = _mm_unpacklo_ps(x0, x1); // a0 b0 a1 b1
+                    let t1 = _mm_unpacklo_ps(x2, x3); // c0 d0 c1 d1
+                    let t2 = _mm_unpackhi_ps(x0, x1); // a2 b2 a3 b3
+                    let t3 = _mm_unpackhi_ps(x2, x3); // c2 d2 c3 d3
+                    let q = dp.add(kk * w + r);
+                    _mm_storeu_ps(q, _mm_movelh_ps(t0, t1));
+                    _mm_storeu_ps(q.add(w), _mm_movehl_ps(t1, t0));
+                    _mm_storeu_ps(q.add(2 * w), _mm_movelh_ps(t2, t3));
+                    _mm_storeu_ps(q.add(3 * w), _mm_movehl_ps(t3, t2));
+                }
+            }
+        }
+        for r in 0..r4 {
+            for kk in k4..kc {
+                dst[kk * w + r] = src[base + r * stride + kk];
+            }
+        }
+        for r in r4..rows {
+            for kk in 0..kc {
+                dst[kk * w + r] = src[base + r * stride + kk];
+            }
+        }
+        return;
+    }
+    let _ = (r4, k4);
+    for r in 0..rows {
+        let row = &src[base + r * stride..base + r * stride + kc];
+        for (kk, &v) in row.iter().enumerate() {
+            dst[kk * w + r] = v;
+        }
+    }
+}
+
+/// A register-tile micro-kernel over packed `MR`-row and `NR`-column panels of depth `kc`:
+/// `C[0..mr, 0..nr] = acc` when `overwrite`, else `C[0..mr, 0..nr] += acc`, with
+/// `acc = sum_kk a[kk] (x) b[kk]`; `c` rows are `ldc` apart.
 trait Micro<T> {
     /// # Safety
-    /// The CPU must have the instruction set the implementation is compiled for.
-    unsafe fn tile(kc: usize, a: &[T], b: &[T], c: &mut [T], ldc: usize, mr: usize, nr: usize);
+    /// The CPU must have the instruction set the implementation is compiled for; `a` holds
+    /// `kc*MR` and `b` `kc*NR` readable elements; `c[r*ldc + j]` for `r < mr`, `j < nr` is
+    /// writable (and initialised unless `overwrite`) and touched by no other thread.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        kc: usize,
+        a: *const T,
+        b: *const T,
+        c: *mut T,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        overwrite: bool,
+    );
+
+    /// The tile heights [`Micro::tile_direct`] takes (none: it does not exist).
+    const DIRECT_ROWS: &'static [usize] = &[];
+
+    /// Like [`Micro::tile`] for a tile of `rows` ([`Micro::DIRECT_ROWS`]) full rows read in
+    /// place, unpacked: A's element `(r, kk)` at `a[r*a_rs + kk*a_cs]`, B's `(kk, j)` at
+    /// `b[kk*b_rs + j]`, only `j < nr` read. For small products, where packing cost as much as
+    /// the arithmetic.
+    ///
+    /// # Safety
+    /// As [`Micro::tile`], with those elements readable; only when `DIRECT`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_direct(
+        _kc: usize,
+        _rows: usize,
+        _a: (*const T, usize, usize),
+        _b: (*const T, usize),
+        _c: *mut T,
+        _ldc: usize,
+        _nr: usize,
+        _overwrite: bool,
+    ) {
+        unreachable!("no direct micro-kernel")
+    }
 }
 
 /// The portable micro-kernel over fixed-size arrays, which LLVM vectorizes for the target
@@ -130,25 +351,45 @@ impl<T: Float, const MR: usize, const NR: usize, const FMA: bool> Micro<T>
     for ArrayMicro<MR, NR, FMA>
 {
     #[inline(always)]
-    unsafe fn tile(kc: usize, a: &[T], b: &[T], c: &mut [T], ldc: usize, mr: usize, nr: usize) {
-        micro::<T, MR, NR, FMA>(kc, a, b, c, ldc, mr, nr)
+    unsafe fn tile(
+        kc: usize,
+        a: *const T,
+        b: *const T,
+        c: *mut T,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        overwrite: bool,
+    ) {
+        // SAFETY: the caller guarantees the panel lengths (see `Micro::tile`).
+        let (a, b) = unsafe {
+            (
+                std::slice::from_raw_parts(a, kc * MR),
+                std::slice::from_raw_parts(b, kc * NR),
+            )
+        };
+        let acc = micro::<T, MR, NR, FMA>(a, b);
+        for (r, accr) in acc.iter().enumerate().take(mr) {
+            for (j, &v) in accr.iter().enumerate().take(nr) {
+                // SAFETY: r < mr and j < nr: inside the caller's tile.
+                unsafe {
+                    let o = c.add(r * ldc + j);
+                    *o = if overwrite { v } else { *o + v };
+                }
+            }
+        }
     }
 }
 
-/// `C[0..mr, 0..nr] += sum_kk a[kk] (x) b[kk]` over packed panels; `c` rows `ldc` apart.
+/// `sum_kk a[kk] (x) b[kk]` over packed panels of depth `a.len() / MR`.
 #[inline(always)]
 fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
-    kc: usize,
     a: &[T],
     b: &[T],
-    c: &mut [T],
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-) {
+) -> [[T; NR]; MR] {
     let mut acc = [[T::ZERO; NR]; MR];
-    let (a, _) = a[..kc * MR].as_chunks::<MR>();
-    let (b, _) = b[..kc * NR].as_chunks::<NR>();
+    let (a, _) = a.as_chunks::<MR>();
+    let (b, _) = b.as_chunks::<NR>();
     for (av, bv) in a.iter().zip(b) {
         for r in 0..MR {
             let x = av[r];
@@ -161,39 +402,43 @@ fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
             }
         }
     }
-    for (r, accr) in acc.iter().enumerate().take(mr) {
-        let row = &mut c[r * ldc..r * ldc + nr];
-        for (o, &v) in row.iter_mut().zip(accr) {
-            *o += v;
-        }
-    }
+    acc
 }
 
-/// One task: rows `i0..i0+mc` of batch `bi`, all of N, into `c` (`mc x n`, contiguous).
+/// One task: the block `blk` of C, written through `out` (`[bsz, m, n]`, contiguous).
+///
+/// # Safety
+/// `K` must suit this CPU, `out` must hold `bsz*m*n` elements, and no other thread may touch
+/// `blk`'s elements while this runs.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn row_block<T: Float, const MR: usize, const NR: usize, const FMA: bool, K: Micro<T>>(
+unsafe fn run_block<T: Float, const MR: usize, const NR: usize, const FMA: bool, K: Micro<T>>(
     a: &[T],
     oa: Operand,
     b: &[T],
     ob: Operand,
-    bi: usize,
-    i0: usize,
-    k: usize,
-    n: usize,
-    c: &mut [T],
+    d: Dims,
+    blk: Block,
+    out: Out<T>,
+    s: &mut Scratch<T>,
 ) {
-    let mc = c.len() / n;
-    if i0 == 0 && mc < 4 && ob.s1 == 1 {
+    let (n, k) = (d.n, d.k);
+    // SAFETY: the batch's `m*n` elements lie inside `out` (caller's contract).
+    let c0 = unsafe { out.0.add(blk.bi * d.m * n) };
+    let (abase, bbase) = (oa.off + blk.bi * oa.sb, ob.off + blk.bi * ob.sb);
+    if d.m < 4 && ob.s1 == 1 {
         // Fewer than 4 rows in all (a matrix-vector product, say): packing would cost more
         // than it saves, so stream B's rows straight into C's (`c[i, :] += a[i, kk] * B[kk, :]`).
-        // The test depends only on M, never on the thread count, so results stay deterministic.
-        let (abase, bbase) = (oa.off + bi * oa.sb, ob.off + bi * ob.sb);
-        for (i, crow) in c.chunks_mut(n).enumerate() {
+        // The test depends only on M, never on the split, so results stay deterministic.
+        let w = blk.j1 - blk.j0;
+        for i in blk.i0..blk.i1 {
+            // SAFETY: row i, columns j0..j1 of this batch: the caller's block.
+            let crow = unsafe { std::slice::from_raw_parts_mut(c0.add(i * n + blk.j0), w) };
+            crow.fill(T::ZERO);
             for kk in 0..k {
                 let av = a[abase + i * oa.s0 + kk * oa.s1];
-                let brow = &b[bbase + kk * ob.s0..bbase + kk * ob.s0 + n];
-                for (o, &bv) in crow.iter_mut().zip(brow) {
+                let brow = bbase + kk * ob.s0 + blk.j0;
+                for (o, &bv) in crow.iter_mut().zip(&b[brow..brow + w]) {
                     *o = if FMA {
                         av.fused_mul_add(bv, *o)
                     } else {
@@ -204,79 +449,233 @@ fn row_block<T: Float, const MR: usize, const NR: usize, const FMA: bool, K: Mic
         }
         return;
     }
+    let (mc_max, nc_max) = block_sizes::<T, MR, NR>();
+    let (rows, cols) = (blk.i1 - blk.i0, blk.j1 - blk.j0);
     let kc_max = KC.min(k);
-    let mut apack = vec![T::ZERO; mc.div_ceil(MR) * MR * kc_max];
-    let mut bpack = vec![T::ZERO; NC.min(n).div_ceil(NR) * NR * kc_max];
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
+    s.reserve(
+        mc_max.min(rows).div_ceil(MR) * MR * kc_max,
+        nc_max.min(cols).div_ceil(NR) * NR * kc_max,
+    );
+    // Equal row blocks (in whole panels), not a full one and a sliver.
+    let mc_max = rows.div_ceil(rows.div_ceil(mc_max)).div_ceil(MR) * MR;
+    let direct = K::DIRECT_ROWS.iter().copied().filter(|&h| rows >= h);
+    // The tile height that computes the fewest rows (the first, 12, on a tie).
+    let tall = direct.min_by_key(|&h| rows.div_ceil(h) * h);
+    // Unpacked when each A panel serves at most two tiles and all of B's block fits in L1.
+    let unpacked = k <= KC && ob.s1 == 1 && cols <= DIRECT_MAX && k * cols <= DIRECT_MAX.pow(2);
+    if let Some(h) = tall.filter(|_| unpacked) {
+        // A narrow product in one K block: no packing at all. A last partial row panel is
+        // computed as the full panel ending at the last row, overlapping the one before: its
+        // shared rows come out bit for bit the same and are simply written twice.
+        let starts = (0..rows / h * h)
+            .step_by(h)
+            .chain((rows % h != 0).then_some(rows - h));
+        for i in starts {
+            let ap = a[abase + (blk.i0 + i) * oa.s0..].as_ptr();
+            for j in (0..cols).step_by(NR) {
+                let bp = b[bbase + blk.j0 + j..].as_ptr();
+                let nr = NR.min(cols - j);
+                // SAFETY: rows blk.i0+i..+h (<= i1) of A over k depths and columns < j1 of B
+                // are inside the operands (`gemm_with` checked that both layouts' last
+                // elements are); the tile is this block's.
+                unsafe {
+                    let ct = c0.add((blk.i0 + i) * n + blk.j0 + j);
+                    K::tile_direct(k, h, (ap, oa.s0, oa.s1), (bp, ob.s0), ct, n, nr, true);
+                }
+            }
+        }
+        return;
+    }
+    for ic in (blk.i0..blk.i1).step_by(mc_max) {
+        let mc = mc_max.min(blk.i1 - ic);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            pack_b::<T, NR>(
-                b,
-                ob.off + bi * ob.sb + pc * ob.s0 + jc * ob.s1,
-                ob.s0,
-                ob.s1,
-                kc,
-                nc,
-                &mut bpack,
-            );
-            pack_a::<T, MR>(
-                a,
-                oa.off + bi * oa.sb + i0 * oa.s0 + pc * oa.s1,
-                oa.s0,
-                oa.s1,
-                mc,
-                kc,
-                &mut apack,
-            );
-            for jq in 0..nc.div_ceil(NR) {
-                let bp = &bpack[jq * kc * NR..(jq + 1) * kc * NR];
-                let nr = NR.min(nc - jq * NR);
+            let base = abase + ic * oa.s0 + pc * oa.s1;
+            pack_a::<T, MR>(a, base, oa.s0, oa.s1, mc, kc, &mut s.apack);
+            for jc in (blk.j0..blk.j1).step_by(nc_max) {
+                let nc = nc_max.min(blk.j1 - jc);
+                let base = bbase + pc * ob.s0 + jc * ob.s1;
+                pack_b::<T, NR>(b, base, ob.s0, ob.s1, kc, nc, &mut s.bpack);
                 for iq in 0..mc.div_ceil(MR) {
-                    let ap = &apack[iq * kc * MR..(iq + 1) * kc * MR];
+                    let ap = s.apack[iq * kc * MR..].as_ptr();
                     let mr = MR.min(mc - iq * MR);
-                    let cstart = iq * MR * n + jc + jq * NR;
-                    // SAFETY: `K` was chosen for an instruction set this CPU has (see tiles_fn!).
-                    unsafe { K::tile(kc, ap, bp, &mut c[cstart..], n, mr, nr) };
+                    for jq in 0..nc.div_ceil(NR) {
+                        let bp = s.bpack[jq * kc * NR..].as_ptr();
+                        let nr = NR.min(nc - jq * NR);
+                        // SAFETY: the panels hold kc*MR and kc*NR elements; the tile's rows
+                        // ic+iq*MR.. (< i1) and columns jc+jq*NR.. (< j1) are this block's.
+                        unsafe {
+                            let ct = c0.add((ic + iq * MR) * n + jc + jq * NR);
+                            K::tile(kc, ap, bp, ct, n, mr, nr, pc == 0);
+                        }
+                    }
                 }
             }
         }
     }
 }
 
+/// How a call cuts C into tasks: every batch into `pm` row parts times `pn` column parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Split {
+    /// Rows per part (a multiple of the tile height, except the last part).
+    rows: usize,
+    /// Columns per part (a multiple of the tile width, except the last part).
+    cols: usize,
+    pm: usize,
+    pn: usize,
+}
+
+impl Split {
+    /// The split for `threads` threads with `mr x nr` tiles and `mc`/`nc` packing blocks.
+    fn choose(d: Dims, threads: usize, (mr, nr): (usize, usize), (mc, nc): (usize, usize)) -> Self {
+        let whole = Split {
+            rows: d.m,
+            cols: d.n,
+            pm: 1,
+            pn: 1,
+        };
+        let flops = 2 * d.bsz * d.m * d.n * d.k;
+        if threads <= 1 || flops < SERIAL_FLOPS || d.bsz >= 4 * threads {
+            return whole;
+        }
+        // Parts per matrix so that the tasks share out evenly among the threads.
+        let parts = threads / gcd(d.bsz, threads);
+        let mut best = (usize::MAX, whole);
+        for pm in (1..=parts).filter(|&p| parts.is_multiple_of(p)) {
+            let Some(split) = Split::new(d, pm, parts / pm, (mr, nr)) else {
+                continue; // an empty part: a thread would idle
+            };
+            let (rows, cols) = (split.rows, split.cols);
+            // The largest task's cost, in element copies: about 16 multiply-adds per copy.
+            let packs = rows * d.k * cols.div_ceil(nc) + d.k * cols * rows.div_ceil(mc);
+            let cost = rows * cols * d.k / 16 + packs;
+            if cost < best.0 {
+                best = (cost, split);
+            }
+        }
+        best.1
+    }
+
+    /// `pm x pn` parts of whole `mr x nr` tiles, or `None` if one would be empty.
+    fn new(d: Dims, pm: usize, pn: usize, (mr, nr): (usize, usize)) -> Option<Self> {
+        let rows = d.m.div_ceil(pm).div_ceil(mr) * mr;
+        let cols = d.n.div_ceil(pn).div_ceil(nr) * nr;
+        (rows * (pm - 1) < d.m && cols * (pn - 1) < d.n).then_some(Split { rows, cols, pm, pn })
+    }
+
+    /// Blocks in all.
+    fn count(self, d: Dims) -> usize {
+        d.bsz * self.pm * self.pn
+    }
+
+    /// Block `t` of C, in order: batch, row part, column part.
+    fn block(self, d: Dims, t: usize) -> Block {
+        let per = self.pm * self.pn;
+        let (bi, p) = (t / per, t % per);
+        let (i0, j0) = ((p / self.pn) * self.rows, (p % self.pn) * self.cols);
+        Block {
+            bi,
+            i0,
+            i1: (i0 + self.rows).min(d.m),
+            j0,
+            j1: (j0 + self.cols).min(d.n),
+        }
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Runs `block` over every block of `split` (in parallel unless it is a single block) and
+/// returns the filled output.
+fn run_split<T: ScratchPool>(
+    d: Dims,
+    split: Split,
+    threads: usize,
+    block: impl Fn(Block, Out<T>, &mut Scratch<T>) + Sync,
+) -> Vec<T> {
+    let len = d.bsz * d.m * d.n;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let ptr = Out(out.as_mut_ptr());
+    let flops = 2 * len * d.k;
+    if threads <= 1 || flops < SERIAL_FLOPS {
+        T::with_scratch(|s| {
+            for t in 0..split.count(d) {
+                block(split.block(d, t), ptr, s);
+            }
+        });
+    } else {
+        (0..split.count(d))
+            .into_par_iter()
+            .for_each(|t| T::with_scratch(|s| block(split.block(d, t), ptr, s)));
+    }
+    // SAFETY: the blocks tile C exactly (rows 0..m and columns 0..n of every batch), and every
+    // block wrote each of its elements (the first K block overwrites, see `run_block`).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// A dtype's task entry: `(isa, a, a_op, b, b_op, dims, block, out, scratch)`, which runs
+/// [`run_block`] with the micro-kernel of `isa`.
+type BlockFn<T> =
+    unsafe fn(Isa, &[T], Operand, &[T], Operand, Dims, Block, Out<T>, &mut Scratch<T>);
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-fn row_block_avx512<T: Float, const MR: usize, const NR: usize>(
+unsafe fn block_avx512<T: Float, const MR: usize, const NR: usize>(
     a: &[T],
     oa: Operand,
     b: &[T],
     ob: Operand,
-    bi: usize,
-    i0: usize,
-    k: usize,
-    n: usize,
-    c: &mut [T],
+    d: Dims,
+    blk: Block,
+    out: Out<T>,
+    s: &mut Scratch<T>,
 ) {
-    row_block::<T, MR, NR, true, ArrayMicro<MR, NR, true>>(a, oa, b, ob, bi, i0, k, n, c)
+    // SAFETY: forwarded contract (see `run_block`).
+    unsafe { run_block::<T, MR, NR, true, ArrayMicro<MR, NR, true>>(a, oa, b, ob, d, blk, out, s) }
 }
 
 /// The f32 AVX-512 path: 12 x 32 tiles by [`Avx512F32`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-fn row_block_avx512_f32(
+unsafe fn block_avx512_f32(
     a: &[f32],
     oa: Operand,
     b: &[f32],
     ob: Operand,
-    bi: usize,
-    i0: usize,
-    k: usize,
-    n: usize,
-    c: &mut [f32],
+    d: Dims,
+    blk: Block,
+    out: Out<f32>,
+    s: &mut Scratch<f32>,
 ) {
-    row_block::<f32, 12, 32, true, Avx512F32>(a, oa, b, ob, bi, i0, k, n, c)
+    // SAFETY: forwarded contract (see `run_block`).
+    unsafe { run_block::<f32, 12, 32, true, Avx512F32>(a, oa, b, ob, d, blk, out, s) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2<T: Float, const MR: usize, const NR: usize>(
+    a: &[T],
+    oa: Operand,
+    b: &[T],
+    ob: Operand,
+    d: Dims,
+    blk: Block,
+    out: Out<T>,
+    s: &mut Scratch<T>,
+) {
+    // SAFETY: forwarded contract (see `run_block`).
+    unsafe { run_block::<T, MR, NR, true, ArrayMicro<MR, NR, true>>(a, oa, b, ob, d, blk, out, s) }
 }
 
 /// f32 AVX-512 micro-kernel, 12 x 32: 24 zmm accumulators; per step of k, two 16-lane loads
@@ -291,88 +690,199 @@ impl Micro<f32> for Avx512F32 {
     #[inline(always)]
     unsafe fn tile(
         kc: usize,
-        a: &[f32],
-        b: &[f32],
-        c: &mut [f32],
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
         ldc: usize,
         mr: usize,
         nr: usize,
+        overwrite: bool,
     ) {
-        micro_avx512_f32_12x32(kc, a, b, c, ldc, mr, nr)
+        // SAFETY: forwarded contract (see `Micro::tile`).
+        unsafe { micro_avx512_f32_12x32(kc, a, b, c, ldc, mr, nr, overwrite) }
+    }
+
+    /// 8-row tiles fit products of 8k rows (32 = 3 x 12 would waste a ninth).
+    const DIRECT_ROWS: &'static [usize] = &[12, 8];
+
+    #[inline(always)]
+    unsafe fn tile_direct(
+        kc: usize,
+        rows: usize,
+        a: (*const f32, usize, usize),
+        b: (*const f32, usize),
+        c: *mut f32,
+        ldc: usize,
+        nr: usize,
+        overwrite: bool,
+    ) {
+        // SAFETY: forwarded contract (see `Micro::tile_direct`).
+        unsafe {
+            match rows {
+                12 => micro_avx512_f32_direct::<12>(kc, a, b, c, ldc, nr, overwrite),
+                8 => micro_avx512_f32_direct::<8>(kc, a, b, c, ldc, nr, overwrite),
+                _ => unreachable!("direct tiles are 12 or 8 rows"),
+            }
+        }
     }
 }
 
+/// The `12 x 32` accumulators, as `(columns 0..16, columns 16..32)` per row.
+#[cfg(target_arch = "x86_64")]
+type Acc12x32 = (
+    [std::arch::x86_64::__m512; 12],
+    [std::arch::x86_64::__m512; 12],
+);
+
+/// # Safety
+/// See [`Micro::tile`] (with `MR = 12`, `NR = 32`); the CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn micro_avx512_f32_12x32(
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx512_f32_12x32(
     kc: usize,
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
     ldc: usize,
     mr: usize,
     nr: usize,
+    overwrite: bool,
 ) {
     use std::arch::x86_64::*;
     const MR: usize = 12;
     const NR: usize = 32;
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR && mr <= MR && nr <= NR);
-    assert!(mr == 0 || c.len() >= (mr - 1) * ldc + nr);
-    let mut lo = [_mm512_setzero_ps(); MR];
-    let mut hi = [_mm512_setzero_ps(); MR];
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    for kk in 0..kc {
-        // SAFETY: kk < kc, and the asserts above bound every offset read here.
-        unsafe {
-            let b0 = _mm512_loadu_ps(bp.add(kk * NR));
-            let b1 = _mm512_loadu_ps(bp.add(kk * NR + 16));
+    debug_assert!(mr <= MR && nr <= NR);
+    // SAFETY: every pointer below stays inside the panels (kk < kc) or the caller's C tile
+    // (rows r < mr, columns < nr under the masks); prefetches never fault.
+    unsafe {
+        // Ask for the C tile now, so that it is in L1 when the accumulators are added to it.
+        if !overwrite {
+            for r in 0..mr {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc).cast());
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + nr - 1).cast());
+            }
+        }
+        let mut lo = [_mm512_setzero_ps(); MR];
+        let mut hi = [_mm512_setzero_ps(); MR];
+        for kk in 0..kc {
+            let b0 = _mm512_loadu_ps(b.add(kk * NR));
+            let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
             for r in 0..MR {
-                let x = _mm512_set1_ps(*ap.add(kk * MR + r));
+                let x = _mm512_set1_ps(*a.add(kk * MR + r));
                 lo[r] = _mm512_fmadd_ps(x, b0, lo[r]);
                 hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
             }
         }
+        store_12x32((lo, hi), c, ldc, mr, nr, overwrite);
     }
-    // C += acc, masked to the `nr` valid columns (and `mr` valid rows).
-    let m0: __mmask16 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
-    let m1: __mmask16 = if nr >= 32 {
+}
+
+/// [`micro_avx512_f32_12x32`] on operands read in place (see [`Micro::tile_direct`]), `R`
+/// (12 or 8) rows of A at `a_rs` apart, B's rows `b_rs` apart, loaded under masks past `nr`
+/// columns.
+///
+/// # Safety
+/// See [`Micro::tile_direct`]; the CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn micro_avx512_f32_direct<const R: usize>(
+    kc: usize,
+    (a, a_rs, a_cs): (*const f32, usize, usize),
+    (b, b_rs): (*const f32, usize),
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    let (m0, m1) = column_masks(nr);
+    // SAFETY: rows r < R of A, depths kk < kc and B's columns under the masks are readable
+    // (the caller's contract); masked-off lanes are never read.
+    unsafe {
+        let mut lo = [_mm512_setzero_ps(); 12];
+        let mut hi = [_mm512_setzero_ps(); 12];
+        for kk in 0..kc {
+            let bk = b.add(kk * b_rs);
+            let b0 = _mm512_maskz_loadu_ps(m0, bk);
+            let b1 = _mm512_maskz_loadu_ps(m1, bk.add(16));
+            let ak = a.add(kk * a_cs);
+            for r in 0..R {
+                let x = _mm512_set1_ps(*ak.add(r * a_rs));
+                lo[r] = _mm512_fmadd_ps(x, b0, lo[r]);
+                hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
+            }
+        }
+        store_12x32((lo, hi), c, ldc, R, nr, overwrite);
+    }
+}
+
+/// Load/store masks for the `nr` valid columns of a 32-wide tile's two halves.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn column_masks(nr: usize) -> (u16, u16) {
+    let m0 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
+    let m1 = if nr >= 32 {
         0xffff
     } else if nr > 16 {
         (1u16 << (nr - 16)) - 1
     } else {
         0
     };
-    let cp = c.as_mut_ptr();
-    for r in 0..mr {
-        // SAFETY: row r < mr starts at r*ldc and the masks cover at most nr columns, inside c.
-        unsafe {
-            let row = cp.add(r * ldc);
-            let c0 = _mm512_maskz_loadu_ps(m0, row);
-            _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(c0, lo[r]));
-            if m1 != 0 {
-                let c1 = _mm512_maskz_loadu_ps(m1, row.add(16));
-                _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(c1, hi[r]));
+    (m0, m1)
+}
+
+/// `C = acc` (`overwrite`) or `C += acc` on the `mr x nr` valid part of a 12 x 32 tile.
+///
+/// # Safety
+/// `c[r*ldc + j]`, `r < mr`, `j < nr`, writable (and initialised unless `overwrite`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_12x32(
+    (lo, hi): Acc12x32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 12;
+    const NR: usize = 32;
+    // SAFETY: rows r < mr and the columns under the masks are the caller's tile.
+    unsafe {
+        if mr == MR && nr == NR {
+            for r in 0..MR {
+                let row = c.add(r * ldc);
+                if overwrite {
+                    _mm512_storeu_ps(row, lo[r]);
+                    _mm512_storeu_ps(row.add(16), hi[r]);
+                } else {
+                    _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), lo[r]));
+                    let row1 = row.add(16);
+                    _mm512_storeu_ps(row1, _mm512_add_ps(_mm512_loadu_ps(row1), hi[r]));
+                }
+            }
+            return;
+        }
+        // An edge tile: masked to the `nr` valid columns and the `mr` valid rows.
+        let (m0, m1) = column_masks(nr);
+        for r in 0..MR {
+            if r < mr {
+                let row = c.add(r * ldc);
+                let (mut v0, mut v1) = (lo[r], hi[r]);
+                if !overwrite {
+                    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
+                    v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
+                }
+                _mm512_mask_storeu_ps(row, m0, v0);
+                _mm512_mask_storeu_ps(row.add(16), m1, v1);
             }
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn row_block_avx2<T: Float, const MR: usize, const NR: usize>(
-    a: &[T],
-    oa: Operand,
-    b: &[T],
-    ob: Operand,
-    bi: usize,
-    i0: usize,
-    k: usize,
-    n: usize,
-    c: &mut [T],
-) {
-    row_block::<T, MR, NR, true, ArrayMicro<MR, NR, true>>(a, oa, b, ob, bi, i0, k, n, c)
 }
 
 /// The instruction set a micro-kernel is compiled for.
@@ -405,24 +915,43 @@ pub(super) fn detect_isa_uncached() -> Isa {
     Isa::Portable
 }
 
-/// A dtype's task entry: `(isa, a, a_op, b, b_op, batch, first_row, k, n, c_rows)`.
-type TilesFn<T> = fn(Isa, &[T], Operand, &[T], Operand, usize, usize, usize, usize, &mut [T]);
+/// A dtype's `((MR, NR), (MC, NC))` per instruction set.
+type SizesFn = fn(Isa) -> ((usize, usize), (usize, usize));
 
-/// The GEMM for one dtype, given its register-tile shapes per instruction set.
-#[allow(clippy::too_many_arguments)]
-fn gemm<T: Float>(
+/// The GEMM for one dtype: its task entry and its `(MR, NR)` tile and `(MC, NC)` block sizes
+/// on `isa`, which must come from [`detect_isa`] (or name a subset of this CPU's features).
+fn gemm<T: ScratchPool>(
     a: &[T],
     la: &Layout,
     b: &[T],
     lb: &Layout,
-    tiles: TilesFn<T>,
+    block: BlockFn<T>,
+    sizes: SizesFn,
     isa: Isa,
 ) -> Vec<T> {
-    let (bsz, m, k) = (la.dims()[0], la.dims()[1], la.dims()[2]);
-    let n = lb.dims()[2];
-    let mut out = vec![T::ZERO; bsz * m * n];
-    if out.is_empty() || k == 0 {
-        return out;
+    gemm_with(a, la, b, lb, block, sizes, isa, None)
+}
+
+/// [`gemm`], with the split into `(row parts, column parts)` per matrix forced (for tests).
+#[allow(clippy::too_many_arguments)]
+fn gemm_with<T: ScratchPool>(
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+    block: BlockFn<T>,
+    sizes: SizesFn,
+    isa: Isa,
+    parts: Option<(usize, usize)>,
+) -> Vec<T> {
+    let d = Dims {
+        bsz: la.dims()[0],
+        m: la.dims()[1],
+        n: lb.dims()[2],
+        k: la.dims()[2],
+    };
+    if d.bsz * d.m * d.n == 0 || d.k == 0 {
+        return vec![T::ZERO; d.bsz * d.m * d.n];
     }
     let op = |l: &Layout| Operand {
         off: l.offset(),
@@ -431,85 +960,76 @@ fn gemm<T: Float>(
         s1: l.strides()[2],
     };
     let (oa, ob) = (op(la), op(lb));
-    // Row blocks: at most MC_MAX rows, small enough to give every thread a few tasks.
-    let tasks_wanted = 4 * rayon::current_num_threads();
-    let per_batch = tasks_wanted.div_ceil(bsz).max(1);
-    let mc = m.div_ceil(per_batch).div_ceil(24).clamp(1, MC_MAX / 24) * 24;
-    let row_tasks = bsz * m.div_ceil(mc);
-    if row_tasks < rayon::current_num_threads() && n >= 2 * NC_SPLIT_MIN {
-        // Few rows (a matrix-vector product, say): split the columns instead. Each task
-        // computes an `m x width` tile into its own buffer (small, since m is small), then
-        // the tiles are copied into place.
-        let width = n
-            .div_ceil(tasks_wanted.div_ceil(bsz))
-            .max(NC_SPLIT_MIN)
-            .div_ceil(NC_SPLIT_MIN)
-            * NC_SPLIT_MIN;
-        let per = n.div_ceil(width);
-        let tiles_out: Vec<Vec<T>> = (0..bsz * per)
-            .into_par_iter()
-            .map(|t| {
-                let (bi, j0) = (t / per, (t % per) * width);
-                let w = width.min(n - j0);
-                let obj = Operand {
-                    off: ob.off + j0 * ob.s1,
-                    ..ob
-                };
-                let mut c = vec![T::ZERO; m * w];
-                tiles(isa, a, oa, b, obj, bi, 0, k, w, &mut c);
-                c
-            })
-            .collect();
-        for (t, tile) in tiles_out.iter().enumerate() {
-            let (bi, j0) = (t / per, (t % per) * width);
-            let w = width.min(n - j0);
-            for i in 0..m {
-                let dst = (bi * m + i) * n + j0;
-                out[dst..dst + w].copy_from_slice(&tile[i * w..(i + 1) * w]);
-            }
-        }
-        return out;
-    }
-    out.par_chunks_mut(m * n).enumerate().for_each(|(bi, cb)| {
-        cb.par_chunks_mut(mc * n)
-            .enumerate()
-            .for_each(|(blk, c)| tiles(isa, a, oa, b, ob, bi, blk * mc, k, n, c));
-    });
-    out
+    // Every element either layout addresses lies inside its buffer (the unpacked path reads
+    // them through raw pointers).
+    let last = |o: Operand, rows: usize, cols: usize| {
+        o.off + (d.bsz - 1) * o.sb + (rows - 1) * o.s0 + (cols - 1) * o.s1
+    };
+    assert!(last(oa, d.m, d.k) < a.len() && last(ob, d.k, d.n) < b.len());
+    let threads = rayon::current_num_threads();
+    let (tile, blocks) = sizes(isa);
+    let split = match parts {
+        Some((pm, pn)) => Split::new(d, pm, pn, tile).expect("a split without empty parts"),
+        None => Split::choose(d, threads, tile, blocks),
+    };
+    run_split(d, split, threads, |blk, out, s| {
+        // SAFETY: `isa` suits this CPU (see above), `out` holds the whole output, and the
+        // split's blocks are disjoint.
+        unsafe { block(isa, a, oa, b, ob, d, blk, out, s) }
+    })
 }
 
-macro_rules! tiles_fn {
-    ($name:ident, $t:ty, $mr2:expr, $nr2:expr, $avx512:expr) => {
+macro_rules! block_fn {
+    ($name:ident, $sizes:ident, $t:ty, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr, $avx512:expr) => {
+        /// # Safety
+        /// See [`run_block`]; `isa` must suit this CPU.
         #[allow(clippy::too_many_arguments)]
-        fn $name(
+        unsafe fn $name(
             isa: Isa,
             a: &[$t],
             oa: Operand,
             b: &[$t],
             ob: Operand,
-            bi: usize,
-            i0: usize,
-            k: usize,
-            n: usize,
-            c: &mut [$t],
+            d: Dims,
+            blk: Block,
+            out: Out<$t>,
+            s: &mut Scratch<$t>,
         ) {
+            // SAFETY: forwarded contract; `isa` was checked by `detect_isa`.
+            unsafe {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => $avx512(a, oa, b, ob, d, blk, out, s),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => block_avx2::<$t, $mr2, $nr2>(a, oa, b, ob, d, blk, out, s),
+                    _ => run_block::<$t, 4, 8, false, ArrayMicro<4, 8, false>>(
+                        a, oa, b, ob, d, blk, out, s,
+                    ),
+                }
+            }
+        }
+
+        /// `((MR, NR), (MC, NC))` of the kernel `isa` runs for this dtype.
+        fn $sizes(isa: Isa) -> ((usize, usize), (usize, usize)) {
             match isa {
-                // SAFETY: `isa` comes from `detect_isa`, which checked these CPU features.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { $avx512(a, oa, b, ob, bi, i0, k, n, c) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe {
-                    row_block_avx2::<$t, $mr2, $nr2>(a, oa, b, ob, bi, i0, k, n, c)
-                },
-                _ => row_block::<$t, 4, 8, false, ArrayMicro<4, 8, false>>(
-                    a, oa, b, ob, bi, i0, k, n, c,
-                ),
+                Isa::Avx512 => (($mr512, $nr512), block_sizes::<$t, $mr512, $nr512>()),
+                Isa::Avx2 => (($mr2, $nr2), block_sizes::<$t, $mr2, $nr2>()),
+                Isa::Portable => ((4, 8), block_sizes::<$t, 4, 8>()),
             }
         }
     };
 }
-tiles_fn!(tiles_f32, f32, 6, 16, row_block_avx512_f32);
-tiles_fn!(tiles_f64, f64, 4, 8, row_block_avx512::<f64, 8, 16>);
+block_fn!(block_f32, sizes_f32, f32, 12, 32, 6, 16, block_avx512_f32);
+block_fn!(
+    block_f64,
+    sizes_f64,
+    f64,
+    8,
+    16,
+    4,
+    8,
+    block_avx512::<f64, 8, 16>
+);
 
 /// One of the GEMM's register-tile micro-kernels as a plain function, for callers that pack
 /// their own panels (the convolution's implicit GEMM packs straight from NCHW images).
@@ -559,7 +1079,9 @@ unsafe fn micro_portable<T: Float, const MR: usize, const NR: usize>(
     mr: usize,
     nr: usize,
 ) {
-    micro::<T, MR, NR, false>(kc, a, b, c, ldc, mr, nr)
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    // SAFETY: `MicroKernel::tile` checked the bounds; the features are the caller's promise.
+    unsafe { <ArrayMicro<MR, NR, false> as Micro<T>>::tile(kc, a, b, c, ldc, mr, nr, false) }
 }
 
 /// # Safety
@@ -575,7 +1097,9 @@ unsafe fn micro_avx2<T: Float, const MR: usize, const NR: usize>(
     mr: usize,
     nr: usize,
 ) {
-    micro::<T, MR, NR, true>(kc, a, b, c, ldc, mr, nr)
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    // SAFETY: `MicroKernel::tile` checked the bounds; the features are the caller's promise.
+    unsafe { <ArrayMicro<MR, NR, true> as Micro<T>>::tile(kc, a, b, c, ldc, mr, nr, false) }
 }
 
 /// # Safety
@@ -591,7 +1115,9 @@ unsafe fn micro_avx512<T: Float, const MR: usize, const NR: usize>(
     mr: usize,
     nr: usize,
 ) {
-    micro::<T, MR, NR, true>(kc, a, b, c, ldc, mr, nr)
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    // SAFETY: `MicroKernel::tile` checked the bounds; the features are the caller's promise.
+    unsafe { <ArrayMicro<MR, NR, true> as Micro<T>>::tile(kc, a, b, c, ldc, mr, nr, false) }
 }
 
 /// # Safety
@@ -607,7 +1133,9 @@ unsafe fn micro_avx512_f32(
     mr: usize,
     nr: usize,
 ) {
-    micro_avx512_f32_12x32(kc, a, b, c, ldc, mr, nr)
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    // SAFETY: `MicroKernel::tile` checked the bounds; the features are the caller's promise.
+    unsafe { micro_avx512_f32_12x32(kc, a, b, c, ldc, mr, nr, false) }
 }
 
 /// The dtypes with a packed GEMM: their micro-kernels and their whole GEMM, per instruction set.
@@ -619,7 +1147,7 @@ pub(super) trait PackedFloat: Float {
 }
 
 macro_rules! packed_float {
-    ($t:ty, $tiles:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr) => {
+    ($t:ty, $block:ident, $sizes:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr) => {
         impl PackedFloat for $t {
             fn micro_kernel(isa: Isa) -> MicroKernel<$t> {
                 let (mr, nr, tile): (usize, usize, MicroFn<$t>) = match isa {
@@ -632,13 +1160,22 @@ macro_rules! packed_float {
                 MicroKernel { mr, nr, tile }
             }
             fn gemm(a: &[$t], la: &Layout, b: &[$t], lb: &Layout, isa: Isa) -> Vec<$t> {
-                gemm(a, la, b, lb, $tiles, isa)
+                gemm(a, la, b, lb, $block, $sizes, isa)
             }
         }
     };
 }
-packed_float!(f32, tiles_f32, micro_avx512_f32, 12, 32, 6, 16);
-packed_float!(f64, tiles_f64, micro_avx512::<f64, 8, 16>, 8, 16, 4, 8);
+packed_float!(f32, block_f32, sizes_f32, micro_avx512_f32, 12, 32, 6, 16);
+packed_float!(
+    f64,
+    block_f64,
+    sizes_f64,
+    micro_avx512::<f64, 8, 16>,
+    8,
+    16,
+    4,
+    8
+);
 
 impl MatmulBackend for CpuStorage {
     fn matmul(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
@@ -652,10 +1189,10 @@ impl MatmulBackend for CpuStorage {
         }
         let data = match (self.data(), rhs.data()) {
             (CpuData::F32(a), CpuData::F32(b)) => {
-                CpuData::F32(gemm(a, lhs_layout, b, rhs_layout, tiles_f32, detect_isa()))
+                CpuData::F32(f32::gemm(a, lhs_layout, b, rhs_layout, detect_isa()))
             }
             (CpuData::F64(a), CpuData::F64(b)) => {
-                CpuData::F64(gemm(a, lhs_layout, b, rhs_layout, tiles_f64, detect_isa()))
+                CpuData::F64(f64::gemm(a, lhs_layout, b, rhs_layout, detect_isa()))
             }
             (d, _) => {
                 return Err(Error::UnsupportedDType {
@@ -719,14 +1256,160 @@ mod tests {
             for &isa in &isas {
                 // Small integers: exact in both precisions.
                 assert_eq!(
-                    gemm(&av, &la, &bv, &lb, tiles_f64, isa),
+                    f64::gemm(&av, &la, &bv, &lb, isa),
                     want,
                     "{isa:?} f64 {m}x{k}x{n}"
                 );
-                let got = gemm(&a32, &la, &b32, &lb, tiles_f32, isa);
+                let got = f32::gemm(&a32, &la, &b32, &lb, isa);
                 let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
                 assert_eq!(got, want, "{isa:?} f32 {m}x{k}x{n}");
             }
         }
+    }
+
+    /// The instruction sets this CPU can run, the portable one first.
+    fn isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            if detect_isa_uncached() == Isa::Avx512 {
+                isas.push(Isa::Avx512);
+            }
+        }
+        isas
+    }
+
+    /// An operand's storage and layout: `[bsz, rows, cols]` read from memory that holds it
+    /// transposed (`[bsz, cols, rows]`) or not, shared by every batch (`broadcast`) or not,
+    /// after an offset of 3 elements; values are reproducible non-integers in [-1, 1).
+    fn operand(
+        bsz: usize,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+        broadcast: bool,
+        seed: usize,
+    ) -> (Vec<f64>, Layout) {
+        let stored = if broadcast { 1 } else { bsz };
+        let data = (0..3 + stored * rows * cols)
+            .map(|i| (((i + seed) * 2654435761) % 1000) as f64 / 500.0 - 1.0 + 1.0 / 1024.0)
+            .collect();
+        let sb = if broadcast { 0 } else { rows * cols };
+        let (s0, s1) = if transposed { (1, rows) } else { (cols, 1) };
+        let layout = Layout::new(Shape::new(vec![bsz, rows, cols]), vec![sb, s0, s1], 3);
+        (data, layout)
+    }
+
+    fn naive(a: &[f64], la: &Layout, b: &[f64], lb: &Layout) -> Vec<f64> {
+        let (bsz, m, k, n) = (la.dims()[0], la.dims()[1], la.dims()[2], lb.dims()[2]);
+        let at = |l: &Layout, bi: usize, i: usize, j: usize| {
+            l.offset() + bi * l.strides()[0] + i * l.strides()[1] + j * l.strides()[2]
+        };
+        let mut out = vec![0.0; bsz * m * n];
+        for bi in 0..bsz {
+            for i in 0..m {
+                for j in 0..n {
+                    out[(bi * m + i) * n + j] = (0..k)
+                        .map(|p| a[at(la, bi, i, p)] * b[at(lb, bi, p, j)])
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    /// Every instruction set, every way of cutting C into tasks, and every operand layout
+    /// (transposed A or B, a broadcast B, batches) on odd shapes that cross the tile, `KC`,
+    /// `MC` and `NC` edges and take the M < 4 and the unpacked (12- and 8-row, overlapping)
+    /// paths: close to an f64 reference, and bit for bit
+    /// the same whatever the split (the determinism the module promises).
+    #[test]
+    fn every_split_layout_and_isa_matches_naive() {
+        // (batch, m, k, n)
+        let shapes = [
+            (1, 1, 1, 1),
+            (1, 13, 37, 300),
+            (1, 97, 513, 33),
+            (3, 2, 5, 70),
+            (2, 50, 300, 70),
+            (5, 31, 64, 33),
+            (4, 32, 20, 40),
+            (2, 24, 30, 64),
+            (2, 9, 16, 31),
+            (1, 200, 64, 64),
+            (1, 150, 65, 60),
+            // Packed whole, unpacked when cut in two column parts: the same bits either way.
+            (1, 50, 40, 100),
+            (1, 1100, 3, 40),
+            (1, 5, 7, 1100),
+        ];
+        let splits = [(1, 1), (2, 1), (1, 2), (3, 2)];
+        for (si, &(bsz, m, k, n)) in shapes.iter().enumerate() {
+            for (at, bt, bb) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, false),
+                (true, true, bsz > 1),
+            ] {
+                let (av, la) = operand(bsz, m, k, at, false, 7 * si);
+                let (bv, lb) = operand(bsz, k, n, bt, bb, 7 * si + 3);
+                let want = naive(&av, &la, &bv, &lb);
+                let (a32, b32): (Vec<f32>, Vec<f32>) = (
+                    av.iter().map(|&v| v as f32).collect(),
+                    bv.iter().map(|&v| v as f32).collect(),
+                );
+                let what = format!("{bsz}x{m}x{k}x{n} a_t={at} b_t={bt} b_bcast={bb}");
+                for isa in isas() {
+                    let (mut first64, mut first32) = (None, None);
+                    for (pm, pn) in splits {
+                        let tile32 = sizes_f32(isa).0;
+                        let tile64 = sizes_f64(isa).0;
+                        let d = Dims { bsz, m, n, k };
+                        if Split::new(d, pm, pn, tile32).is_none()
+                            || Split::new(d, pm, pn, tile64).is_none()
+                        {
+                            continue;
+                        }
+                        let parts = Some((pm, pn));
+                        let g64 = gemm_with(&av, &la, &bv, &lb, block_f64, sizes_f64, isa, parts);
+                        let g32 = gemm_with(&a32, &la, &b32, &lb, block_f32, sizes_f32, isa, parts);
+                        for (i, &w) in want.iter().enumerate() {
+                            let tol = 1.0 + w.abs();
+                            assert!((g64[i] - w).abs() <= 1e-12 * tol, "{isa:?} f64 {what}");
+                            let e = (g32[i] as f64 - w).abs();
+                            assert!(e <= 1e-5 * (k as f64).sqrt() * tol, "{isa:?} f32 {what}");
+                        }
+                        let split = format!("{isa:?} {what} split {pm}x{pn}");
+                        assert_eq!(first64.get_or_insert_with(|| g64.clone()), &g64, "{split}");
+                        assert_eq!(first32.get_or_insert_with(|| g32.clone()), &g32, "{split}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The split follows the packing costs: M is cut for tall products, N for wide ones,
+    /// whole matrices go to tasks when there are enough of them, and small products stay on
+    /// one thread.
+    #[test]
+    fn split_choice() {
+        let tile = (12, 32);
+        let blocks = (1024, 512);
+        let d = |bsz, m, n, k| Dims { bsz, m, n, k };
+        let parts = |d, t| {
+            let s = Split::choose(d, t, tile, blocks);
+            (s.pm, s.pn)
+        };
+        assert_eq!(parts(d(1, 65536, 64, 64), 2), (2, 1));
+        assert_eq!(parts(d(1, 8, 4096, 512), 2), (1, 2));
+        assert_eq!(parts(d(512, 32, 32, 32), 2), (1, 1));
+        assert_eq!(parts(d(3, 256, 256, 256), 2), (2, 1));
+        assert_eq!(parts(d(1, 16, 16, 16), 2), (1, 1));
+        assert_eq!(parts(d(1, 2048, 2048, 2048), 1), (1, 1));
+        let s = Split::choose(d(3, 256, 256, 256), 2, tile, blocks);
+        assert_eq!((s.rows, s.count(d(3, 256, 256, 256))), (132, 6));
     }
 }

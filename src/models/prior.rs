@@ -27,7 +27,7 @@
 //! and is all there is for a dataset whose captions CLIP saw.
 
 use crate::data::{tokenizer, PromptTokenizer};
-use crate::models::captioner::{init_gpt2, pad_batch, text_blocks};
+use crate::models::captioner::{init_gpt2, text_blocks};
 use crate::models::unet::json_usize;
 use crate::nn::{
     children_parameters, list_parameters, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear,
@@ -135,16 +135,7 @@ impl Prior {
         prompts: &[&str],
         device: Device,
     ) -> Result<Tensor> {
-        let rows: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let mut v = vec![tokenizer::SOS];
-                v.extend(tokenizer.encode(p));
-                v.truncate(self.config.max_len);
-                v
-            })
-            .collect();
-        pad_batch(&rows, device)
+        crate::models::text_encoder::prompt_ids(tokenizer, prompts, self.config.max_len, device)
     }
 
     /// `text_emb` `[B, E]` (CLIP's text embedding of each prompt) and the prompts' `ids`

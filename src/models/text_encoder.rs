@@ -107,16 +107,7 @@ impl PromptEncoder {
         prompts: &[&str],
         device: Device,
     ) -> Result<Tensor> {
-        let rows: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let mut v = vec![tokenizer::SOS];
-                v.extend(tokenizer.encode(p));
-                v.truncate(self.config.max_len);
-                v
-            })
-            .collect();
-        pad_batch(&rows, device)
+        prompt_ids(tokenizer, prompts, self.config.max_len, device)
     }
 
     /// `ids` `[B, T]` -> (states `[B, T, C]`, padding mask `[B, T]` u8 with 1 = `<PAD>`).
@@ -155,4 +146,24 @@ impl Module for PromptEncoder {
         v.extend(children_parameters(&[("ln_f", &self.ln_f)]));
         v
     }
+}
+
+/// Ids `[B, T]` for prompts: `<SOS>` then the tokens (unknown ones as `<UNK>`), cut at
+/// `max_len`, right-padded with `<PAD>`. Shared by every model that reads prompts as tokens.
+pub fn prompt_ids(
+    tokenizer: &PromptTokenizer,
+    prompts: &[&str],
+    max_len: usize,
+    device: Device,
+) -> Result<Tensor> {
+    let rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut v = vec![tokenizer::SOS];
+            v.extend(tokenizer.encode(p));
+            v.truncate(max_len);
+            v
+        })
+        .collect();
+    pad_batch(&rows, device)
 }

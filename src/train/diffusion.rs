@@ -141,24 +141,41 @@ pub fn diffusion_batch(
     let seed = seed.wrapping_mul(1_000_003).wrapping_add(step);
     let data = ShapesDataset::generate(batch_size, &RenderOpts::new(image_size), seed, device)?;
     let mut rng = Rng::new(seed ^ 0xCA97_10E5);
-    let mut captions: Vec<String> = data
+    let captions: Vec<String> = data
         .labels
         .iter()
         .map(|l| train_caption(l, &mut rng))
         .collect();
-    drop_captions(&mut captions, CFG_DROPOUT, &mut rng);
-    let t = (0..batch_size)
-        .map(|_| timesteps.draw(&mut rng, train_steps))
-        .collect();
-    let noise = Tensor::randn_with_seed(
-        (batch_size, 3, image_size, image_size),
-        DType::F32,
+    assemble_batch(
+        seed,
+        &mut rng,
+        data.images,
+        captions,
+        train_steps,
+        timesteps,
         device,
-        seed ^ 0x0015_E000,
-        0,
-    )?;
+    )
+}
+
+/// What every dataset's batch shares, drawn after its pictures and captions: the null
+/// captions for guidance (10%), a timestep per picture and the noise, from the batch's
+/// `seed` and `rng`. `images` `[B, C, S, S]` in [0, 1] become `x0` in [-1, 1].
+pub(crate) fn assemble_batch(
+    seed: u64,
+    rng: &mut Rng,
+    images: Tensor,
+    mut captions: Vec<String>,
+    train_steps: usize,
+    timesteps: TimestepSampling,
+    device: Device,
+) -> Result<DiffusionBatch> {
+    drop_captions(&mut captions, CFG_DROPOUT, rng);
+    let t = (0..captions.len())
+        .map(|_| timesteps.draw(rng, train_steps))
+        .collect();
+    let noise = Tensor::randn_with_seed(images.dims(), DType::F32, device, seed ^ 0x0015_E000, 0)?;
     Ok(DiffusionBatch {
-        x0: data.images.affine(2.0, -1.0)?,
+        x0: images.affine(2.0, -1.0)?,
         captions,
         t,
         noise,

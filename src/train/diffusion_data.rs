@@ -11,14 +11,13 @@
 //! Batches are pure functions of `(seed, step)`, as for the shapes, so resume is exact.
 //! [`PriorPool`] gives the (caption, picture) pairs the unCLIP prior learns from.
 
-use super::diffusion::{diffusion_batch, DiffusionBatch, DiffusionTrainConfig};
+use super::diffusion::{assemble_batch, diffusion_batch, DiffusionBatch, DiffusionTrainConfig};
 use crate::data::mnist::{load_dataset, CaptionedImages, DatasetName, Split, FASHION_CAPTIONS};
 use crate::data::shapes::{
     caption_lines, fill, RenderOpts, ShapesDataset, HELD_OUT_TEMPLATES, TRAIN_TEMPLATES,
 };
-use crate::diffusion::guidance::{drop_captions, CFG_DROPOUT};
 use crate::random::Rng;
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -133,27 +132,20 @@ impl DiffusionData {
                 let seed = seed.wrapping_mul(1_000_003).wrapping_add(step);
                 let mut rng = Rng::new(seed ^ 0xFA5_0001);
                 let idx: Vec<usize> = (0..batch_size).map(|_| rng.below(train.len())).collect();
-                let mut captions: Vec<String> = idx
+                let captions: Vec<String> = idx
                     .iter()
                     .map(|&i| train.class_captions[train.labels[i]].clone())
                     .collect();
-                drop_captions(&mut captions, CFG_DROPOUT, &mut rng);
-                let t = (0..batch_size)
-                    .map(|_| timesteps.draw(&mut rng, train_steps))
-                    .collect();
-                let noise = Tensor::randn_with_seed(
-                    (batch_size, 1, image_size, image_size),
-                    DType::F32,
-                    device,
-                    seed ^ 0x0015_E000,
-                    0,
-                )?;
-                Ok(DiffusionBatch {
-                    x0: padded_images(train, &idx, image_size, device)?.affine(2.0, -1.0)?,
+                let images = padded_images(train, &idx, image_size, device)?;
+                assemble_batch(
+                    seed,
+                    &mut rng,
+                    images,
                     captions,
-                    t,
-                    noise,
-                })
+                    train_steps,
+                    timesteps,
+                    device,
+                )
             }
         }
     }

@@ -135,7 +135,12 @@ impl Prior {
         prompts: &[&str],
         device: Device,
     ) -> Result<Tensor> {
-        crate::models::text_encoder::prompt_ids(tokenizer, prompts, self.config.max_len, device)
+        crate::models::text_encoder::prompt_ids(
+            |p| tokenizer.encode(p),
+            prompts,
+            self.config.max_len,
+            device,
+        )
     }
 
     /// `text_emb` `[B, E]` (CLIP's text embedding of each prompt) and the prompts' `ids`

@@ -107,7 +107,12 @@ impl PromptEncoder {
         prompts: &[&str],
         device: Device,
     ) -> Result<Tensor> {
-        prompt_ids(tokenizer, prompts, self.config.max_len, device)
+        prompt_ids(
+            |p| tokenizer.encode(p),
+            prompts,
+            self.config.max_len,
+            device,
+        )
     }
 
     /// `ids` `[B, T]` -> (states `[B, T, C]`, padding mask `[B, T]` u8 with 1 = `<PAD>`).
@@ -148,10 +153,11 @@ impl Module for PromptEncoder {
     }
 }
 
-/// Ids `[B, T]` for prompts: `<SOS>` then the tokens (unknown ones as `<UNK>`), cut at
-/// `max_len`, right-padded with `<PAD>`. Shared by every model that reads prompts as tokens.
+/// Ids `[B, T]` for prompts: `<SOS>` then each prompt's tokens from `encode` (unknown ones
+/// as `<UNK>`), cut at `max_len`, right-padded with `<PAD>`. Shared by every model that reads
+/// prompts as tokens, whatever its tokenizer.
 pub fn prompt_ids(
-    tokenizer: &PromptTokenizer,
+    encode: impl Fn(&str) -> Vec<u32>,
     prompts: &[&str],
     max_len: usize,
     device: Device,
@@ -160,7 +166,7 @@ pub fn prompt_ids(
         .iter()
         .map(|p| {
             let mut v = vec![tokenizer::SOS];
-            v.extend(tokenizer.encode(p));
+            v.extend(encode(p));
             v.truncate(max_len);
             v
         })

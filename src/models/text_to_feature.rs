@@ -15,7 +15,8 @@
 //! Trained with the MSE to the frozen ResNet features of the described pictures, AdamW.
 
 use crate::data::tokenizer::{self, CharTokenizer};
-use crate::models::captioner::{init_gpt2, pad_batch, text_blocks, Captioner};
+use crate::models::captioner::{init_gpt2, text_blocks, Captioner};
+use crate::models::text_encoder::prompt_ids;
 use crate::nn::{
     children_parameters, list_parameters, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear,
     Module, TransformerBlock,
@@ -157,16 +158,12 @@ impl TextToFeature {
         prompts: &[&str],
         device: Device,
     ) -> Result<Tensor> {
-        let rows: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let mut v = vec![tokenizer::SOS];
-                v.extend(tokenizer.encode(p));
-                v.truncate(self.config.max_len);
-                v
-            })
-            .collect();
-        pad_batch(&rows, device)
+        prompt_ids(
+            |p| tokenizer.encode(p),
+            prompts,
+            self.config.max_len,
+            device,
+        )
     }
 
     /// Predicted features of `prompts`, `[B, F]`, without a graph.

@@ -615,6 +615,40 @@ fn frechet_distance_matches_closed_forms() {
     }
 }
 
+/// The Frechet distance through the pictures' Gram matrix (fewer pictures than features) is
+/// the one through the covariances, on correlated random features with different means and
+/// spreads, for unequal set sizes, and when there are more pictures than features too.
+#[test]
+fn frechet_by_samples_equals_frechet_by_covariance() {
+    use tessera::diffusion::frechet::{
+        frechet_distance_by_covariance, frechet_distance_by_samples,
+    };
+    let features = |n: usize, d: usize, seed: u64, scale: f64, shift: f64| -> Vec<f64> {
+        let z = randn(n * d, seed).to_vec_f64().unwrap();
+        // Mix neighbouring dimensions so the covariance is not diagonal.
+        (0..n * d)
+            .map(|i| {
+                let j = if i % d + 1 < d { i + 1 } else { i };
+                scale * (z[i] + 0.5 * z[j]) + shift * (i % d) as f64 / d as f64
+            })
+            .collect()
+    };
+    for &(n_a, n_b, d) in &[(7, 9, 20), (12, 5, 16), (30, 40, 8)] {
+        let a = features(n_a, d, 3, 1.0, 0.0);
+        let b = features(n_b, d, 4, 1.7, 2.0);
+        let by_cov = frechet_distance_by_covariance(&a, n_a, &b, n_b, d).unwrap();
+        let by_samples = frechet_distance_by_samples(&a, n_a, &b, n_b, d).unwrap();
+        assert!(
+            (by_cov - by_samples).abs() < 1e-8 * by_cov.max(1.0),
+            "n_a {n_a}, n_b {n_b}, d {d}: covariances {by_cov}, samples {by_samples}"
+        );
+        assert!(
+            by_cov > 1.0,
+            "the sets differ, the distance {by_cov} should show it"
+        );
+    }
+}
+
 /// The demo's text-to-image stage on a tiny budget: it trains, writes its checkpoint, draws
 /// the grid (every prompt's row, judged) and scores 10 held-out prompts; a second run
 /// reuses the checkpoint (training nothing) with identical figures; a longer budget resumes

@@ -69,7 +69,7 @@ impl Default for DiffusionDemoConfig {
         DiffusionDemoConfig {
             steps: 6600,
             batch_size: 8,
-            lr: 1e-3,
+            lr: 2e-3,
             patch_size: 2,
             base_channels: 16,
             attention_levels: vec![1, 2],

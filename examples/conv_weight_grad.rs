@@ -21,7 +21,7 @@ type Case = (
     usize,
 );
 
-const CASES: [Case; 13] = [
+const CASES: [Case; 17] = [
     ("unet_in_3to16_32px", 16, 3, 16, 32, 3, 1, 1),
     ("unet_16to16_32px", 16, 16, 16, 32, 3, 1, 1),
     ("unet_up_48to16_32px", 16, 48, 16, 32, 3, 1, 1),
@@ -35,6 +35,10 @@ const CASES: [Case; 13] = [
     ("resnet64_layer1", 16, 64, 64, 16, 3, 1, 1),
     ("resnet64_layer2", 16, 128, 128, 8, 3, 1, 1),
     ("resnet224_layer1", 2, 64, 64, 56, 3, 1, 1),
+    ("resnet224_layer2", 2, 128, 128, 28, 3, 1, 1),
+    ("unet32_c64", 8, 64, 64, 32, 3, 1, 1),
+    ("unet32_c128", 8, 128, 128, 16, 3, 1, 1),
+    ("unet32_c256", 8, 256, 256, 8, 3, 1, 1),
 ];
 
 fn random(len: usize, seed: u64) -> Vec<f32> {

@@ -14,7 +14,9 @@
 //!   same fast path, no scatter. Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
 //!   per block of pixels, then col2im adds it into `dx`; tasks = (image, group, input-channel
 //!   block), each owning its `dx` planes.
-//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, a product whose depth
+//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`; stride 1 with at most 64
+//!   output channels per group: shifted dot products over padded rows, no im2col
+//!   (`conv/weight_grad_shifted.rs`); else with few channels, a product whose depth
 //!   runs over every pixel of the batch, contiguous in both operands: dot-product register
 //!   tiles along the pixels, no transposes (`conv/weight_grad.rs`); tasks = (group, block of
 //!   K, fixed chunk of pixels), the chunks' partial sums added in chunk order.
@@ -415,18 +417,20 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
     dx
 }
 
-/// dW = dY x im2col(X)^T, by whichever path suits the shape: with few output channels per
-/// group (the small U-Net's 16 and 32) the GEMM's `mr`-row panels are mostly padding and
-/// transposing both operands into them dominates, so dot-product tiles along the pixels
-/// (`weight_grad.rs`) win; with more channels the packed GEMM wins (docs/PERF.md, session 4:
-/// the tiles alone made ResNet-18's backward 1.5-2x slower).
+/// dW = dY x im2col(X)^T, by whichever path suits the shape. Stride 1, no dilation, up to
+/// 64 output channels per group: shifted dot products over padded rows, no im2col
+/// (`weight_grad_shifted.rs`). Otherwise, with few output channels per group (the small
+/// U-Net's 16 and 32) the GEMM's `mr`-row panels are mostly padding and transposing both
+/// operands into them dominates, so dot-product tiles along the pixels (`weight_grad.rs`)
+/// win; with more channels the packed GEMM wins (docs/PERF.md, session 4: the tiles alone
+/// made ResNet-18's backward 1.5-2x slower).
 fn conv2d_bwd_weight<T: PackedFloat + DotTile>(
     x: &[T],
     dy: &[T],
     g: &Conv2dGeom,
     isa: Isa,
 ) -> Vec<T> {
-    if g.cout_g() <= WEIGHT_GRAD_TILES_MAX_COUT && weight_grad_shifted::applies(g) {
+    if g.cout_g() <= WEIGHT_GRAD_SHIFTED_MAX_COUT && weight_grad_shifted::applies(g) {
         conv2d_bwd_weight_shifted(x, dy, g, isa)
     } else if g.cout_g() <= WEIGHT_GRAD_TILES_MAX_COUT {
         conv2d_bwd_weight_tiles(x, dy, g, isa)
@@ -435,7 +439,11 @@ fn conv2d_bwd_weight<T: PackedFloat + DotTile>(
     }
 }
 
-/// Up to this many output channels per group, the weight gradient uses the pixel tiles.
+/// Up to this many output channels per group, a stride-1 weight gradient uses the shifted
+/// dots: at 64 they beat the packed GEMM by 1.2-1.4x (16 to 56 px maps), at 128 they tie at
+/// 28 px and lose at 16 and 8 px (docs/PERF.md, session 6).
+const WEIGHT_GRAD_SHIFTED_MAX_COUT: usize = 64;
+/// Up to this many output channels per group, other weight gradients use the pixel tiles.
 const WEIGHT_GRAD_TILES_MAX_COUT: usize = 32;
 
 fn conv2d_bwd_weight_gemm<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {

@@ -20,7 +20,7 @@
 //! of one image, at most [`BLOCK`] elements), gathered into blocks of at most [`BLOCK`]
 //! elements: a block's segments are copied into scratch side by side, and every register tile
 //! runs over all of them before adding into its lane sums. Tasks = (group, block of <=
-//! [`COLS_MAX`] columns, chunk of [`CHUNK`] elements of output rows); the chunks' partial sums
+//! [`COLS_MAX`] columns, chunk of about [`CHUNK`] elements of output rows, both cut evenly); the chunks' partial sums
 //! are added in chunk order afterwards. The cuts depend on the shape alone, so results are the
 //! same for every thread count.
 
@@ -35,6 +35,9 @@ use rayon::prelude::*;
 const ALIGN: usize = 16;
 /// Output-row elements (`rows * Wp`) per task, at least one row.
 const CHUNK: usize = 4096;
+/// Fewest tasks a call is cut into (the depth cut finer), so that two threads share the
+/// work evenly whatever the shape; a constant, so the cuts stay a function of the shape.
+const MIN_TASKS: usize = 4;
 /// Most columns (input channel, tap) per task.
 const COLS_MAX: usize = 256;
 /// Output-row elements per block: the block's `R` rows of `dy` and the `x` rows of a column
@@ -60,10 +63,16 @@ pub(super) fn conv2d_bwd_weight_shifted<T: DotTile>(
     }
     let wp = g.w + 2 * g.padding.1;
     let rows = g.n * g.oh;
-    let chunk_rows = (CHUNK / wp).max(1);
+    // Even splits, and at least MIN_TASKS of them where there are rows enough: uneven or
+    // too few tasks left one thread with most of the work at 8 and 16 px.
+    let cblocks = k.div_ceil(COLS_MAX);
+    let cb = k.div_ceil(cblocks);
+    let chunks = (rows * wp)
+        .div_ceil(CHUNK)
+        .max(MIN_TASKS.div_ceil(g.groups * cblocks))
+        .min(rows);
+    let chunk_rows = rows.div_ceil(chunks);
     let chunks = rows.div_ceil(chunk_rows);
-    let cb = COLS_MAX.min(k);
-    let cblocks = k.div_ceil(cb);
     let partials: Vec<Vec<T>> = (0..g.groups * cblocks * chunks)
         .into_par_iter()
         .map(|t| {

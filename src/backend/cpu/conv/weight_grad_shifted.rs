@@ -18,11 +18,14 @@
 //!
 //! The depth (every output row of the batch, images in order) is cut into [`Segment`]s (rows
 //! of one image, at most [`BLOCK`] elements), gathered into blocks of at most [`BLOCK`]
-//! elements: a block's segments are copied into scratch side by side, and every register tile
-//! runs over all of them before adding into its lane sums. Tasks = (group, block of <=
-//! [`COLS_MAX`] columns, chunk of about [`CHUNK`] elements of output rows, both cut evenly); the chunks' partial sums
-//! are added in chunk order afterwards. The cuts depend on the shape alone, so results are the
-//! same for every thread count.
+//! elements: a block's segments are copied into scratch side by side, then each register tile
+//! runs over the segments in turn, adding into its lane sums after each (so at 8 px, one
+//! 80-element image per flush, the tiles reach about 60% of their speed at 32 px). Tasks =
+//! (group, block of <= [`COLS_MAX`] columns, chunk of about [`CHUNK`] elements of output rows,
+//! both cut evenly); the chunks' partial sums are added in chunk order afterwards. The cuts
+//! depend on the shape alone, so results are the same for every thread count (not across
+//! instruction sets: the lane count and FMA differ). A non-finite input value can reach a sum
+//! it takes no part in, through a zero of the extra columns (`0 * inf`).
 
 use super::dot_tile::DotTile;
 use super::pack::{copy_run, vectorized};

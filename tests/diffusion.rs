@@ -614,3 +614,55 @@ fn frechet_distance_matches_closed_forms() {
         }
     }
 }
+
+/// The demo's text-to-image stage on a tiny budget: it trains, writes its checkpoint, draws
+/// the grid (every prompt's row, judged) and scores 10 held-out prompts; a second run
+/// reuses the checkpoint (training nothing) with identical figures; a longer budget resumes
+/// the checkpoint instead of starting over, and a shorter one trains again.
+#[test]
+fn demo_stage_trains_reuses_and_resumes_its_checkpoint() {
+    use tessera::models::resnet::{ResNet18, ResNetConfig};
+    use tessera::train::diffusion_demo::{run_diffusion_demo, DiffusionDemoConfig, GRID_PROMPTS};
+    let dir = std::env::temp_dir().join(format!("tessera_diffusion_demo_{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let judge = ResNet18::new(
+        ResNetConfig {
+            num_classes: 11,
+            small_input: true,
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    let cfg = DiffusionDemoConfig {
+        steps: 3,
+        batch_size: 4,
+        grid_columns: 2,
+        sample_steps: 2,
+        eval_prompts: Some(10),
+        progress: false,
+        ..Default::default()
+    };
+    let first = run_diffusion_demo(&dir, &cfg, &judge, 32, Device::Cpu).unwrap();
+    assert!(first.trained);
+    assert_eq!(first.training.as_ref().unwrap().start_step, 0);
+    assert_eq!(first.rows.len(), GRID_PROMPTS.len());
+    for row in &first.rows {
+        assert_eq!(row.images.dims(), &[2, 3, 32, 32]);
+        assert_eq!(row.correct.len(), 2);
+    }
+    assert_eq!(first.adherence.images, 10);
+    let second = run_diffusion_demo(&dir, &cfg, &judge, 32, Device::Cpu).unwrap();
+    assert!(!second.trained && second.training.is_none());
+    assert_eq!(first.adherence.both_right, second.adherence.both_right);
+    assert_eq!(first.adherence.frechet, second.adherence.frechet);
+    let longer = DiffusionDemoConfig {
+        steps: 5,
+        ..cfg.clone()
+    };
+    let third = run_diffusion_demo(&dir, &longer, &judge, 32, Device::Cpu).unwrap();
+    assert_eq!(third.training.as_ref().unwrap().start_step, 3);
+    let shorter = DiffusionDemoConfig { steps: 2, ..cfg };
+    let fourth = run_diffusion_demo(&dir, &shorter, &judge, 32, Device::Cpu).unwrap();
+    assert_eq!(fourth.training.as_ref().unwrap().start_step, 0);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -166,7 +166,7 @@ pub struct SampleDiffusionArgs {
     #[arg(long, default_value_t = 3.0)]
     pub guidance: f64,
     /// Pictures per prompt (the grid's columns).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, visible_alias = "n", default_value_t = 8)]
     pub count: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -379,10 +379,16 @@ pub struct EvalDiffusionArgs {
     /// Pictures per held-out prompt (5 templates x 5 shapes x 6 colours = 150 prompts).
     #[arg(long, default_value_t = 2)]
     pub per_prompt: usize,
+    /// Judge only this many of the 150 held-out prompts, evenly spread (default: all).
+    #[arg(long)]
+    pub prompts: Option<usize>,
     #[arg(long, value_enum, default_value_t = SamplerArg::Ddim)]
     pub sampler: SamplerArg,
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
+    /// DDIM's eta (0 = deterministic, 1 = as much fresh noise per step as DDPM).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
     #[arg(long, default_value_t = 3.0)]
     pub guidance: f64,
     #[arg(long, default_value_t = 0)]
@@ -414,7 +420,7 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
             SamplerArg::Ddim => Sampler::Ddim,
         },
         steps: a.steps,
-        eta: 0.0,
+        eta: a.eta,
         guidance: a.guidance,
         seed: a.seed,
         clip_x0: true,
@@ -427,6 +433,7 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
         classifier_size,
         a.per_prompt,
         10,
+        a.prompts,
         &opts,
         a.seed,
         |done, total| {
@@ -445,7 +452,7 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
                 "shape_right": r.shape_right, "colour_right": r.colour_right,
                 "frechet": r.frechet, "frechet_real_vs_real": r.frechet_real,
                 "sampler": format!("{:?}", a.sampler).to_lowercase(), "steps": a.steps,
-                "guidance": a.guidance, "seconds": t0.elapsed().as_secs_f64(),
+                "eta": a.eta, "guidance": a.guidance, "seconds": t0.elapsed().as_secs_f64(),
             })
         );
     } else {

@@ -350,6 +350,23 @@ pub fn caption_alphabet() -> String {
     caption_lines().replace('\n', "")
 }
 
+/// The (shape, colour) a text names, when it names exactly one shape and one colour (whole
+/// words): how captions and prompts are checked against a picture's label.
+pub fn shape_and_colour_named(text: &str) -> Option<(usize, usize)> {
+    let words: Vec<&str> = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let named = |vocab: &[&str]| -> Option<usize> {
+        let mut hits = (0..vocab.len()).filter(|&i| words.contains(&vocab[i]));
+        match (hits.next(), hits.next()) {
+            (Some(i), None) => Some(i),
+            _ => None,
+        }
+    };
+    Some((named(&SHAPES)?, named(&COLOURS)?))
+}
+
 /// The project's original example: three 64x64 pictures on white (a red square, a blue
 /// square, a green circle) and seven prompts, each naming which picture it means.
 pub struct OriginalExample {

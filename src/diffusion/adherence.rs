@@ -51,7 +51,7 @@ pub fn held_out_prompts(rng: &mut Rng) -> Vec<(String, ShapeLabel)> {
 }
 
 /// Predicted (shape, colour) of each picture `[N, 3, S, S]` in [0, 1].
-fn classify(classifier: &ResNet18, images: &Tensor) -> Result<Vec<(usize, usize)>> {
+pub(crate) fn classify(classifier: &ResNet18, images: &Tensor) -> Result<Vec<(usize, usize)>> {
     let logits = crate::no_grad(|| classifier.forward(images))?;
     let s = logits
         .narrow(1, 0, SHAPES.len())?
@@ -67,9 +67,20 @@ fn classify(classifier: &ResNet18, images: &Tensor) -> Result<Vec<(usize, usize)
         .collect())
 }
 
+/// `n` of `prompts`, evenly spread (all of them when `n` is at least their number), so a
+/// subset still covers every template, shape and colour in turn.
+fn spread<T: Clone>(prompts: Vec<T>, n: usize) -> Vec<T> {
+    let len = prompts.len();
+    if n >= len {
+        return prompts;
+    }
+    (0..n).map(|i| prompts[i * len / n].clone()).collect()
+}
+
 /// Generates `per_prompt` pictures for each held-out prompt (`prompts_per_batch` prompts at a
-/// time) and scores them. `classifier_size` is the image side the classifier was trained on.
-/// `on_batch(done, total)` reports progress in prompts.
+/// time; `max_prompts` of the 150, evenly spread, when given) and scores them.
+/// `classifier_size` is the image side the classifier was trained on. `on_batch(done, total)`
+/// reports progress in prompts.
 #[allow(clippy::too_many_arguments)]
 pub fn prompt_adherence(
     model: &TextToImage,
@@ -77,6 +88,7 @@ pub fn prompt_adherence(
     classifier_size: usize,
     per_prompt: usize,
     prompts_per_batch: usize,
+    max_prompts: Option<usize>,
     opts: &SampleOpts,
     seed: u64,
     mut on_batch: impl FnMut(usize, usize),
@@ -91,7 +103,13 @@ pub fn prompt_adherence(
         return Err(Error::msg("prompt adherence: counts must be positive"));
     }
     classifier.eval();
-    let prompts = held_out_prompts(&mut Rng::new(seed));
+    if max_prompts == Some(0) {
+        return Err(Error::msg("prompt adherence: max_prompts must be positive"));
+    }
+    let prompts = spread(
+        held_out_prompts(&mut Rng::new(seed)),
+        max_prompts.unwrap_or(usize::MAX),
+    );
     let (mut shape_ok, mut colour_ok, mut both_ok) = (0usize, 0usize, 0usize);
     let mut gen_features = Vec::new();
     let mut labels = Vec::new();
@@ -132,4 +150,31 @@ pub fn prompt_adherence(
         frechet: frechet_distance(&gen_features, n, &real_a, n, d)?,
         frechet_real: frechet_distance(&real_b, n, &real_a, n, d)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_subset_is_evenly_spaced_and_covers_every_shape_and_colour() {
+        let all: Vec<usize> = (0..150).collect();
+        assert_eq!(
+            spread(all.clone(), 10),
+            (0..10).map(|i| i * 15).collect::<Vec<_>>()
+        );
+        assert_eq!(spread(all.clone(), 150), all);
+        assert_eq!(spread(all.clone(), 1000), all);
+        // 30 of the held-out prompts: every shape and every colour at least once.
+        let some = spread(held_out_prompts(&mut Rng::new(0)), 30);
+        for s in 0..SHAPES.len() {
+            assert!(some.iter().any(|(_, l)| l.shape == s), "shape {s} missing");
+        }
+        for c in 0..COLOURS.len() {
+            assert!(
+                some.iter().any(|(_, l)| l.colour == c),
+                "colour {c} missing"
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! Each step draws a batch of pictures from a pool of precomputed features and gives each a
 //! caption from a random *training* template, so the model sees many sentences per picture.
 
-use crate::data::shapes::{captioner_caption, ShapeLabel, COLOURS, SHAPES};
+use crate::data::shapes::{captioner_caption, shape_and_colour_named, ShapeLabel};
 use crate::data::CharTokenizer;
 use crate::io::Checkpoint;
 use crate::models::captioner::{Captioner, CaptionerConfig};
@@ -39,17 +39,7 @@ pub struct SeqTrainReport {
 
 /// Whether `caption` names `label`'s shape and colour and no other shape or colour.
 pub fn names_shape_and_colour(caption: &str, label: &ShapeLabel) -> bool {
-    let words: Vec<&str> = caption
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .filter(|w| !w.is_empty())
-        .collect();
-    let shapes: Vec<usize> = (0..SHAPES.len())
-        .filter(|&i| words.contains(&SHAPES[i]))
-        .collect();
-    let colours: Vec<usize> = (0..COLOURS.len())
-        .filter(|&i| words.contains(&COLOURS[i]))
-        .collect();
-    shapes == [label.shape] && colours == [label.colour]
+    shape_and_colour_named(caption) == Some((label.shape, label.colour))
 }
 
 pub(crate) fn step_rng(seed: u64, step: u64) -> Rng {

@@ -5,6 +5,7 @@ pub mod char_lm;
 pub mod clip;
 pub mod diffusion;
 pub mod diffusion_data;
+pub mod diffusion_demo;
 pub mod prior;
 pub mod progress;
 pub mod shapes_resnet;

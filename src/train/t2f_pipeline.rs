@@ -116,59 +116,11 @@ pub fn run_pipeline(dir: &Path, cfg: &PipelineConfig, device: Device) -> Result<
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let opts = RenderOpts::new(cfg.image_size);
     let mut stages = Vec::new();
-    let mut retrain = false;
 
     // 1. The feature extractor.
-    let path = dir.join(RESNET_FILE);
-    let t0 = Instant::now();
-    let (resnet, resnet_accuracy, sps) = if path.exists() {
-        let (m, size) = load_resnet(&path, device)?;
-        if size != cfg.image_size {
-            return Err(Error::file(
-                &path,
-                format!(
-                    "trained on {size}-pixel pictures, the pipeline uses {}",
-                    cfg.image_size
-                ),
-            ));
-        }
-        (m, None, None)
-    } else {
-        retrain = true;
-        crate::random::manual_seed(cfg.seed);
-        let m = ResNet18::new(
-            ResNetConfig {
-                num_classes: NUM_OUTPUTS,
-                small_input: false,
-            },
-            device,
-        )?;
-        let r = train_shapes_resnet(
-            &m,
-            &ResNetTrainConfig {
-                steps: cfg.resnet_steps,
-                batch_size: cfg.resnet_batch,
-                seed: cfg.seed,
-                image_size: cfg.image_size,
-                checkpoint: Some(path.clone()),
-                progress: cfg.progress,
-                ..Default::default()
-            },
-        )?;
-        m.eval();
-        (
-            m,
-            Some(r.accuracy),
-            Some(r.steps as f64 / r.seconds.max(1e-9)),
-        )
-    };
-    stages.push(StageReport {
-        name: "resnet18",
-        checkpoint: path,
-        trained: retrain,
-        seconds: t0.elapsed().as_secs_f64(),
-        steps_per_second: sps,
-    });
+    let (resnet, resnet_accuracy, stage) = resnet_stage(dir, cfg, device)?;
+    let mut retrain = stage.trained;
+    stages.push(stage);
 
     // 2. Features of the training pool, the gallery and the caption-evaluation pictures.
     let t0 = Instant::now();
@@ -298,4 +250,67 @@ fn seq_cfg(cfg: &PipelineConfig, steps: u64, checkpoint: PathBuf) -> SeqTrainCon
         checkpoint: Some(checkpoint),
         progress: cfg.progress,
     }
+}
+
+/// Stage 1 alone: trains the shapes ResNet-18 in `dir` (or loads it when its checkpoint is
+/// there), in eval mode; with its accuracy on fresh pictures when it trained. The demo's
+/// text-to-image act uses it as its judge.
+pub fn resnet_stage(
+    dir: &Path,
+    cfg: &PipelineConfig,
+    device: Device,
+) -> Result<(ResNet18, Option<f64>, StageReport)> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut retrain = false;
+    let path = dir.join(RESNET_FILE);
+    let t0 = Instant::now();
+    let (resnet, resnet_accuracy, sps) = if path.exists() {
+        let (m, size) = load_resnet(&path, device)?;
+        if size != cfg.image_size {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "trained on {size}-pixel pictures, the pipeline uses {}",
+                    cfg.image_size
+                ),
+            ));
+        }
+        (m, None, None)
+    } else {
+        retrain = true;
+        crate::random::manual_seed(cfg.seed);
+        let m = ResNet18::new(
+            ResNetConfig {
+                num_classes: NUM_OUTPUTS,
+                small_input: false,
+            },
+            device,
+        )?;
+        let r = train_shapes_resnet(
+            &m,
+            &ResNetTrainConfig {
+                steps: cfg.resnet_steps,
+                batch_size: cfg.resnet_batch,
+                seed: cfg.seed,
+                image_size: cfg.image_size,
+                checkpoint: Some(path.clone()),
+                progress: cfg.progress,
+                ..Default::default()
+            },
+        )?;
+        m.eval();
+        (
+            m,
+            Some(r.accuracy),
+            Some(r.steps as f64 / r.seconds.max(1e-9)),
+        )
+    };
+    let stage = StageReport {
+        name: "resnet18",
+        checkpoint: path,
+        trained: retrain,
+        seconds: t0.elapsed().as_secs_f64(),
+        steps_per_second: sps,
+    };
+    Ok((resnet, resnet_accuracy, stage))
 }

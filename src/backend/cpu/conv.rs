@@ -14,7 +14,9 @@
 //!   same fast path, no scatter. Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
 //!   per block of pixels, then col2im adds it into `dx`; tasks = (image, group, input-channel
 //!   block), each owning its `dx` planes.
-//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, a product whose depth
+//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`; stride 1 with at most 64
+//!   output channels per group: shifted dot products over padded rows, no im2col
+//!   (`conv/weight_grad_shifted.rs`); else with few channels, a product whose depth
 //!   runs over every pixel of the batch, contiguous in both operands: dot-product register
 //!   tiles along the pixels, no transposes (`conv/weight_grad.rs`); tasks = (group, block of
 //!   K, fixed chunk of pixels), the chunks' partial sums added in chunk order.
@@ -30,14 +32,17 @@
 //! micro-kernels. Non-contiguous inputs are gathered into a contiguous copy first
 //! (`contiguous_cow`).
 
+mod dot_tile;
 mod pack;
 mod weight_grad;
+mod weight_grad_shifted;
 
 use super::matmul::{detect_isa, Isa, MicroKernel, PackedFloat};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::conv::{Conv2dGeom, ConvBackend};
 use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
+use dot_tile::DotTile;
 use pack::{
     input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
     valid_columns, vectorized, PaddedInput, PixelRun,
@@ -46,6 +51,7 @@ use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use weight_grad::conv2d_bwd_weight_tiles;
+use weight_grad_shifted::conv2d_bwd_weight_shifted;
 
 /// Depth block: rows of the packed B block (and depth of an A panel slice) per pass.
 const KC: usize = 256;
@@ -411,20 +417,33 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
     dx
 }
 
-/// dW = dY x im2col(X)^T, by whichever path suits the shape: with few output channels per
-/// group (the small U-Net's 16 and 32) the GEMM's `mr`-row panels are mostly padding and
-/// transposing both operands into them dominates, so dot-product tiles along the pixels
-/// (`weight_grad.rs`) win; with more channels the packed GEMM wins (docs/PERF.md, session 4:
-/// the tiles alone made ResNet-18's backward 1.5-2x slower).
-fn conv2d_bwd_weight<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
-    if g.cout_g() <= WEIGHT_GRAD_TILES_MAX_COUT {
+/// dW = dY x im2col(X)^T, by whichever path suits the shape. Stride 1, no dilation, up to
+/// 64 output channels per group: shifted dot products over padded rows, no im2col
+/// (`weight_grad_shifted.rs`). Otherwise, with few output channels per group (the small
+/// U-Net's 16 and 32) the GEMM's `mr`-row panels are mostly padding and transposing both
+/// operands into them dominates, so dot-product tiles along the pixels (`weight_grad.rs`)
+/// win; with more channels the packed GEMM wins (docs/PERF.md, session 4: the tiles alone
+/// made ResNet-18's backward 1.5-2x slower).
+fn conv2d_bwd_weight<T: PackedFloat + DotTile>(
+    x: &[T],
+    dy: &[T],
+    g: &Conv2dGeom,
+    isa: Isa,
+) -> Vec<T> {
+    if g.cout_g() <= WEIGHT_GRAD_SHIFTED_MAX_COUT && weight_grad_shifted::applies(g) {
+        conv2d_bwd_weight_shifted(x, dy, g, isa)
+    } else if g.cout_g() <= WEIGHT_GRAD_TILES_MAX_COUT {
         conv2d_bwd_weight_tiles(x, dy, g, isa)
     } else {
         conv2d_bwd_weight_gemm(x, dy, g, isa)
     }
 }
 
-/// Up to this many output channels per group, the weight gradient uses the pixel tiles.
+/// Up to this many output channels per group, a stride-1 weight gradient uses the shifted
+/// dots: at 64 they beat the packed GEMM by 1.2-1.4x (16 to 56 px maps), at 128 they tie at
+/// 28 px and lose at 16 and 8 px (docs/PERF.md, session 6).
+const WEIGHT_GRAD_SHIFTED_MAX_COUT: usize = 64;
+/// Up to this many output channels per group, other weight gradients use the pixel tiles.
 const WEIGHT_GRAD_TILES_MAX_COUT: usize = 32;
 
 fn conv2d_bwd_weight_gemm<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
@@ -710,7 +729,7 @@ mod tests {
         ]
     }
 
-    fn check<T: PackedFloat>(tol: f64) {
+    fn check<T: PackedFloat + DotTile>(tol: f64) {
         for (ci, &case) in cases().iter().enumerate() {
             let g = geom(case);
             let seed = 17 * ci as u64;
@@ -753,6 +772,96 @@ mod tests {
     #[test]
     fn implicit_gemm_matches_direct_loops_f32() {
         check::<f32>(2e-6);
+    }
+
+    /// Stride-1 undilated shapes for the shifted-dot weight gradient: odd sizes, widths that
+    /// are not a multiple of any lane count, padding 0 to 2, 1x1, 3x3 and 5x5 kernels, groups,
+    /// batch 1 and 3, more than one column block (K > 256) and more than one depth chunk.
+    fn shifted_cases() -> Vec<Case> {
+        vec![
+            (1, 3, 7, 5, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (3, 5, 9, 13, 6, 3, 3, (1, 1), (0, 0), (1, 1), 1),
+            (3, 4, 11, 6, 5, 5, 5, (1, 1), (2, 2), (1, 1), 1),
+            (2, 6, 8, 17, 3, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+            (1, 4, 6, 7, 9, 1, 1, (1, 1), (1, 1), (1, 1), 1),
+            (3, 6, 10, 9, 6, 3, 5, (1, 1), (1, 2), (1, 1), 3),
+            (1, 33, 5, 6, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (3, 2, 40, 37, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 3, 2, 3, 4, 3, 3, (1, 1), (2, 1), (1, 1), 1),
+        ]
+    }
+
+    /// Each weight-gradient path on its own, against the direct loops in f64, on every
+    /// instruction set: the shifted dots (stride 1), the general tiles, the packed GEMM.
+    fn check_weight_grad_paths<T: PackedFloat + DotTile>(tol: f64) {
+        let general = cases().into_iter().step_by(2);
+        for (ci, case) in shifted_cases().into_iter().chain(general).enumerate() {
+            let g = geom(case);
+            let seed = 1000 + 31 * ci as u64;
+            let x = random(g.n * g.c_in * g.h * g.w, seed);
+            let dy = random(g.n * g.c_out * g.p(), seed + 1);
+            let w = vec![0.0; g.c_out * g.k()];
+            let [_, _, (want, mag)] = reference(&g, &x, &w, &dy);
+            let cast = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
+            let (xt, dyt) = (cast(&x), cast(&dy));
+            for isa in isas() {
+                let mut paths = vec![
+                    ("tiles", conv2d_bwd_weight_tiles(&xt, &dyt, &g, isa)),
+                    ("gemm", conv2d_bwd_weight_gemm(&xt, &dyt, &g, isa)),
+                ];
+                if weight_grad_shifted::applies(&g) {
+                    paths.push(("shifted", conv2d_bwd_weight_shifted(&xt, &dyt, &g, isa)));
+                }
+                for (name, got) in paths {
+                    assert_eq!(got.len(), want.len(), "{name} {isa:?} {case:?}");
+                    for (i, (a, (b, m))) in got.iter().zip(want.iter().zip(&mag)).enumerate() {
+                        let err = (a.to_f64() - b).abs();
+                        assert!(
+                            err <= tol * (m + 1e-3),
+                            "{name} {isa:?} {case:?} element {i}: {} vs {b}",
+                            a.to_f64()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weight_grad_paths_match_direct_loops_f64() {
+        check_weight_grad_paths::<f64>(1e-12);
+    }
+
+    #[test]
+    fn weight_grad_paths_match_direct_loops_f32() {
+        check_weight_grad_paths::<f32>(2e-6);
+    }
+
+    /// The shifted-dot weight gradient gives the same bits for every thread count, on shapes
+    /// with several depth chunks and column blocks.
+    #[test]
+    fn shifted_weight_grad_ignores_thread_count() {
+        for case in [
+            (3, 2, 40, 37, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (4, 32, 16, 16, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 6, 19, 21, 6, 5, 5, (1, 1), (2, 2), (1, 1), 2),
+        ] {
+            let g = geom(case);
+            let to32 = |v: Vec<f64>| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let x = to32(random(g.n * g.c_in * g.h * g.w, 7));
+            let dy = to32(random(g.n * g.c_out * g.p(), 8));
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| conv2d_bwd_weight_shifted(&x, &dy, &g, detect_isa()))
+            };
+            let one = run(1);
+            for threads in [2, 3, 5] {
+                assert!(run(threads) == one, "{case:?} with {threads} threads");
+            }
+        }
     }
 
     /// Results are bitwise the same whatever the thread count (the task split changes with

@@ -10,11 +10,11 @@
 //! chunks' partial sums are added in chunk order afterwards. The chunking depends only on the
 //! shape, never on the thread count, so results are deterministic for every thread count.
 
+use super::dot_tile::DotTile;
 use super::pack::{copy_run, pack_im2col, pixel_runs, vectorized, PaddedInput};
 use super::{round_up, KC};
 use crate::backend::conv::Conv2dGeom;
 use crate::backend::cpu::matmul::Isa;
-use crate::backend::cpu::Float;
 use rayon::prelude::*;
 
 /// Pixels per task (a multiple of the depth block [`KC`]).
@@ -22,7 +22,7 @@ const DEPTH_CHUNK: usize = 16 * KC;
 /// Most im2col rows (weight-gradient columns) per task: bounds the `COLS_MAX x KC` scratch.
 const COLS_MAX: usize = 256;
 
-pub(super) fn conv2d_bwd_weight_tiles<T: Float>(
+pub(super) fn conv2d_bwd_weight_tiles<T: DotTile>(
     x: &[T],
     dy: &[T],
     g: &Conv2dGeom,
@@ -46,6 +46,7 @@ pub(super) fn conv2d_bwd_weight_tiles<T: Float>(
             let d0 = ch * DEPTH_CHUNK;
             let pixels = d0..(d0 + DEPTH_CHUNK).min(depth);
             let task = Task {
+                isa,
                 xp: &xp,
                 dy,
                 g,
@@ -53,29 +54,18 @@ pub(super) fn conv2d_bwd_weight_tiles<T: Float>(
                 cols,
                 pixels,
             };
-            let wide = std::mem::size_of::<T>() == 4;
-            match (isa, wide) {
-                (Isa::Avx512, true) => vectorized(
+            match isa {
+                Isa::Avx512 => vectorized(
                     isa,
                     #[inline(always)]
-                    || task.run::<4, 4, 16, true>(),
+                    || task.run::<4, 4>(),
                 ),
-                (Isa::Avx512, false) => vectorized(
+                Isa::Avx2 => vectorized(
                     isa,
                     #[inline(always)]
-                    || task.run::<4, 4, 8, true>(),
+                    || task.run::<2, 4>(),
                 ),
-                (Isa::Avx2, true) => vectorized(
-                    isa,
-                    #[inline(always)]
-                    || task.run::<2, 4, 8, true>(),
-                ),
-                (Isa::Avx2, false) => vectorized(
-                    isa,
-                    #[inline(always)]
-                    || task.run::<2, 4, 4, true>(),
-                ),
-                _ => task.run::<2, 4, 4, false>(),
+                Isa::Portable => task.run::<2, 4>(),
             }
         })
         .collect();
@@ -97,7 +87,8 @@ pub(super) fn conv2d_bwd_weight_tiles<T: Float>(
 
 /// One task: rows of `dW_g` (all of group `gi`'s output channels) by im2col rows `cols`,
 /// summed over the GEMM columns (pixels) `pixels`.
-struct Task<'a, T: Float> {
+struct Task<'a, T: DotTile> {
+    isa: Isa,
     xp: &'a PaddedInput<'a, T>,
     dy: &'a [T],
     g: &'a Conv2dGeom,
@@ -106,25 +97,26 @@ struct Task<'a, T: Float> {
     pixels: std::ops::Range<usize>,
 }
 
-impl<T: Float> Task<'_, T> {
-    /// The task's `C_out/G x cols.len()` tile, row-major, with `R x J` register tiles of
-    /// `L`-lane dot products (`FMA`: fused multiply-adds, only under a `fma` target).
+impl<T: DotTile> Task<'_, T> {
+    /// The task's `C_out/G x cols.len()` tile, row-major, with `R x J` register tiles
+    /// ([`DotTile`]).
     #[inline(always)]
-    fn run<const R: usize, const J: usize, const L: usize, const FMA: bool>(&self) -> Vec<T> {
+    fn run<const R: usize, const J: usize>(&self) -> Vec<T> {
         let g = self.g;
         let (p, cout_g, ncols) = (g.p(), g.cout_g(), self.cols.len());
         let (rows, cols) = (round_up(cout_g, R), round_up(ncols, J));
-        let ld = round_up(KC.min(self.pixels.len()), L);
+        let lanes = T::lanes(self.isa);
+        let ld = round_up(KC.min(self.pixels.len()), lanes);
         // a[r*kl + t] = dy[co = gi*C_out/G + r, pixel t]; b[j*kl + t] = col[cols.start + j, t];
         // zero past kc (and rows past the live ones, whose sums are dropped).
         let (mut a, mut b) = (vec![T::ZERO; rows * ld], vec![T::ZERO; cols * ld]);
         // Per element, `L` lane sums: the lanes are added up once, at the end (adding them at
         // every depth block cost more than the block's multiplies).
-        let mut c = vec![[T::ZERO; L]; rows * cols];
+        let mut c = vec![T::ZERO; rows * cols * lanes];
         let mut runs = Vec::new();
         for pc in self.pixels.clone().step_by(KC) {
             let kc = KC.min(self.pixels.end - pc);
-            let kl = round_up(kc, L);
+            let kl = round_up(kc, lanes);
             pixel_runs(g, pc, kc, usize::MAX, &mut runs);
             for r in 0..cout_g {
                 let co = self.gi * cout_g + r;
@@ -139,56 +131,19 @@ impl<T: Float> Task<'_, T> {
             pack_im2col(xp, g, self.gi, &runs, kc, c0, ncols, kl, &mut b);
             // `J` im2col rows at a time against all of `a` (which stays in L1).
             for j0 in (0..cols).step_by(J) {
-                let bt = &b[j0 * kl..(j0 + J) * kl];
+                let bt = std::array::from_fn(|j| &b[(j0 + j) * kl..(j0 + j + 1) * kl]);
                 for r0 in (0..rows).step_by(R) {
-                    let at = &a[r0 * kl..(r0 + R) * kl];
-                    dot_tile::<T, R, J, L, FMA>(kl, at, bt, &mut c[r0 * cols + j0..], cols);
+                    let at = std::array::from_fn(|r| &a[(r0 + r) * kl..(r0 + r + 1) * kl]);
+                    let c = &mut c[r0 * cols * lanes + j0 * lanes..];
+                    T::dot_tile::<R, J>(self.isa, at, bt, kl, c, cols);
                 }
             }
         }
         let mut tile = Vec::with_capacity(cout_g * ncols);
         for r in 0..cout_g {
-            let lanes = &c[r * cols..r * cols + ncols];
-            tile.extend(lanes.iter().map(|v| v.iter().fold(T::ZERO, |s, &x| s + x)));
+            let sums = c[r * cols * lanes..][..ncols * lanes].chunks_exact(lanes);
+            tile.extend(sums.map(|v| v.iter().fold(T::ZERO, |s, &x| s + x)));
         }
         tile
-    }
-}
-
-/// `c[r*ldc + j][l] += sum_i a[r*kl + i*L + l] * b[j*kl + i*L + l]` for `r < R`, `j < J`
-/// (`kl` a multiple of `L`): `R*J` accumulators of `L` lanes, in registers.
-#[inline(always)]
-fn dot_tile<T: Float, const R: usize, const J: usize, const L: usize, const FMA: bool>(
-    kl: usize,
-    a: &[T],
-    b: &[T],
-    c: &mut [[T; L]],
-    ldc: usize,
-) {
-    let mut acc = [[[T::ZERO; L]; J]; R];
-    let arows: [&[[T; L]]; R] = std::array::from_fn(|r| a[r * kl..(r + 1) * kl].as_chunks().0);
-    let brows: [&[[T; L]]; J] = std::array::from_fn(|j| b[j * kl..(j + 1) * kl].as_chunks().0);
-    for i in 0..kl / L {
-        let av: [[T; L]; R] = std::array::from_fn(|r| arows[r][i]);
-        let bv: [[T; L]; J] = std::array::from_fn(|j| brows[j][i]);
-        for r in 0..R {
-            for j in 0..J {
-                for l in 0..L {
-                    acc[r][j][l] = if FMA {
-                        av[r][l].fused_mul_add(bv[j][l], acc[r][j][l])
-                    } else {
-                        av[r][l].mul_add(bv[j][l], acc[r][j][l])
-                    };
-                }
-            }
-        }
-    }
-    for r in 0..R {
-        for j in 0..J {
-            let sum = &mut c[r * ldc + j];
-            for l in 0..L {
-                sum[l] += acc[r][j][l];
-            }
-        }
     }
 }

@@ -21,7 +21,7 @@ use tessera::data::shapes::{original_example, ShapeLabel};
 use tessera::io::font::{draw_text, text_width, GLYPH_H};
 use tessera::io::{grid, Image};
 use tessera::models::retrieval::{nearest, Metric};
-use tessera::train::diffusion_demo::{run_diffusion_demo, DiffusionDemoConfig, GridRow};
+use tessera::train::diffusion_demo::{prepare_diffusion_demo, DiffusionDemoConfig, GridRow};
 use tessera::train::shapes_resnet::extract_features;
 use tessera::train::t2f_pipeline::{
     resnet_stage, run_pipeline, Pipeline, PipelineConfig, StageReport,
@@ -239,12 +239,25 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let dcfg = DiffusionDemoConfig {
+        steps: a.diffusion_steps,
+        seed: a.seed,
+        progress: !a.json,
+        ..Default::default()
+    };
     let mut stages: Vec<StageReport> = Vec::new();
     let judge_alone;
-    let (judge, resnet_accuracy) = match &retrieval {
+    let (judge, resnet_accuracy, trained) = match &retrieval {
         Some(r) => {
             stages.extend(r.p.stages.iter().cloned());
-            (&r.p.resnet, r.p.resnet_accuracy)
+            if !a.json {
+                eprintln!(
+                    "demo, act 2: text -> diffusion U-Net -> new pictures ({} training steps)",
+                    dcfg.steps
+                );
+            }
+            let trained = prepare_diffusion_demo(&a.out, &dcfg, device)?.train()?;
+            (&r.p.resnet, r.p.resnet_accuracy, trained)
         }
         None => {
             if !a.json {
@@ -253,24 +266,17 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             let (m, acc, stage) = resnet_stage(&a.out, &cfg, device)?;
             stages.push(stage);
             judge_alone = m;
-            (&judge_alone, acc)
+            if !a.json {
+                eprintln!(
+                    "demo: text -> diffusion U-Net -> new pictures ({} training steps)",
+                    dcfg.steps
+                );
+            }
+            let trained = prepare_diffusion_demo(&a.out, &dcfg, device)?.train()?;
+            (&judge_alone, acc, trained)
         }
     };
-
-    // Act 2: generation, judged by the ResNet-18.
-    let dcfg = DiffusionDemoConfig {
-        steps: a.diffusion_steps,
-        seed: a.seed,
-        progress: !a.json,
-        ..Default::default()
-    };
-    if !a.json {
-        eprintln!(
-            "demo, act 2: text -> diffusion U-Net -> new pictures ({} training steps)",
-            dcfg.steps
-        );
-    }
-    let d = run_diffusion_demo(&a.out, &dcfg, judge, cfg.image_size, device)?;
+    let d = trained.judge(&dcfg, judge, cfg.image_size, device)?;
     let generated_path = a.out.join("text_to_image_grid.png");
     write_generated_grid(&d.rows, &generated_path)?;
     let seconds = t0.elapsed().as_secs_f64();

@@ -67,7 +67,7 @@ pub struct DiffusionDemoConfig {
 impl Default for DiffusionDemoConfig {
     fn default() -> Self {
         DiffusionDemoConfig {
-            steps: 6600,
+            steps: 5500,
             batch_size: 8,
             lr: 2e-3,
             patch_size: 2,
@@ -141,6 +141,36 @@ pub fn run_diffusion_demo(
     judge_size: usize,
     device: Device,
 ) -> Result<DiffusionDemoReport> {
+    prepare_diffusion_demo(dir, cfg, device)?
+        .train()?
+        .judge(cfg, judge, judge_size, device)
+}
+
+/// The stage before it trains: the model (seeded initial weights) and its training run.
+pub struct DiffusionDemoRun {
+    model: TextToImage,
+    train_cfg: DiffusionTrainConfig,
+    path: PathBuf,
+    parameters: usize,
+}
+
+/// The trained stage, before it is judged.
+pub struct TrainedDiffusionDemo {
+    path: PathBuf,
+    training: DiffusionReport,
+    trained: bool,
+    train_seconds: f64,
+    parameters: usize,
+}
+
+/// Decides between training from the start, resuming and reusing the checkpoint in `dir`,
+/// and builds the model. Training then draws nothing from the global generator (its batches
+/// and noise are seeded per step), so [`DiffusionDemoRun::train`] may overlap other work.
+pub fn prepare_diffusion_demo(
+    dir: &Path,
+    cfg: &DiffusionDemoConfig,
+    device: Device,
+) -> Result<DiffusionDemoRun> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(DIFFUSION_FILE);
     let config = cfg.model_config();
@@ -159,7 +189,6 @@ pub fn run_diffusion_demo(
         }
         None => false,
     };
-    let t0 = Instant::now();
     crate::random::manual_seed(cfg.seed);
     let tokenizer = PromptTokenizer::new("word", &caption_lines())?;
     let model = TextToImage::new(config, tokenizer, device)?;
@@ -175,42 +204,70 @@ pub fn run_diffusion_demo(
         timesteps: TimestepSampling::Uniform,
         ..Default::default()
     };
-    let training = train_diffusion(&model, &train_cfg)?;
-    let trained = training.start_step < cfg.steps;
-    drop(model);
-    let train_seconds = t0.elapsed().as_secs_f64();
-
-    let t1 = Instant::now();
-    let (model, _) = load_diffusion(&path, device, true)?;
-    let opts = cfg.sample_opts();
-    let rows = grid_rows(&model, judge, cfg, &opts)?;
-    let pb = super::progress::bar(
-        cfg.eval_prompts.unwrap_or(150) as u64,
-        "adherence",
-        cfg.progress,
-    );
-    let adherence = prompt_adherence(
-        &model,
-        judge,
-        judge_size,
-        cfg.per_prompt,
-        30,
-        cfg.eval_prompts,
-        &opts,
-        cfg.seed,
-        |done, _| pb.set_position(done as u64),
-    )?;
-    pb.finish_and_clear();
-    Ok(DiffusionDemoReport {
-        checkpoint: path,
-        trained,
-        training: trained.then_some(training),
-        train_seconds,
-        adherence,
-        eval_seconds: t1.elapsed().as_secs_f64(),
-        rows,
+    Ok(DiffusionDemoRun {
+        model,
+        train_cfg,
+        path,
         parameters,
     })
+}
+
+impl DiffusionDemoRun {
+    /// Trains the remaining steps (none when the checkpoint is finished).
+    pub fn train(self) -> Result<TrainedDiffusionDemo> {
+        let t0 = Instant::now();
+        let training = train_diffusion(&self.model, &self.train_cfg)?;
+        Ok(TrainedDiffusionDemo {
+            trained: training.start_step < self.train_cfg.steps,
+            path: self.path,
+            training,
+            train_seconds: t0.elapsed().as_secs_f64(),
+            parameters: self.parameters,
+        })
+    }
+}
+
+impl TrainedDiffusionDemo {
+    /// Loads the EMA weights, draws the grid and measures the prompt adherence.
+    pub fn judge(
+        self,
+        cfg: &DiffusionDemoConfig,
+        judge: &ResNet18,
+        judge_size: usize,
+        device: Device,
+    ) -> Result<DiffusionDemoReport> {
+        let t1 = Instant::now();
+        let (model, _) = load_diffusion(&self.path, device, true)?;
+        let opts = cfg.sample_opts();
+        let rows = grid_rows(&model, judge, cfg, &opts)?;
+        let pb = super::progress::bar(
+            cfg.eval_prompts.unwrap_or(150) as u64,
+            "adherence",
+            cfg.progress,
+        );
+        let adherence = prompt_adherence(
+            &model,
+            judge,
+            judge_size,
+            cfg.per_prompt,
+            30,
+            cfg.eval_prompts,
+            &opts,
+            cfg.seed,
+            |done, _| pb.set_position(done as u64),
+        )?;
+        pb.finish_and_clear();
+        Ok(DiffusionDemoReport {
+            checkpoint: self.path,
+            trained: self.trained,
+            training: self.trained.then_some(self.training),
+            train_seconds: self.train_seconds,
+            adherence,
+            eval_seconds: t1.elapsed().as_secs_f64(),
+            rows,
+            parameters: self.parameters,
+        })
+    }
 }
 
 /// The model configuration and step stored in a diffusion checkpoint, if the file exists.

@@ -260,12 +260,30 @@ pub fn resnet_stage(
     cfg: &PipelineConfig,
     device: Device,
 ) -> Result<(ResNet18, Option<f64>, StageReport)> {
+    prepare_resnet_stage(dir, cfg, device)?.run(cfg)
+}
+
+/// Stage 1 before it trains: the loaded model, or a freshly initialised one (seeded, so its
+/// weights do not depend on what else runs while it trains).
+pub struct ResNetStage {
+    model: ResNet18,
+    path: PathBuf,
+    needs_training: bool,
+    load_seconds: f64,
+}
+
+/// Loads stage 1's checkpoint from `dir`, or initialises the model to train. Training draws
+/// nothing from the global generator, so [`ResNetStage::run`] may overlap other work.
+pub fn prepare_resnet_stage(
+    dir: &Path,
+    cfg: &PipelineConfig,
+    device: Device,
+) -> Result<ResNetStage> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut retrain = false;
     let path = dir.join(RESNET_FILE);
     let t0 = Instant::now();
-    let (resnet, resnet_accuracy, sps) = if path.exists() {
-        let (m, size) = load_resnet(&path, device)?;
+    if path.exists() {
+        let (model, size) = load_resnet(&path, device)?;
         if size != cfg.image_size {
             return Err(Error::file(
                 &path,
@@ -275,42 +293,59 @@ pub fn resnet_stage(
                 ),
             ));
         }
-        (m, None, None)
-    } else {
-        retrain = true;
-        crate::random::manual_seed(cfg.seed);
-        let m = ResNet18::new(
-            ResNetConfig {
-                num_classes: NUM_OUTPUTS,
-                small_input: false,
-            },
-            device,
-        )?;
-        let r = train_shapes_resnet(
-            &m,
-            &ResNetTrainConfig {
-                steps: cfg.resnet_steps,
-                batch_size: cfg.resnet_batch,
-                seed: cfg.seed,
-                image_size: cfg.image_size,
-                checkpoint: Some(path.clone()),
-                progress: cfg.progress,
-                ..Default::default()
-            },
-        )?;
-        m.eval();
-        (
-            m,
-            Some(r.accuracy),
-            Some(r.steps as f64 / r.seconds.max(1e-9)),
-        )
-    };
-    let stage = StageReport {
-        name: "resnet18",
-        checkpoint: path,
-        trained: retrain,
-        seconds: t0.elapsed().as_secs_f64(),
-        steps_per_second: sps,
-    };
-    Ok((resnet, resnet_accuracy, stage))
+        return Ok(ResNetStage {
+            model,
+            path,
+            needs_training: false,
+            load_seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    crate::random::manual_seed(cfg.seed);
+    let model = ResNet18::new(
+        ResNetConfig {
+            num_classes: NUM_OUTPUTS,
+            small_input: false,
+        },
+        device,
+    )?;
+    Ok(ResNetStage {
+        model,
+        path,
+        needs_training: true,
+        load_seconds: 0.0,
+    })
+}
+
+impl ResNetStage {
+    /// Trains the model when it was not loaded; returns it in eval mode, with its accuracy
+    /// when it trained and the stage's report.
+    pub fn run(self, cfg: &PipelineConfig) -> Result<(ResNet18, Option<f64>, StageReport)> {
+        let t0 = Instant::now();
+        let (accuracy, sps) = if self.needs_training {
+            let r = train_shapes_resnet(
+                &self.model,
+                &ResNetTrainConfig {
+                    steps: cfg.resnet_steps,
+                    batch_size: cfg.resnet_batch,
+                    seed: cfg.seed,
+                    image_size: cfg.image_size,
+                    checkpoint: Some(self.path.clone()),
+                    progress: cfg.progress,
+                    ..Default::default()
+                },
+            )?;
+            (Some(r.accuracy), Some(r.steps as f64 / r.seconds.max(1e-9)))
+        } else {
+            (None, None)
+        };
+        self.model.eval();
+        let stage = StageReport {
+            name: "resnet18",
+            checkpoint: self.path,
+            trained: self.needs_training,
+            seconds: self.load_seconds + t0.elapsed().as_secs_f64(),
+            steps_per_second: sps,
+        };
+        Ok((self.model, accuracy, stage))
+    }
 }

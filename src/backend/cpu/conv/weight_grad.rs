@@ -69,7 +69,23 @@ pub(super) fn conv2d_bwd_weight_tiles<T: DotTile>(
             }
         })
         .collect();
-    // dW rows of group gi, columns of block bi: the chunks' tiles summed in chunk order.
+    add_partials(&mut dw, &partials, chunks, cblocks, cb, cout_g, k);
+    dw
+}
+
+/// Adds the tasks' partial tiles into `dw` (`C_out x k`, row-major): tasks are ordered
+/// (group, column block of `cb`, chunk), each tile `C_out/G x ncols`, and the `chunks` tiles
+/// of one (group, block) are added in chunk order, so the sum's order depends on the shape
+/// alone.
+pub(super) fn add_partials<T: DotTile>(
+    dw: &mut [T],
+    partials: &[Vec<T>],
+    chunks: usize,
+    cblocks: usize,
+    cb: usize,
+    cout_g: usize,
+    k: usize,
+) {
     for (gb, tiles) in partials.chunks(chunks).enumerate() {
         let (gi, bi) = (gb / cblocks, gb % cblocks);
         let (c0, ncols) = (bi * cb, cb.min(k - bi * cb));
@@ -82,7 +98,6 @@ pub(super) fn conv2d_bwd_weight_tiles<T: DotTile>(
             }
         }
     }
-    dw
 }
 
 /// One task: rows of `dW_g` (all of group `gi`'s output channels) by im2col rows `cols`,

@@ -29,6 +29,7 @@
 
 use super::dot_tile::DotTile;
 use super::pack::{copy_run, vectorized};
+use super::weight_grad::add_partials;
 use crate::backend::conv::Conv2dGeom;
 use crate::backend::cpu::matmul::Isa;
 use rayon::prelude::*;
@@ -106,19 +107,7 @@ pub(super) fn conv2d_bwd_weight_shifted<T: DotTile>(
             }
         })
         .collect();
-    // dW rows of group gi, columns of block bi: the chunks' tiles summed in chunk order.
-    for (gb, tiles) in partials.chunks(chunks).enumerate() {
-        let (gi, bi) = (gb / cblocks, gb % cblocks);
-        let (c0, ncols) = (bi * cb, cb.min(k - bi * cb));
-        for r in 0..cout_g {
-            let row = &mut dw[(gi * cout_g + r) * k + c0..][..ncols];
-            for tile in tiles {
-                for (d, &v) in row.iter_mut().zip(&tile[r * ncols..(r + 1) * ncols]) {
-                    *d += v;
-                }
-            }
-        }
-    }
+    add_partials(&mut dw, &partials, chunks, cblocks, cb, cout_g, k);
     dw
 }
 

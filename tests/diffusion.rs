@@ -638,8 +638,11 @@ fn frechet_by_samples_equals_frechet_by_covariance() {
         let b = features(n_b, d, 4, 1.7, 2.0);
         let by_cov = frechet_distance_by_covariance(&a, n_a, &b, n_b, d).unwrap();
         let by_samples = frechet_distance_by_samples(&a, n_a, &b, n_b, d).unwrap();
+        // Both paths take square roots of eigenvalues that are zero in exact arithmetic
+        // (centring costs a rank; with n > d the Gram matrix has rank d), where rounding of
+        // order 1e-16 * |G| becomes 1e-8 * sqrt|G| per eigenvalue: hence 1e-6, not 1e-12.
         assert!(
-            (by_cov - by_samples).abs() < 1e-8 * by_cov.max(1.0),
+            (by_cov - by_samples).abs() < 1e-6 * by_cov.max(1.0),
             "n_a {n_a}, n_b {n_b}, d {d}: covariances {by_cov}, samples {by_samples}"
         );
         assert!(

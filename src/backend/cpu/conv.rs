@@ -729,6 +729,20 @@ mod tests {
         ]
     }
 
+    /// Every element of `got` within `tol * (magnitude + 1e-3)` of the f64 reference, where
+    /// the magnitude is the sum of the absolute products behind that element.
+    fn assert_close<T: PackedFloat>(what: &str, got: &[T], want: &[f64], mag: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (a, (b, m))) in got.iter().zip(want.iter().zip(mag)).enumerate() {
+            let err = (a.to_f64() - b).abs();
+            assert!(
+                err <= tol * (m + 1e-3),
+                "{what} element {i}: {} vs {b}",
+                a.to_f64()
+            );
+        }
+    }
+
     fn check<T: PackedFloat + DotTile>(tol: f64) {
         for (ci, &case) in cases().iter().enumerate() {
             let g = geom(case);
@@ -750,15 +764,7 @@ mod tests {
                     .zip(&got)
                     .zip(&refs)
                 {
-                    assert_eq!(got.len(), want.len(), "{name} {isa:?} {case:?}");
-                    for (i, (a, (b, m))) in got.iter().zip(want.iter().zip(mag)).enumerate() {
-                        let err = (a.to_f64() - b).abs();
-                        assert!(
-                            err <= tol * (m + 1e-3),
-                            "{name} {isa:?} {case:?} element {i}: {} vs {b}",
-                            a.to_f64()
-                        );
-                    }
+                    assert_close(&format!("{name} {isa:?} {case:?}"), got, want, mag, tol);
                 }
             }
         }
@@ -813,15 +819,7 @@ mod tests {
                     paths.push(("shifted", conv2d_bwd_weight_shifted(&xt, &dyt, &g, isa)));
                 }
                 for (name, got) in paths {
-                    assert_eq!(got.len(), want.len(), "{name} {isa:?} {case:?}");
-                    for (i, (a, (b, m))) in got.iter().zip(want.iter().zip(&mag)).enumerate() {
-                        let err = (a.to_f64() - b).abs();
-                        assert!(
-                            err <= tol * (m + 1e-3),
-                            "{name} {isa:?} {case:?} element {i}: {} vs {b}",
-                            a.to_f64()
-                        );
-                    }
+                    assert_close(&format!("{name} {isa:?} {case:?}"), &got, &want, &mag, tol);
                 }
             }
         }

@@ -19,24 +19,12 @@ use crate::{Error, Result};
 
 /// Mean `[D]` and covariance `[D x D]` (divided by `n - 1`) of `n` rows of width `d`.
 pub fn mean_and_covariance(rows: &[f64], n: usize, d: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    if n < 2 || rows.len() != n * d {
-        return Err(Error::msg(format!(
-            "frechet: need at least 2 rows of {d} values, got {} values for {n} rows",
-            rows.len()
-        )));
-    }
-    let mut mean = vec![0.0; d];
-    for r in rows.chunks(d) {
-        for (m, v) in mean.iter_mut().zip(r) {
-            *m += v / n as f64;
-        }
-    }
+    let (centred_rows, mean) = centred(rows, n, d)?;
     let mut cov = vec![0.0; d * d];
-    for r in rows.chunks(d) {
+    for r in centred_rows.chunks(d) {
         for i in 0..d {
-            let a = r[i] - mean[i];
             for j in i..d {
-                cov[i * d + j] += a * (r[j] - mean[j]);
+                cov[i * d + j] += r[i] * r[j];
             }
         }
     }
@@ -135,7 +123,7 @@ pub fn frechet_distance(a: &[f64], n_a: usize, b: &[f64], n_b: usize, d: usize) 
     }
 }
 
-/// The rows minus their mean, and the mean.
+/// The rows minus their mean, and the mean (an error for fewer than 2 rows of `d`).
 fn centred(rows: &[f64], n: usize, d: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     if n < 2 || rows.len() != n * d {
         return Err(Error::msg(format!(

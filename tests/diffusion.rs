@@ -666,6 +666,7 @@ fn demo_stage_trains_reuses_and_resumes_its_checkpoint() {
         ResNetConfig {
             num_classes: 11,
             small_input: true,
+            in_channels: 3,
         },
         Device::Cpu,
     )

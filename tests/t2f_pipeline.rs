@@ -61,6 +61,7 @@ fn resnet18_state_dict_matches_torchvision() {
         ResNetConfig {
             num_classes: 1000,
             small_input: false,
+            in_channels: 3,
         },
         Device::Cpu,
     )
@@ -84,6 +85,7 @@ fn resnet18_state_dict_matches_torchvision() {
         ResNetConfig {
             num_classes: 1000,
             small_input: true,
+            in_channels: 3,
         },
         Device::Cpu,
     )

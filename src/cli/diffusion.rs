@@ -372,16 +372,22 @@ fn write_samples(
 pub struct EvalDiffusionArgs {
     #[arg(long, default_value = "runs/diffusion/diffusion.safetensors")]
     pub ckpt: PathBuf,
-    /// The shapes ResNet-18 (`tessera train resnet --dir DIR` writes DIR/resnet18.safetensors),
-    /// trained at the model's image size.
+    /// The judge, a ResNet-18 trained on real pictures of the checkpoint's dataset at the
+    /// model's image size: `tessera train resnet --dir DIR [--dataset fashion-mnist --data
+    /// DIR]` writes DIR/resnet18.safetensors.
     #[arg(long)]
     pub classifier: PathBuf,
-    /// Pictures per held-out prompt (5 templates x 5 shapes x 6 colours = 150 prompts).
-    #[arg(long, default_value_t = 2)]
-    pub per_prompt: usize,
-    /// Judge only this many of the 150 held-out prompts, evenly spread (default: all).
+    /// Pictures per prompt (default 2 for the shapes' 150 held-out prompts, 5 templates x 5
+    /// shapes x 6 colours; 50 for the 10 Fashion-MNIST class captions).
+    #[arg(long)]
+    pub per_prompt: Option<usize>,
+    /// Judge only this many of the prompts, evenly spread (default: all).
     #[arg(long)]
     pub prompts: Option<usize>,
+    /// Folder with the Fashion-MNIST IDX files, for a Fashion-MNIST checkpoint: its test split
+    /// gives the real pictures of the Frechet distance.
+    #[arg(long, default_value = "data")]
+    pub data: PathBuf,
     #[arg(long, value_enum, default_value_t = SamplerArg::Ddim)]
     pub sampler: SamplerArg,
     #[arg(long, default_value_t = 25)]
@@ -406,14 +412,6 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
     let device = resolve_device(a.device, a.json)?;
     let (model, step, dataset) = load_diffusion_with_dataset(&a.ckpt, device, true)?;
     check_conditioning(a.conditioning, &model, &a.ckpt)?;
-    if dataset != "shapes" {
-        anyhow::bail!(
-            "{}: trained on {dataset}; prompt adherence and the Frechet distance are only defined for the shapes data (they need the shapes classifier); `tessera sample diffusion` still draws a grid",
-            a.ckpt.display()
-        );
-    }
-    let (classifier, classifier_size) =
-        tessera::train::shapes_resnet::load_resnet(&a.classifier, device)?;
     let opts = SampleOpts {
         sampler: match a.sampler {
             SamplerArg::Ddpm => Sampler::Ddpm,
@@ -425,36 +423,67 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
         seed: a.seed,
         clip_x0: true,
     };
-    let pb = tessera::train::progress::bar(150, "prompts", !a.json);
+    let common = serde_json::json!({
+        "model": "diffusion", "dataset": dataset,
+        "conditioning": conditioning_of(&model).name(), "checkpoint_step": step,
+        "sampler": format!("{:?}", a.sampler).to_lowercase(), "steps": a.steps,
+        "eta": a.eta, "guidance": a.guidance,
+    });
+    match dataset.as_str() {
+        "shapes" => eval_shapes(a, &model, step, &opts, common, device),
+        "fashion-mnist" => eval_classes(a, &model, step, &dataset, &opts, common, device),
+        other => anyhow::bail!(
+            "{}: trained on {other}; prompt adherence is defined for shapes and fashion-mnist",
+            a.ckpt.display()
+        ),
+    }
+}
+
+/// A progress bar over prompts, sized by the first report.
+fn prompt_bar(json: bool) -> (indicatif::ProgressBar, impl Fn(usize, usize)) {
+    let pb = tessera::train::progress::bar(0, "prompts", !json);
+    let handle = pb.clone();
+    (pb, move |done: usize, total: usize| {
+        handle.set_length(total as u64);
+        handle.set_position(done as u64);
+    })
+}
+
+/// The shapes: 150 held-out prompts, shape and colour read by the shapes ResNet-18.
+fn eval_shapes(
+    a: &EvalDiffusionArgs,
+    model: &TextToImage,
+    step: u64,
+    opts: &SampleOpts,
+    mut common: serde_json::Value,
+    device: tessera::Device,
+) -> anyhow::Result<()> {
+    let (classifier, classifier_size) =
+        tessera::train::shapes_resnet::load_resnet(&a.classifier, device)?;
+    let (pb, on_batch) = prompt_bar(a.json);
     let t0 = std::time::Instant::now();
     let r = tessera::diffusion::adherence::prompt_adherence(
-        &model,
+        model,
         &classifier,
         classifier_size,
-        a.per_prompt,
+        a.per_prompt.unwrap_or(2),
         10,
         a.prompts,
-        &opts,
+        opts,
         a.seed,
-        |done, total| {
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-        },
+        on_batch,
     )?;
     pb.finish_and_clear();
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "model": "diffusion", "conditioning": conditioning_of(&model).name(),
-                "checkpoint_step": step, "prompts": r.prompts,
-                "images": r.images, "prompt_adherence": r.both_right,
-                "shape_right": r.shape_right, "colour_right": r.colour_right,
-                "frechet": r.frechet, "frechet_real_vs_real": r.frechet_real,
-                "sampler": format!("{:?}", a.sampler).to_lowercase(), "steps": a.steps,
-                "eta": a.eta, "guidance": a.guidance, "seconds": t0.elapsed().as_secs_f64(),
-            })
-        );
+        let figures = serde_json::json!({
+            "prompts": r.prompts, "held_out_captions": true,
+            "images": r.images, "prompt_adherence": r.both_right,
+            "shape_right": r.shape_right, "colour_right": r.colour_right,
+            "frechet": r.frechet, "frechet_real_vs_real": r.frechet_real,
+            "seconds": t0.elapsed().as_secs_f64(),
+        });
+        merge(&mut common, figures);
+        println!("{common}");
     } else {
         println!(
             "prompt adherence {:.1}% (shape {:.1}%, colour {:.1}%) over {} pictures of {} held-out prompts | Frechet distance {:.2} (real vs real {:.2}) | checkpoint step {}",
@@ -469,6 +498,103 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A class-captioned dataset (Fashion-MNIST): one prompt per class caption, read by a
+/// ResNet-18 trained on the real pictures; real pictures from the test split.
+fn eval_classes(
+    a: &EvalDiffusionArgs,
+    model: &TextToImage,
+    step: u64,
+    dataset: &str,
+    opts: &SampleOpts,
+    mut common: serde_json::Value,
+    device: tessera::Device,
+) -> anyhow::Result<()> {
+    use tessera::data::mnist::{load_dataset, DatasetName, Split};
+    let (classifier, info) =
+        tessera::train::classifier::load_judge(&a.classifier, dataset, device)?;
+    let held_out = load_dataset(DatasetName::parse(dataset)?, &a.data, Split::Test)?;
+    let per_prompt = a.per_prompt.unwrap_or(50);
+    let (pb, on_batch) = prompt_bar(a.json);
+    let t0 = std::time::Instant::now();
+    let r = tessera::diffusion::class_adherence::class_prompt_adherence(
+        model,
+        &classifier,
+        info.image_size,
+        &held_out,
+        per_prompt,
+        (100 / per_prompt).max(1),
+        a.prompts,
+        opts,
+        a.seed,
+        on_batch,
+    )?;
+    pb.finish_and_clear();
+    let judged: Vec<usize> = (0..r.captions.len())
+        .filter(|&c| r.class_images(c) > 0)
+        .collect();
+    if a.json {
+        let per_class: serde_json::Map<String, serde_json::Value> = judged
+            .iter()
+            .map(|&c| {
+                let confused = r.most_confused_with(c);
+                (
+                    r.captions[c].clone(),
+                    serde_json::json!({
+                        "images": r.class_images(c), "adherence": r.class_adherence(c),
+                        "most_confused_with": confused.map(|(s, _)| r.captions[s].clone()),
+                        "confused_share": confused.map(|(_, f)| f),
+                    }),
+                )
+            })
+            .collect();
+        let figures = serde_json::json!({
+            "prompts": r.prompts, "held_out_captions": false,
+            "images": r.images, "prompt_adherence": r.adherence,
+            "per_class": per_class, "confusion": r.confusion,
+            "frechet": r.frechet, "frechet_real_vs_real": r.frechet_real,
+            "seconds": t0.elapsed().as_secs_f64(),
+        });
+        merge(&mut common, figures);
+        println!("{common}");
+    } else {
+        for &c in &judged {
+            let confused = r
+                .most_confused_with(c)
+                .map(|(s, f)| {
+                    format!(
+                        " (most often taken for {:?}: {:.0}%)",
+                        r.captions[s],
+                        100.0 * f
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "{:<28} {:5.1}% of {}{confused}",
+                r.captions[c],
+                100.0 * r.class_adherence(c).unwrap_or(0.0),
+                r.class_images(c)
+            );
+        }
+        println!(
+            "prompt adherence {:.1}% over {} pictures of {} class captions (the training captions: {dataset} has no held-out phrasing) | Frechet distance {:.2} (real vs real {:.2}) | checkpoint step {}",
+            100.0 * r.adherence,
+            r.images,
+            r.prompts,
+            r.frechet,
+            r.frechet_real,
+            step
+        );
+    }
+    Ok(())
+}
+
+/// Adds the fields of `more` (an object) to `into` (an object).
+fn merge(into: &mut serde_json::Value, more: serde_json::Value) {
+    if let (Some(into), serde_json::Value::Object(more)) = (into.as_object_mut(), more) {
+        into.extend(more);
+    }
 }
 
 /// The unCLIP conditioner of `tessera train diffusion --conditioning clip-image`: the CLIP

@@ -1,16 +1,20 @@
 //! `tessera train resnet|caption|t2f`: the stages of the text-to-image-features pipeline, one
 //! at a time, in a folder (default `tessera-demo`, the demo's): ResNet-18 on shapes, then the
 //! captioner on its frozen features, then the text-to-feature model from the captioner.
+//! `tessera train resnet --dataset fashion-mnist --data DIR` trains ResNet-18 instead as the
+//! judge of Fashion-MNIST pictures for `tessera eval diffusion` (`train::classifier`).
 
 use super::{resolve_device, DeviceArg};
 use clap::Args;
 use std::path::PathBuf;
+use tessera::data::mnist::{load_dataset, DatasetName, Split};
 use tessera::data::shapes::{caption_alphabet, RenderOpts, ShapesDataset};
 use tessera::data::CharTokenizer;
 use tessera::models::captioner::{Captioner, CaptionerConfig};
 use tessera::models::resnet::{ResNet18, ResNetConfig, FEATURE_DIM};
 use tessera::models::text_to_feature::TextToFeature;
 use tessera::train::captioner::{load_captioner, train_captioner, SeqTrainConfig};
+use tessera::train::classifier::{classifier_for, train_image_classifier, ClassifierTrainConfig};
 use tessera::train::shapes_resnet::{
     extract_features, load_resnet, train_shapes_resnet, ResNetTrainConfig, NUM_OUTPUTS,
 };
@@ -31,9 +35,18 @@ pub struct StageArgs {
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Image side in pixels (ResNet stage; later stages use the ResNet's).
+    /// Image side in pixels (ResNet stage; later stages use the ResNet's). Fashion-MNIST and
+    /// MNIST pictures are padded onto it, as the diffusion data is.
     #[arg(long, default_value_t = 32)]
     pub image_size: usize,
+    /// ResNet stage: `shapes` (shape + colour, the pipeline's feature extractor) or
+    /// `fashion-mnist` / `mnist` (one class per picture, read from `--data`: the judge of
+    /// `tessera eval diffusion` on that dataset).
+    #[arg(long, default_value = "shapes")]
+    pub dataset: String,
+    /// Folder with the IDX files (or with a `fashion-mnist/` / `mnist/` sub-folder).
+    #[arg(long, default_value = "data")]
+    pub data: PathBuf,
     /// Pictures whose features train the captioner / text-to-feature model.
     #[arg(long, default_value_t = 600)]
     pub pool: usize,
@@ -91,12 +104,17 @@ fn finish(a: &StageArgs, model: &str, j: serde_json::Value) {
 
 pub fn resnet(a: &StageArgs) -> anyhow::Result<()> {
     let device = resolve_device(a.device, a.json)?;
+    let dataset = DatasetName::parse(&a.dataset)?;
     std::fs::create_dir_all(&a.dir).map_err(|e| tessera::Error::io(&a.dir, e))?;
     tessera::random::manual_seed(a.seed);
+    if dataset != DatasetName::Shapes {
+        return class_resnet(a, dataset, device);
+    }
     let m = ResNet18::new(
         ResNetConfig {
             num_classes: NUM_OUTPUTS,
             small_input: false,
+            in_channels: 3,
         },
         device,
     )?;
@@ -117,8 +135,47 @@ pub fn resnet(a: &StageArgs) -> anyhow::Result<()> {
     finish(
         a,
         "resnet18",
-        serde_json::json!({"steps": r.steps, "first_loss": r.first_loss, "final_loss": r.final_loss,
+        serde_json::json!({"dataset": "shapes", "steps": r.steps, "first_loss": r.first_loss, "final_loss": r.final_loss,
             "accuracy": r.accuracy, "seconds": r.seconds, "images_per_second": r.images_per_second,
+            "checkpoint": path.display().to_string()}),
+    );
+    Ok(())
+}
+
+/// `tessera train resnet --dataset fashion-mnist|mnist`: a classifier of the real pictures.
+fn class_resnet(
+    a: &StageArgs,
+    dataset: DatasetName,
+    device: tessera::Device,
+) -> anyhow::Result<()> {
+    let train = load_dataset(dataset, &a.data, Split::Train)?;
+    let test = load_dataset(dataset, &a.data, Split::Test)?;
+    let m = classifier_for(&train, device)?;
+    let path = a.dir.join(RESNET_FILE);
+    let defaults = ClassifierTrainConfig::default();
+    let r = train_image_classifier(
+        &m,
+        &train,
+        &test,
+        &ClassifierTrainConfig {
+            steps: a.steps.unwrap_or(defaults.steps),
+            batch_size: a.batch.unwrap_or(defaults.batch_size),
+            lr: a.lr.unwrap_or(defaults.lr),
+            seed: a.seed,
+            image_size: a.image_size,
+            checkpoint: Some(path.clone()),
+            progress: !a.json,
+            ..defaults
+        },
+    )?;
+    finish(
+        a,
+        "resnet18",
+        serde_json::json!({"dataset": dataset.as_str(), "image_size": a.image_size,
+            "channels": train.channels, "steps": r.steps, "batch_size": a.batch.unwrap_or(defaults.batch_size),
+            "first_loss": r.first_loss, "final_loss": r.final_loss,
+            "test_accuracy": r.test_accuracy, "test_images": r.test_images,
+            "seconds": r.seconds, "images_per_second": r.images_per_second,
             "checkpoint": path.display().to_string()}),
     );
     Ok(())

@@ -13,13 +13,15 @@ pub enum TrainCommand {
     Char(CharArgs),
     /// CLIP (ViT + text transformer) on Fashion-MNIST / MNIST, evaluated zero-shot.
     Clip(super::clip::TrainClipArgs),
-    /// ResNet-18 on the built-in shapes (shape + colour), frozen afterwards: the feature extractor.
+    /// ResNet-18 on the built-in shapes (shape + colour), frozen afterwards: the feature
+    /// extractor; or (`--dataset fashion-mnist`) a classifier of real Fashion-MNIST pictures,
+    /// the judge of `tessera eval diffusion` on that dataset.
     Resnet(super::t2f_train::StageArgs),
     /// The captioner (image features prefix a char transformer) on frozen ResNet features.
     Caption(super::t2f_train::StageArgs),
     /// The text-to-feature model, initialized from the captioner.
     T2f(super::t2f_train::StageArgs),
-    /// The text-to-image diffusion model (U-Net + char text encoder) on the shapes.
+    /// The text-to-image diffusion model (U-Net + text encoder) on the shapes or Fashion-MNIST.
     Diffusion(super::diffusion::TrainDiffusionArgs),
 }
 

@@ -2,8 +2,9 @@
 //! ancestral sampler (`ddpm.rs`), DDIM (`ddim.rs`), classifier-free guidance (`guidance.rs`),
 //! text conditioners (`conditioning.rs`) and the text-to-image model that ties the U-Net
 //! (`models::unet`) to them (`text_to_image.rs`); the unCLIP conditioner, CLIP image
-//! embeddings as the condition (`unclip.rs`); prompt adherence and a Frechet distance on the
-//! shapes classifier's features (`adherence.rs`, `frechet.rs`).
+//! embeddings as the condition (`unclip.rs`); prompt adherence and a Frechet distance on a
+//! classifier's features: the shapes' (`adherence.rs`, `frechet.rs`) and the class-captioned
+//! datasets', Fashion-MNIST (`class_adherence.rs`).
 //!
 //! The EMA of the weights used for sampling is [`crate::optim::Ema`].
 //!
@@ -13,6 +14,7 @@
 //! check relies on it), and a run is reproducible.
 
 pub mod adherence;
+pub mod class_adherence;
 pub mod conditioning;
 pub mod ddim;
 pub mod ddpm;

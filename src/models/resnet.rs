@@ -3,7 +3,7 @@
 //! and converted torchvision weights load by name (see the README for the conversion):
 //!
 //! ```text
-//! x [N, 3, H, W]
+//! x [N, C, H, W]   (C = in_channels: 3 for RGB, 1 for gray Fashion-MNIST)
 //!   --conv1 (7x7, stride 2, pad 3, 64) --bn1 --relu --maxpool (3x3, stride 2, pad 1)  [N, 64, H/4, W/4]
 //!   --layer1 (2 BasicBlocks,  64)                                                      [N, 64, H/4, W/4]
 //!   --layer2 (2 BasicBlocks, 128, first with stride 2 and a 1x1 `downsample`)          [N, 128, H/8, W/8]
@@ -16,7 +16,9 @@
 //! `small_input` swaps the stem for a 3x3 stride-1 convolution without the max-pool (the
 //! usual CIFAR variant) so a 32-pixel image keeps 32x32 maps in `layer1`: better features for
 //! tiny images, at 16x the compute. Names and every other shape are unchanged, except
-//! `conv1.weight`, which becomes `[64, 3, 3, 3]` (so torchvision's stem does not load into it).
+//! `conv1.weight`, which becomes `[64, C, 3, 3]` (so torchvision's stem does not load into it).
+//! `in_channels` other than 3 likewise changes only `conv1.weight` (`[64, 1, 7, 7]` for gray
+//! pictures): a gray picture is judged as it is, not copied into three channels.
 
 use crate::nn::{children_buffers, children_parameters, BatchNorm2d, Conv2d, Linear, Module};
 use crate::ops::Conv2dParams;
@@ -28,12 +30,15 @@ pub struct ResNetConfig {
     pub num_classes: usize,
     /// 3x3 stride-1 stem, no max-pool: for 32-pixel inputs.
     pub small_input: bool,
+    /// Channels of the pictures (3 for ImageNet weights and the shapes, 1 for Fashion-MNIST).
+    pub in_channels: usize,
 }
 
 impl ResNetConfig {
     pub fn to_json(&self) -> String {
-        serde_json::json!({"arch": "resnet18", "num_classes": self.num_classes, "small_input": self.small_input})
-            .to_string()
+        serde_json::json!({"arch": "resnet18", "num_classes": self.num_classes,
+            "small_input": self.small_input, "in_channels": self.in_channels})
+        .to_string()
     }
     pub fn from_json(s: &str) -> Result<Self> {
         let v: serde_json::Value =
@@ -48,6 +53,8 @@ impl ResNetConfig {
                 .get("small_input")
                 .and_then(|x| x.as_bool())
                 .unwrap_or(false),
+            // Checkpoints from before the field read RGB.
+            in_channels: v.get("in_channels").and_then(|x| x.as_u64()).unwrap_or(3) as usize,
         })
     }
 }
@@ -179,10 +186,13 @@ impl ResNet18 {
                 BasicBlock::new(cout, cout, 1, device)?,
             ]))
         };
+        if config.in_channels == 0 {
+            return Err(Error::msg("ResNet18: in_channels must be positive"));
+        }
         let conv1 = if config.small_input {
-            conv(3, 64, 3, 1, device)?
+            conv(config.in_channels, 64, 3, 1, device)?
         } else {
-            conv(3, 64, 7, 2, device)?
+            conv(config.in_channels, 64, 7, 2, device)?
         };
         Ok(ResNet18 {
             conv1,
@@ -196,12 +206,12 @@ impl ResNet18 {
         })
     }
 
-    /// The 512-d global-average-pooled output of `layer4`: `[N, 3, H, W]` -> `[N, 512]`.
+    /// The 512-d global-average-pooled output of `layer4`: `[N, C, H, W]` -> `[N, 512]`.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        if x.rank() != 4 || x.dims()[1] != 3 {
+        if x.rank() != 4 || x.dims()[1] != self.config.in_channels {
             return Err(Error::shape(
                 "ResNet18",
-                "expected images [N, 3, H, W]",
+                format!("expected images [N, {}, H, W]", self.config.in_channels),
                 &[x.shape()],
             ));
         }

@@ -2,6 +2,7 @@
 
 pub mod captioner;
 pub mod char_lm;
+pub mod classifier;
 pub mod clip;
 pub mod diffusion;
 pub mod diffusion_data;

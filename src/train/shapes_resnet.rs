@@ -8,13 +8,11 @@
 //! The features it learns cluster by shape x colour, which retrieval relies on.
 
 use crate::data::shapes::{RenderOpts, ShapeLabel, ShapesDataset, COLOURS, SHAPES};
-use crate::io::Checkpoint;
-use crate::models::resnet::{ResNet18, ResNetConfig};
+use crate::models::resnet::ResNet18;
 use crate::nn::Module;
 use crate::ops::{cross_entropy, CrossEntropyOpts};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule, Optimizer, WarmupCosine};
 use crate::{Device, Error, Result, Tensor};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -166,7 +164,7 @@ pub fn train_shapes_resnet(model: &ResNet18, cfg: &ResNetTrainConfig) -> Result<
     let acc = accuracy(model, &test, 40)?;
     model.freeze()?;
     if let Some(path) = &cfg.checkpoint {
-        save_resnet(model, &opt, cfg.steps, cfg.image_size, path)?;
+        super::classifier::save_classifier(model, &opt, cfg.steps, cfg.image_size, "shapes", path)?;
     }
     Ok(ResNetReport {
         steps: cfg.steps,
@@ -178,38 +176,15 @@ pub fn train_shapes_resnet(model: &ResNet18, cfg: &ResNetTrainConfig) -> Result<
     })
 }
 
-/// Writes the model (with its running statistics) and its config to `path`, atomically.
-pub fn save_resnet(
-    model: &ResNet18,
-    opt: &dyn Optimizer,
-    step: u64,
-    image_size: usize,
-    path: &Path,
-) -> Result<()> {
-    let mut extra = HashMap::new();
-    extra.insert("model".to_string(), "resnet18".to_string());
-    extra.insert("config".to_string(), model.config.to_json());
-    extra.insert("image_size".to_string(), image_size.to_string());
-    Checkpoint::capture(&model.state_dict(), opt, step, extra).save(path)
-}
-
 /// Loads a ResNet-18 saved by [`train_shapes_resnet`], frozen and in eval mode, with the
-/// image size it was trained on.
+/// image size it was trained on; a classifier of another dataset is refused
+/// ([`super::classifier::load_judge`]).
 pub fn load_resnet(path: &Path, device: Device) -> Result<(ResNet18, usize)> {
-    let ck = Checkpoint::load_to(path, device)?;
-    let get = |k: &str| ck.meta(path, "resnet18", k);
-    let config = ResNetConfig::from_json(get("config")?)?;
-    let image_size: usize = get("image_size")?
-        .parse()
-        .map_err(|_| Error::file(path, "metadata image_size is not a number"))?;
-    let model = ResNet18::new(config, device)?;
-    crate::io::load_named(&model.state_dict(), &ck.model, true)?;
-    model.freeze()?;
-    model.eval();
-    Ok((model, image_size))
+    let (model, info) = super::classifier::load_judge(path, "shapes", device)?;
+    Ok((model, info.image_size))
 }
 
-/// The frozen model's 512-d features of `images` `[N, 3, H, W]`, in batches, without a graph.
+/// The frozen model's 512-d features of `images` `[N, C, H, W]`, in batches, without a graph.
 pub fn extract_features(model: &ResNet18, images: &Tensor, batch: usize) -> Result<Tensor> {
     model.eval();
     let n = images.dims()[0];

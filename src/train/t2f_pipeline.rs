@@ -305,6 +305,7 @@ pub fn prepare_resnet_stage(
         ResNetConfig {
             num_classes: NUM_OUTPUTS,
             small_input: false,
+            in_channels: 3,
         },
         device,
     )?;

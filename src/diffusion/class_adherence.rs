@@ -12,8 +12,8 @@
 //! fraction read as the prompted class, beside a confusion matrix (what each class was taken
 //! for). The Frechet distance compares the judge's features of the generated pictures with
 //! those of real *test* pictures of the same classes (one per generated picture) from one half
-//! of the test set (even indices); the floor beside it is the same number of pictures from the
-//! other half (odd indices) against the first.
+//! of the test set (every other picture of each class); the floor beside it is the same number
+//! of pictures from the other half against the first.
 
 use super::adherence::{check_judge, draw_and_judge, frechet_beside_real, spread, PictureSource};
 use super::text_to_image::SampleOpts;
@@ -144,8 +144,8 @@ pub fn class_prompt_adherence(
 }
 
 /// One real picture of `data` per entry of `classes`, of that class, padded to `size`: drawn
-/// without repeats from `half` of the set (0: even indices, 1: odd ones, so the two halves
-/// never share a picture) in an order set by `seed`.
+/// without repeats from `half` of the set (0 or 1: every other picture of each class, so the
+/// two halves never share a picture) in an order set by `seed`.
 pub fn real_pictures(
     data: &CaptionedImages,
     classes: &[usize],
@@ -154,9 +154,15 @@ pub fn real_pictures(
     size: usize,
     device: Device,
 ) -> Result<Tensor> {
+    // Each class's pictures in file order, every other one to each half: the halves are
+    // balanced per class whatever the order of the file.
+    let mut seen = vec![0usize; data.num_classes()];
     let mut pools = vec![Vec::new(); data.num_classes()];
-    for i in (half..data.len()).step_by(2) {
-        pools[data.labels[i]].push(i);
+    for (i, &label) in data.labels.iter().enumerate() {
+        if seen[label] % 2 == half {
+            pools[label].push(i);
+        }
+        seen[label] += 1;
     }
     let mut rng = Rng::new(seed);
     for pool in &mut pools {

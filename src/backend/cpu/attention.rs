@@ -343,11 +343,16 @@ fn fwd<T: Float>(
                                 continue;
                             }
                             let mnew = m[r].max(mloc);
-                            let corr = (m[r] - mnew).exp();
-                            l[r] *= corr;
-                            acc[r * dv..(r + 1) * dv]
-                                .iter_mut()
-                                .for_each(|a| *a *= corr);
+                            // Rescale what earlier key blocks summed; nothing to rescale on the
+                            // row's first block (l and acc are 0, and exp(-inf) would only
+                            // multiply them by 0): with one key block, no scalar exp per row.
+                            if m[r] != T::NEG_INFINITY {
+                                let corr = (m[r] - mnew).exp();
+                                l[r] *= corr;
+                                acc[r * dv..(r + 1) * dv]
+                                    .iter_mut()
+                                    .for_each(|a| *a *= corr);
+                            }
                             // p = exp(s - m); masked scores are -inf, so their p is exactly 0.
                             for x in s_r[..nb].iter_mut() {
                                 *x = (*x - mnew).exp();
@@ -468,7 +473,8 @@ impl<T: Float> Bwd<'_, T> {
             }
             self.mk.apply(bhi, i0 + r, kb, nb, p_r);
             let dd = self.big_d[row0 + r];
-            for (pv, dsv) in p_r.iter_mut().zip(ds_r.iter_mut()) {
+            // Only the tile's `nb` real keys: the products below never read the columns past.
+            for (pv, dsv) in p_r[..nb].iter_mut().zip(ds_r[..nb].iter_mut()) {
                 *pv = (*pv - l).exp();
                 *dsv = *pv * (*dsv - dd) * scale;
             }

@@ -239,7 +239,11 @@ fn pndm_follows_the_probability_flow_ode_better_than_ddim_at_equal_network_calls
 /// back integrate `s^d` over the next step, `int_0^1 s^d ds = 1 / (d + 1)`, for `d < k`.
 #[test]
 fn multistep_weights_are_adams_bashforth() {
-    for (k, weights) in MULTISTEP_WEIGHTS.iter().enumerate().map(|(i, w)| (i + 1, *w)) {
+    for (k, weights) in MULTISTEP_WEIGHTS
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (i + 1, *w))
+    {
         assert_eq!(weights.len(), k);
         for d in 0..k as i32 {
             // Oldest first: weights[i] is for the prediction k - 1 - i steps back.
@@ -329,7 +333,10 @@ fn v_prediction_gives_the_eps_prediction_sample() {
     let d = rms(&eps, &v.to_vec_f64().unwrap());
     assert!(d < 1e-9, "eps and v samples differ by {d}");
     // Deterministic: the same start gives the same picture.
-    assert_eq!(run(Prediction::V).to_vec_f64().unwrap(), v.to_vec_f64().unwrap());
+    assert_eq!(
+        run(Prediction::V).to_vec_f64().unwrap(),
+        v.to_vec_f64().unwrap()
+    );
 }
 
 #[test]
@@ -426,10 +433,7 @@ fn text_to_image_samples_with_pndm_and_guidance() {
     }
     // Errors, not panics.
     for (bad, words) in [
-        (
-            SampleOpts { eta: 1.0, ..opts },
-            "PNDM is deterministic",
-        ),
+        (SampleOpts { eta: 1.0, ..opts }, "PNDM is deterministic"),
         (SampleOpts { steps: 0, ..opts }, "PNDM: 0 sampling steps"),
         (SampleOpts { steps: 51, ..opts }, "PNDM: 51 sampling steps"),
     ] {
@@ -444,19 +448,38 @@ fn the_cli_parses_and_runs_sampler_pndm() {
     use tessera::cli::Cli;
     let parse = |args: &[&str]| format!("{:?}", Cli::try_parse_from(args).unwrap().command);
     let sample = parse(&[
-        "tessera", "sample", "diffusion", "--prompt", "a red circle", "--sampler", "pndm",
-        "--steps", "20",
+        "tessera",
+        "sample",
+        "diffusion",
+        "--prompt",
+        "a red circle",
+        "--sampler",
+        "pndm",
+        "--steps",
+        "20",
     ]);
     assert!(
         sample.contains("sampler: Pndm") && sample.contains("steps: 20"),
         "{sample}"
     );
     let eval = parse(&[
-        "tessera", "eval", "diffusion", "--classifier", "c.safetensors", "--sampler", "pndm",
+        "tessera",
+        "eval",
+        "diffusion",
+        "--classifier",
+        "c.safetensors",
+        "--sampler",
+        "pndm",
     ]);
     assert!(eval.contains("sampler: Pndm"), "{eval}");
     assert!(Cli::try_parse_from([
-        "tessera", "sample", "diffusion", "--prompt", "x", "--sampler", "plms"
+        "tessera",
+        "sample",
+        "diffusion",
+        "--prompt",
+        "x",
+        "--sampler",
+        "plms"
     ])
     .is_err());
 
@@ -499,13 +522,23 @@ fn the_cli_parses_and_runs_sampler_pndm() {
     };
     let out = run(&["--sampler", "pndm", "--steps", "4"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(line["sampler"], "pndm");
-    assert_eq!((line["steps"].as_u64(), line["network_calls"].as_u64()), (Some(4), Some(5)));
+    assert_eq!(
+        (line["steps"].as_u64(), line["network_calls"].as_u64()),
+        (Some(4), Some(5))
+    );
     assert!(png.exists());
     let out = run(&["--sampler", "pndm", "--steps", "0"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("PNDM: 0 sampling steps"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("PNDM: 0 sampling steps"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -59,7 +59,9 @@ pub fn ddim_step(
         .add(&eps.affine(dir, 0.0)?)?;
     if sigma > 0.0 {
         let z = z.ok_or_else(|| {
-            Error::msg(format!("DDIM: eta = {eta} adds noise, and no noise was given"))
+            Error::msg(format!(
+                "DDIM: eta = {eta} adds noise, and no noise was given"
+            ))
         })?;
         x.add(&z.affine(sigma, 0.0)?)
     } else {

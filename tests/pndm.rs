@@ -4,15 +4,16 @@
 //! of network calls; the call count its doc promises; v = eps prediction; clipping; and the
 //! sampler through `TextToImage::sample` and the CLI.
 
+mod common;
+
 use std::cell::Cell;
 use tessera::data::shapes::caption_alphabet;
 use tessera::data::{CharTokenizer, PromptTokenizer};
 use tessera::diffusion::pndm::MULTISTEP_WEIGHTS;
 use tessera::diffusion::{
-    ddim_sample, pndm_network_calls, pndm_sample, pndm_timesteps, BetaSchedule, DiffusionConfig,
-    NoiseSchedule, Prediction, SampleOpts, Sampler, StepNoise, TextToImage,
+    ddim_sample, pndm_network_calls, pndm_sample, pndm_timesteps, BetaSchedule, NoiseSchedule,
+    Prediction, SampleOpts, Sampler, StepNoise, TextToImage,
 };
-use tessera::models::unet::UNetConfig;
 use tessera::random::manual_seed;
 use tessera::train::diffusion::{train_diffusion, DiffusionTrainConfig};
 use tessera::{DType, Device, Result, Tensor};
@@ -365,36 +366,10 @@ fn a_model_that_names_one_x0_leads_pndm_to_it_and_clipping_clamps_each_predictio
     assert!(rms(&free, &far.to_vec_f64().unwrap()) < 1e-9);
 }
 
-fn tiny_config() -> DiffusionConfig {
-    DiffusionConfig {
-        image_size: 8,
-        train_steps: 50,
-        schedule: BetaSchedule::cosine(),
-        prediction: Prediction::V,
-        unet: UNetConfig {
-            in_channels: 3,
-            out_channels: 3,
-            patch_size: 1,
-            base_channels: 8,
-            channel_mult: vec![1, 2],
-            res_blocks_per_level: 1,
-            attention_levels: vec![1],
-            groups: 4,
-            num_heads: 2,
-            context_dim: 16,
-            num_condition_types: 1,
-        },
-        text_max_len: 48,
-        text_dim: 16,
-        text_heads: 2,
-        text_layers: 1,
-    }
-}
-
 fn tiny_model(seed: u64) -> TextToImage {
     manual_seed(seed);
     let tokens = PromptTokenizer::Char(CharTokenizer::from_text(&caption_alphabet()));
-    TextToImage::new(tiny_config(), tokens, CPU).unwrap()
+    TextToImage::new(common::tiny_diffusion_config(), tokens, CPU).unwrap()
 }
 
 #[test]

@@ -11,10 +11,13 @@
 //       int has_wd, int has_buf, int first, int nesterov)
 //     d = g (+ wd p);  buf = first ? d : mu buf + damp d;  p -= lr * (nesterov ? d + mu buf : buf)
 //     (has_buf 0: plain SGD, p -= lr d; `buf` may then be null)
+// ema_T(T* s, Strided sl, const T* p, Strided pl, u64 n, T d, T od)
+//     s = d s + od p   (the weight EMA; od = 1 - d computed on the host)
 //
 // p may be any non-overlapping strided view, g any view of the same shape; m, v, buf are
 // contiguous. Launch: 1-D, 256 threads, grid-stride. Bytes per element: Adam 4 reads + 3
-// writes of sizeof(T) (28 B in f32), SGD with momentum 3 reads + 2 writes. Memory-bound.
+// writes of sizeof(T) (28 B in f32), SGD with momentum 3 reads + 2 writes, EMA 2 reads + 1
+// write. Memory-bound.
 #include "common.cuh"
 
 __device__ __forceinline__ float t_sqrt(float x) { return sqrtf(x); }
@@ -36,6 +39,13 @@ __device__ __forceinline__ double t_sqrt(double x) { return sqrt(x); }
             m[i] = mi;                                                                                       \
             v[i] = vi;                                                                                       \
             p[po] = pi - step_size * mi / (t_sqrt(vi) * inv_bc2_sqrt + eps);                                 \
+        }                                                                                                    \
+    }                                                                                                        \
+    extern "C" __global__ void ema_##N(T* __restrict__ s, Strided sl, const T* __restrict__ p, Strided pl,  \
+                                       u64 n, T d, T od) {                                                   \
+        GRID_STRIDE_LOOP(i, n) {                                                                             \
+            const u64 so = strided_offset(sl, i);                                                            \
+            s[so] = d * s[so] + od * p[strided_offset(pl, i)];                                               \
         }                                                                                                    \
     }                                                                                                        \
     extern "C" __global__ void sgd_##N(T* __restrict__ p, Strided pl, const T* __restrict__ g, Strided gl,   \

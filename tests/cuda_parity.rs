@@ -541,6 +541,37 @@ fn fused_optimizer_steps_match_the_cpu() {
 }
 
 #[test]
+fn ema_update_matches_the_cpu() {
+    use tessera::optim::{assign, Ema};
+    let Some((dev, _lock)) = gpu() else {
+        return;
+    };
+    for dtype in FLOATS {
+        let init = randn(&[7, 5], dtype, 31);
+        let run = |device: Device| -> Tensor {
+            // A transposed view: the kernel reads the parameter through its strides.
+            let p = init
+                .contiguous_copy()
+                .unwrap()
+                .to(device)
+                .unwrap()
+                .t()
+                .unwrap();
+            let named = vec![("w".to_string(), p.clone())];
+            let mut ema = Ema::new(&named, 0.9).unwrap().with_warmup();
+            for step in 0..4 {
+                let fresh = randn(&[5, 7], dtype, 200 + step).to(device).unwrap();
+                assign(&p, &fresh).unwrap();
+                ema.update(&named).unwrap();
+            }
+            ema.get("w").unwrap().contiguous_copy().unwrap()
+        };
+        let (c, g) = (run(CPU), run(dev));
+        assert_close(&format!("ema {dtype:?}"), &c, &g);
+    }
+}
+
+#[test]
 fn allocator_reuses_blocks_and_counts_peak() {
     let Some((dev, _lock)) = gpu() else {
         return;

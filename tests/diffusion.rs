@@ -3,6 +3,8 @@
 //! (DDPM = DDIM with eta = 1), the U-Net's gradients against finite differences in f64,
 //! and training: resume = uninterrupted, checkpoints that load back.
 
+mod common;
+
 use tessera::autograd::gradcheck::{check_gradients, GradCheck};
 use tessera::data::shapes::{caption_alphabet, caption_lines};
 use tessera::data::{CharTokenizer, PromptTokenizer};
@@ -246,17 +248,8 @@ fn guidance_combines_and_drops_about_ten_percent() {
 
 fn tiny_unet_config() -> UNetConfig {
     UNetConfig {
-        in_channels: 3,
-        out_channels: 3,
-        patch_size: 1,
-        base_channels: 8,
-        channel_mult: vec![1, 2],
-        res_blocks_per_level: 1,
-        attention_levels: vec![1],
-        groups: 4,
-        num_heads: 2,
         context_dim: 6,
-        num_condition_types: 1,
+        ..common::tiny_diffusion_config().unet
     }
 }
 
@@ -449,18 +442,8 @@ fn text_states_ignore_padding() {
 
 fn tiny_config() -> DiffusionConfig {
     DiffusionConfig {
-        image_size: 8,
-        train_steps: 50,
-        schedule: BetaSchedule::cosine(),
         prediction: Prediction::Epsilon,
-        unet: UNetConfig {
-            context_dim: 16,
-            ..tiny_unet_config()
-        },
-        text_max_len: 48,
-        text_dim: 16,
-        text_heads: 2,
-        text_layers: 1,
+        ..common::tiny_diffusion_config()
     }
 }
 

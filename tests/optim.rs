@@ -664,6 +664,37 @@ fn ema_warmup_ramps_the_decay_as_min_decay_and_1_plus_n_over_10_plus_n() -> Resu
     Ok(())
 }
 
+/// The fused in-place update (one pass, `backend::optim::ema_step`) gives the same bits as
+/// the decomposed `d * s + (1 - d) * p`, on a transposed (strided) parameter and on one large
+/// enough to be split across threads, in f32 and f64.
+#[test]
+fn ema_fused_update_equals_the_decomposed_formula() -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        let big = Tensor::randn_with_seed(40_000, dtype, CPU, 5, 0)?;
+        let strided = Tensor::randn_with_seed((3, 5), dtype, CPU, 6, 0)?.t()?;
+        let named = vec![
+            ("big".to_string(), big.clone()),
+            ("t".into(), strided.clone()),
+        ];
+        let mut ema = Ema::new(&named, 0.93)?;
+        let before: Vec<Tensor> = ema
+            .shadow()
+            .iter()
+            .map(|(_, s)| s.contiguous_copy())
+            .collect::<Result<_>>()?;
+        // Move the parameters so that the average and the parameter differ.
+        assign(&big, &big.affine(-1.5, 0.25)?)?;
+        assign(&strided, &strided.affine(2.0, -1.0)?)?;
+        ema.update(&named)?;
+        for ((name, p), s0) in named.iter().zip(&before) {
+            let want = s0.affine(0.93, 0.0)?.add(&p.affine(1.0 - 0.93, 0.0)?)?;
+            let got = ema.get(name).unwrap();
+            assert_eq!(got.to_vec_f64()?, want.to_vec_f64()?, "{name} {dtype:?}");
+        }
+    }
+    Ok(())
+}
+
 /// Fits y = X w* by least squares; returns the final loss and the distance to w*.
 fn least_squares(
     make: impl Fn(Vec<(String, Tensor)>) -> Box<dyn Optimizer>,

@@ -4,19 +4,18 @@
 //! samples the same pictures after loading, the CLI's argument errors, and Fashion-MNIST
 //! batches (skipped, with a printed line, when the data is absent).
 
+mod common;
+
 use std::path::PathBuf;
 use tessera::autograd::gradcheck::{check_gradients, GradCheck};
 use tessera::data::mnist::Split;
 use tessera::data::shapes::caption_lines;
 use tessera::data::PromptTokenizer;
 use tessera::diffusion::unclip::{fit_clip_caption, ClipImageConditioner, ClipInput, CLIP_TOKENS};
-use tessera::diffusion::{
-    BetaSchedule, Conditioner, DiffusionConfig, Prediction, SampleOpts, TextToImage,
-};
+use tessera::diffusion::{Conditioner, DiffusionConfig, SampleOpts, TextToImage};
 use tessera::models::char_transformer::Positional;
 use tessera::models::clip::{Clip, ClipConfig};
 use tessera::models::prior::{Prior, PriorConfig};
-use tessera::models::unet::UNetConfig;
 use tessera::models::vit::VitConfig;
 use tessera::nn::Module;
 use tessera::optim::{assign, AdamW, AdamWConfig, Optimizer};
@@ -59,32 +58,6 @@ fn tiny_clip(seed: u64) -> Clip {
     .unwrap()
 }
 
-fn tiny_config() -> DiffusionConfig {
-    DiffusionConfig {
-        image_size: 8,
-        train_steps: 50,
-        schedule: BetaSchedule::cosine(),
-        prediction: Prediction::V,
-        unet: UNetConfig {
-            in_channels: 3,
-            out_channels: 3,
-            patch_size: 1,
-            base_channels: 8,
-            channel_mult: vec![1, 2],
-            res_blocks_per_level: 1,
-            attention_levels: vec![1],
-            groups: 4,
-            num_heads: 2,
-            context_dim: 16,
-            num_condition_types: 1,
-        },
-        text_max_len: 48,
-        text_dim: 16,
-        text_heads: 2,
-        text_layers: 1,
-    }
-}
-
 fn word_tokens() -> PromptTokenizer {
     PromptTokenizer::new("word", &caption_lines()).unwrap()
 }
@@ -93,8 +66,12 @@ fn tiny_unclip(seed: u64) -> TextToImage {
     let cond =
         ClipImageConditioner::new(tiny_clip(seed), word_tokens(), 16, ClipInput::Resize, CPU)
             .unwrap();
-    TextToImage::with_conditioner(tiny_config(), Conditioner::ClipImage(Box::new(cond)), CPU)
-        .unwrap()
+    TextToImage::with_conditioner(
+        common::tiny_diffusion_config(),
+        Conditioner::ClipImage(Box::new(cond)),
+        CPU,
+    )
+    .unwrap()
 }
 
 fn unclip_part(m: &TextToImage) -> &ClipImageConditioner {
@@ -505,7 +482,7 @@ fn fashion_mnist_batches_are_padded_gray_and_reproducible() {
     let model = TextToImage::new(
         DiffusionConfig {
             image_size: 32,
-            ..tiny_config()
+            ..common::tiny_diffusion_config()
         },
         PromptTokenizer::new("word", &data.caption_text()).unwrap(),
         CPU,

@@ -17,6 +17,10 @@
 //! d = d + mu * buf (nesterov)  or  d = buf
 //! p -= lr * d
 //! ```
+//! Exponential moving average of weights (`optim::Ema`), in place on the average `s`:
+//! ```text
+//! s = decay * s + (1 - decay) * p
+//! ```
 //! The parameter may be any strided view; the gradient any view of the same shape; the state
 //! buffers are contiguous with one element per parameter element, in the parameter's dtype.
 
@@ -61,6 +65,15 @@ pub trait OptimBackend: Sized {
         v: &mut Self,
         hyper: &AdamStep,
     ) -> Result<()>;
+    /// `self = decay * self + (1 - decay) * param` in place (`self`: the averaged weights,
+    /// viewed through `layout`; `param` any view of the same shape and dtype).
+    fn ema_step(
+        &mut self,
+        layout: &Layout,
+        param: &Self,
+        param_layout: &Layout,
+        decay: f64,
+    ) -> Result<()>;
     /// Updates `self` (the parameter) and the momentum buffer (when momentum is non-zero) in place.
     fn sgd_step(
         &mut self,
@@ -102,6 +115,22 @@ impl Storage {
             operand_mut("adam_step", d, m)?,
             operand_mut("adam_step", d, v)?,
             hyper,
+        ))
+    }
+    pub fn ema_step(
+        &mut self,
+        layout: &Layout,
+        param: &Storage,
+        param_layout: &Layout,
+        decay: f64,
+    ) -> Result<()> {
+        check_grad_shape("ema_step", layout, param_layout)?;
+        let d = self.device();
+        on_backend!(self, |s| s.ema_step(
+            layout,
+            operand("ema_step", d, param)?,
+            param_layout,
+            decay
         ))
     }
     pub fn sgd_step(

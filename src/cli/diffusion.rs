@@ -144,8 +144,22 @@ fn check_conditioning(
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SamplerArg {
+    /// Ancestral sampling over every training step (ignores --steps).
     Ddpm,
+    /// DDIM in --steps steps, with --eta of fresh noise.
     Ddim,
+    /// PNDM's pseudo linear multistep in --steps steps (deterministic; --steps + 1 network calls).
+    Pndm,
+}
+
+impl SamplerArg {
+    pub fn sampler(self) -> Sampler {
+        match self {
+            SamplerArg::Ddpm => Sampler::Ddpm,
+            SamplerArg::Ddim => Sampler::Ddim,
+            SamplerArg::Pndm => Sampler::Pndm,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -157,9 +171,10 @@ pub struct SampleDiffusionArgs {
     pub prompt: Vec<String>,
     #[arg(long, value_enum, default_value_t = SamplerArg::Ddim)]
     pub sampler: SamplerArg,
-    /// DDIM steps (DDPM runs every training step).
+    /// DDIM or PNDM steps (DDPM runs every training step).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// DDIM's eta (0 = deterministic; PNDM takes only 0).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
     /// Classifier-free guidance scale (1 = off).
@@ -291,10 +306,7 @@ pub fn train(a: &TrainDiffusionArgs) -> anyhow::Result<()> {
 pub fn sample(a: &SampleDiffusionArgs) -> anyhow::Result<()> {
     let device = resolve_device(a.device, a.json)?;
     let opts = SampleOpts {
-        sampler: match a.sampler {
-            SamplerArg::Ddpm => Sampler::Ddpm,
-            SamplerArg::Ddim => Sampler::Ddim,
-        },
+        sampler: a.sampler.sampler(),
         steps: a.steps,
         eta: a.eta,
         guidance: a.guidance,
@@ -303,7 +315,7 @@ pub fn sample(a: &SampleDiffusionArgs) -> anyhow::Result<()> {
     };
     let prompts: Vec<&str> = a.prompt.iter().map(|s| s.as_str()).collect();
     let t0 = std::time::Instant::now();
-    write_samples(
+    let train_steps = write_samples(
         &a.ckpt,
         &prompts,
         a.count,
@@ -319,7 +331,8 @@ pub fn sample(a: &SampleDiffusionArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "model": "diffusion", "prompts": a.prompt, "count": a.count,
-                "sampler": format!("{:?}", a.sampler).to_lowercase(), "steps": a.steps,
+                "sampler": opts.sampler.name(), "steps": a.steps,
+                "network_calls": opts.network_calls(train_steps),
                 "eta": a.eta, "guidance": a.guidance, "seed": a.seed,
                 "seconds": t0.elapsed().as_secs_f64(), "out": a.out.display().to_string(),
             })
@@ -336,7 +349,7 @@ pub fn sample(a: &SampleDiffusionArgs) -> anyhow::Result<()> {
 }
 
 /// Samples `count` pictures per prompt from the checkpoint and writes them as a PNG grid,
-/// one row per prompt (each picture upscaled 2x).
+/// one row per prompt (each picture upscaled 2x). Returns the model's training steps.
 #[allow(clippy::too_many_arguments)]
 fn write_samples(
     ckpt: &Path,
@@ -348,16 +361,13 @@ fn write_samples(
     out: &Path,
     quiet: bool,
     conditioning: Option<ConditioningArg>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     if count == 0 {
         anyhow::bail!("--count must be at least 1");
     }
     let (model, _, _) = load_diffusion_with_dataset(ckpt, device, use_ema)?;
     check_conditioning(conditioning, &model, ckpt)?;
-    let steps = match opts.sampler {
-        Sampler::Ddpm => model.config.train_steps,
-        Sampler::Ddim => opts.steps,
-    };
+    let steps = opts.denoising_steps(model.config.train_steps);
     let pb = tessera::train::progress::bar(steps as u64, "sampling", !quiet);
     let images = model.sample(prompts, count, opts, || pb.inc(1))?;
     pb.finish_and_clear();
@@ -365,7 +375,7 @@ fn write_samples(
         .map(|i| Ok(Image::from_tensor(&images.narrow(0, i, 1)?.squeeze(0)?)?.upscale(2)))
         .collect::<tessera::Result<Vec<_>>>()?;
     grid(&cells, count, 2, 255).write_png(out)?;
-    Ok(())
+    Ok(model.config.train_steps)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -390,9 +400,10 @@ pub struct EvalDiffusionArgs {
     pub data: PathBuf,
     #[arg(long, value_enum, default_value_t = SamplerArg::Ddim)]
     pub sampler: SamplerArg,
+    /// DDIM or PNDM steps (DDPM runs every training step).
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
-    /// DDIM's eta (0 = deterministic, 1 = as much fresh noise per step as DDPM).
+    /// DDIM's eta (0 = deterministic, 1 = as much fresh noise per step as DDPM; PNDM takes only 0).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
     #[arg(long, default_value_t = 3.0)]
@@ -413,10 +424,7 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
     let (model, step, dataset) = load_diffusion_with_dataset(&a.ckpt, device, true)?;
     check_conditioning(a.conditioning, &model, &a.ckpt)?;
     let opts = SampleOpts {
-        sampler: match a.sampler {
-            SamplerArg::Ddpm => Sampler::Ddpm,
-            SamplerArg::Ddim => Sampler::Ddim,
-        },
+        sampler: a.sampler.sampler(),
         steps: a.steps,
         eta: a.eta,
         guidance: a.guidance,
@@ -426,7 +434,8 @@ pub fn eval(a: &EvalDiffusionArgs) -> anyhow::Result<()> {
     let common = serde_json::json!({
         "model": "diffusion", "dataset": dataset,
         "conditioning": conditioning_of(&model).name(), "checkpoint_step": step,
-        "sampler": format!("{:?}", a.sampler).to_lowercase(), "steps": a.steps,
+        "sampler": opts.sampler.name(), "steps": a.steps,
+        "network_calls": opts.network_calls(model.config.train_steps),
         "eta": a.eta, "guidance": a.guidance,
     });
     match dataset.as_str() {

@@ -12,9 +12,19 @@ use crate::{Error, Result, Tensor};
 
 /// `steps` timesteps spread evenly over `0..T`, from the noisiest down to 0.
 pub fn ddim_timesteps(train_steps: usize, steps: usize) -> Result<Vec<usize>> {
+    spread_timesteps("DDIM", train_steps, steps)
+}
+
+/// The timesteps of [`ddim_timesteps`], with errors naming `sampler` (PNDM walks the same
+/// grid).
+pub(crate) fn spread_timesteps(
+    sampler: &str,
+    train_steps: usize,
+    steps: usize,
+) -> Result<Vec<usize>> {
     if steps == 0 || steps > train_steps {
         return Err(Error::msg(format!(
-            "DDIM: {steps} sampling steps (expected 1..={train_steps}, the training steps)"
+            "{sampler}: {steps} sampling steps (expected 1..={train_steps}, the training steps)"
         )));
     }
     let mut ts: Vec<usize> = if steps == 1 {
@@ -29,7 +39,8 @@ pub fn ddim_timesteps(train_steps: usize, steps: usize) -> Result<Vec<usize>> {
     Ok(ts)
 }
 
-/// One step from `t` to `t_prev` (`None` = the clean image) given the predicted pair.
+/// One step from `t` to `t_prev` (`None` = the clean image) given the predicted pair. `z`, the
+/// fresh noise, is read only when `eta > 0` (and is then required).
 pub fn ddim_step(
     schedule: &NoiseSchedule,
     t: usize,
@@ -37,7 +48,7 @@ pub fn ddim_step(
     x0: &Tensor,
     eps: &Tensor,
     eta: f64,
-    z: &Tensor,
+    z: Option<&Tensor>,
 ) -> Result<Tensor> {
     let ab = schedule.alpha_bar(Some(t));
     let ab_prev = schedule.alpha_bar(t_prev);
@@ -47,6 +58,11 @@ pub fn ddim_step(
         .affine(ab_prev.sqrt(), 0.0)?
         .add(&eps.affine(dir, 0.0)?)?;
     if sigma > 0.0 {
+        let z = z.ok_or_else(|| {
+            Error::msg(format!(
+                "DDIM: eta = {eta} adds noise, and no noise was given"
+            ))
+        })?;
         x.add(&z.affine(sigma, 0.0)?)
     } else {
         Ok(x)
@@ -78,11 +94,11 @@ pub fn ddim_sample(
         let out = model(&x, t)?;
         let (x0, eps) = schedule.split_prediction(prediction, &x, &out, &vec![t; b], clip_x0)?;
         let z = if eta > 0.0 {
-            noise.at(t, &x)?
+            Some(noise.at(t, &x)?)
         } else {
-            x.zeros_like()?
+            None
         };
-        x = ddim_step(schedule, t, t_prev, &x0, &eps, eta, &z)?;
+        x = ddim_step(schedule, t, t_prev, &x0, &eps, eta, z.as_ref())?;
         on_step();
     }
     Ok(x)

@@ -1,5 +1,6 @@
 //! Denoising diffusion: noise schedules and prediction targets (`schedule.rs`), the DDPM
-//! ancestral sampler (`ddpm.rs`), DDIM (`ddim.rs`), classifier-free guidance (`guidance.rs`),
+//! ancestral sampler (`ddpm.rs`), DDIM (`ddim.rs`), PNDM's pseudo linear multistep sampler
+//! (`pndm.rs`), classifier-free guidance (`guidance.rs`),
 //! text conditioners (`conditioning.rs`) and the text-to-image model that ties the U-Net
 //! (`models::unet`) to them (`text_to_image.rs`); the unCLIP conditioner, CLIP image
 //! embeddings as the condition (`unclip.rs`); prompt adherence and a Frechet distance on a
@@ -20,6 +21,7 @@ pub mod ddim;
 pub mod ddpm;
 pub mod frechet;
 pub mod guidance;
+pub mod pndm;
 pub mod schedule;
 pub mod text_to_image;
 pub mod unclip;
@@ -28,6 +30,7 @@ pub use conditioning::{Conditioner, PromptConditioner, TextStates};
 pub use ddim::{ddim_sample, ddim_step, ddim_timesteps};
 pub use ddpm::{ddpm_sample, ddpm_step};
 pub use guidance::{guided, CFG_DROPOUT, NULL_PROMPT};
+pub use pndm::{pndm_network_calls, pndm_sample, pndm_timesteps};
 pub use schedule::{BetaSchedule, NoiseSchedule, Prediction};
 pub use text_to_image::{DiffusionConfig, SampleOpts, Sampler, TextToImage};
 

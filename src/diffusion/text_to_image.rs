@@ -1,6 +1,6 @@
 //! The text-to-image diffusion model: a [`Conditioner`] turns prompts into token states, the
 //! U-Net predicts the noise (or `v`) of a noised image given those states and the timestep,
-//! and a sampler (DDPM or DDIM, with classifier-free guidance) turns noise into pictures.
+//! and a sampler (DDPM, DDIM or PNDM, with classifier-free guidance) turns noise into pictures.
 //!
 //! Images live in [-1, 1] inside the model (`x = 2 * pixel - 1`) and come out in [0, 1].
 
@@ -8,6 +8,7 @@ use super::conditioning::Conditioner;
 use super::ddim::ddim_sample;
 use super::ddpm::ddpm_sample;
 use super::guidance::{guided, NULL_PROMPT};
+use super::pndm::{pndm_network_calls, pndm_sample};
 use super::schedule::{BetaSchedule, NoiseSchedule, Prediction};
 use super::StepNoise;
 use crate::data::PromptTokenizer;
@@ -85,23 +86,56 @@ impl DiffusionConfig {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sampler {
+    /// Ancestral sampling over all `T` training steps.
     Ddpm,
+    /// DDIM over `steps` of them, with `eta` of fresh noise.
     Ddim,
+    /// PNDM's pseudo linear multistep over `steps` of them (deterministic).
+    Pndm,
+}
+
+impl Sampler {
+    /// `ddpm`, `ddim` or `pndm`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sampler::Ddpm => "ddpm",
+            Sampler::Ddim => "ddim",
+            Sampler::Pndm => "pndm",
+        }
+    }
 }
 
 /// How to sample.
 #[derive(Clone, Copy, Debug)]
 pub struct SampleOpts {
     pub sampler: Sampler,
-    /// DDIM steps (DDPM always runs all `T`).
+    /// DDIM and PNDM steps (DDPM always runs all `T`).
     pub steps: usize,
-    /// DDIM's eta (0 = deterministic).
+    /// DDIM's eta (0 = deterministic); PNDM is deterministic and takes only 0.
     pub eta: f64,
     /// Classifier-free guidance scale (1 = none, no unconditional pass).
     pub guidance: f64,
     pub seed: u64,
     /// Clamp the predicted `x0` to the data range at every step.
     pub clip_x0: bool,
+}
+
+impl SampleOpts {
+    /// The denoising steps `sample` takes (its `on_step` calls) with `train_steps` noise
+    /// levels.
+    pub fn denoising_steps(&self, train_steps: usize) -> usize {
+        match self.sampler {
+            Sampler::Ddpm => train_steps,
+            Sampler::Ddim | Sampler::Pndm => self.steps,
+        }
+    }
+    /// How many times `sample` runs the U-Net (on a doubled batch with guidance).
+    pub fn network_calls(&self, train_steps: usize) -> usize {
+        match self.sampler {
+            Sampler::Ddpm | Sampler::Ddim => self.denoising_steps(train_steps),
+            Sampler::Pndm => pndm_network_calls(self.steps),
+        }
+    }
 }
 
 impl Default for SampleOpts {
@@ -234,6 +268,12 @@ impl TextToImage {
         if b == 0 {
             return Err(Error::msg("sample: no prompts or a count of 0"));
         }
+        if opts.sampler == Sampler::Pndm && opts.eta != 0.0 {
+            return Err(Error::msg(format!(
+                "sample: PNDM is deterministic; eta = {} is DDIM's (use the DDIM sampler, or eta 0)",
+                opts.eta
+            )));
+        }
         let use_cfg = opts.guidance != 1.0;
         crate::no_grad(|| {
             // The text is encoded once; with guidance the batch is [cond; uncond].
@@ -281,6 +321,15 @@ impl TextToImage {
                     opts.steps,
                     opts.eta,
                     &noise,
+                    opts.clip_x0,
+                    model,
+                    on_step,
+                )?,
+                Sampler::Pndm => pndm_sample(
+                    &self.schedule,
+                    pred,
+                    &x_start,
+                    opts.steps,
                     opts.clip_x0,
                     model,
                     on_step,

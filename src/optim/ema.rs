@@ -116,13 +116,15 @@ impl Ema {
         let d = self.current_decay();
         crate::no_grad(|| -> Result<()> {
             for (s, p) in self.pairs(params)? {
-                let p = if p.dtype() == s.dtype() {
+                let p = if p.dtype() == s.dtype() && !p.same_storage(s) {
                     p.detach()
                 } else {
-                    p.to_dtype(s.dtype())?
+                    // Another dtype, or (never in practice) the average's own storage.
+                    fresh_copy(p, s.dtype())?
                 };
-                let new = s.affine(d, 0.0)?.add(&p.affine(1.0 - d, 0.0)?)?;
-                assign(s, &new)?;
+                // One fused pass in place (`backend/optim.rs`): s = d s + (1 - d) p.
+                let pv = p.storage();
+                s.storage_mut().ema_step(s.layout(), &pv, p.layout(), d)?;
             }
             Ok(())
         })?;

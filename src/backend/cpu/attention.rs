@@ -3,7 +3,8 @@
 //! Approach: q, k, v (and dO) are gathered once into contiguous `[B·H, T, D]` buffers when
 //! they are strided views (e.g. a `permute` of a `[B, T, H, D]` projection); masks are read in
 //! place through their broadcast strides, a row at a time. Work is cut into tiles of `BQ`
-//! query rows by `BK` keys. For each tile the key block is transposed once into `D x BK`
+//! query rows by `BK` keys (64, or 16/32 when there are no more keys than that: a short text's
+//! keys are not padded to 64 score columns). For each tile the key block is transposed once into `D x BK`
 //! (and, in the backward, the value block into `Dv x BK`), so the scores `S = (scale·Q)·Kᵀ`
 //! (and `dP = dO·Vᵀ`) are computed `RB` rows at a time with `BK`-wide vector FMAs whose `RB`
 //! rows share every load of the transposed block: no per-key dot product, however small the
@@ -31,8 +32,20 @@ use rayon::prelude::*;
 
 /// Query rows per tile.
 const BQ: usize = 16;
-/// Keys per tile: the width of a score row (four 16-lane AVX-512 vectors of f32).
-const BK: usize = 64;
+/// Keys per tile (`BK`, a const parameter of the kernels): the width of a score row, four
+/// 16-lane AVX-512 vectors of f32; shorter key sequences take a narrower tile
+/// ([`key_block`]), so a 12-token text is not padded to 64 columns of scores.
+const BK_MAX: usize = 64;
+
+/// The key tile width for `tk` keys: 16, 32 or 64 (a function of the shape alone, so the
+/// summation order does not depend on anything else).
+fn key_block(tk: usize) -> usize {
+    match tk {
+        0..=16 => 16,
+        17..=32 => 32,
+        _ => BK_MAX,
+    }
+}
 /// Query rows that share each load of a transposed key or value block.
 const RB: usize = 4;
 
@@ -72,7 +85,14 @@ impl Masks<'_> {
     /// Sets `s[jj] = -inf` for the keys `kb + jj` (`jj < nb`) that row `i` of batch·head `bhi`
     /// may not attend to, and for the tile's padding columns `nb..BK`.
     #[inline(always)]
-    fn apply<T: Float>(&self, bhi: usize, i: usize, kb: usize, nb: usize, s: &mut [T]) {
+    fn apply<T: Float, const BK: usize>(
+        &self,
+        bhi: usize,
+        i: usize,
+        kb: usize,
+        nb: usize,
+        s: &mut [T],
+    ) {
         s[nb..BK].fill(T::NEG_INFINITY);
         if self.causal {
             let first_hidden = (i + 1).saturating_sub(kb).min(nb);
@@ -111,7 +131,7 @@ fn masks_of<'a>(m: &'a [AttnMask<CpuStorage>], causal: bool, h: usize) -> Result
 /// block `kb` of batch·head `bhi` is the `w x BK` matrix at [`block_at`]; the columns past
 /// `T` in the last block are zero, so the score loops always run the full tile width. Done
 /// once per call (one pass over `x`), not once per task.
-fn blocked_transpose<T: Float>(x: &[T], bh: usize, t: usize, w: usize) -> Vec<T> {
+fn blocked_transpose<T: Float, const BK: usize>(x: &[T], bh: usize, t: usize, w: usize) -> Vec<T> {
     let nkb = t.div_ceil(BK);
     let mut xt = vec![T::ZERO; bh * nkb * w * BK];
     if xt.is_empty() {
@@ -134,7 +154,7 @@ fn blocked_transpose<T: Float>(x: &[T], bh: usize, t: usize, w: usize) -> Vec<T>
 
 /// The `w x BK` block of key block starting at `kb` in a [`blocked_transpose`].
 #[inline(always)]
-fn block_at<T>(xt: &[T], bhi: usize, t: usize, w: usize, kb: usize) -> &[T] {
+fn block_at<T, const BK: usize>(xt: &[T], bhi: usize, t: usize, w: usize, kb: usize) -> &[T] {
     let blk = bhi * t.div_ceil(BK) + kb / BK;
     &xt[blk * w * BK..(blk + 1) * w * BK]
 }
@@ -142,7 +162,12 @@ fn block_at<T>(xt: &[T], bhi: usize, t: usize, w: usize, kb: usize) -> &[T] {
 /// `s[r * BK + jj] = Σ_c a[r * w + c] · xt[c * BK + jj]` for `R` rows of `a`: `R x BK`
 /// accumulators, each element of `xt` loaded once for the `R` rows.
 #[inline(always)]
-fn rows_times_block<T: Float, const R: usize>(a: &[T], w: usize, xt: &[T], s: &mut [T]) {
+fn rows_times_block<T: Float, const R: usize, const BK: usize>(
+    a: &[T],
+    w: usize,
+    xt: &[T],
+    s: &mut [T],
+) {
     let mut acc = [[T::ZERO; BK]; R];
     for c in 0..w {
         let xr = &xt[c * BK..(c + 1) * BK];
@@ -160,14 +185,14 @@ fn rows_times_block<T: Float, const R: usize>(a: &[T], w: usize, xt: &[T], s: &m
 
 /// `s = a · xtᵀ` for the `nr` rows of `a` (`[nr, w]`): a tile of scores `[nr, BK]`.
 #[inline(always)]
-fn tile_product<T: Float>(a: &[T], nr: usize, w: usize, xt: &[T], s: &mut [T]) {
+fn tile_product<T: Float, const BK: usize>(a: &[T], nr: usize, w: usize, xt: &[T], s: &mut [T]) {
     let mut r = 0;
     while r + RB <= nr {
-        rows_times_block::<T, RB>(&a[r * w..], w, xt, &mut s[r * BK..]);
+        rows_times_block::<T, RB, BK>(&a[r * w..], w, xt, &mut s[r * BK..]);
         r += RB;
     }
     while r < nr {
-        rows_times_block::<T, 1>(&a[r * w..], w, xt, &mut s[r * BK..]);
+        rows_times_block::<T, 1, BK>(&a[r * w..], w, xt, &mut s[r * BK..]);
         r += 1;
     }
 }
@@ -176,7 +201,7 @@ fn tile_product<T: Float>(a: &[T], nr: usize, w: usize, xt: &[T], s: &mut [T]) {
 /// accumulators in registers, each chunk of `x` loaded once for the `R` rows (and `R`
 /// independent FMA chains). `jj` ascending.
 #[inline(always)]
-fn rows_chunk<T: Float, const R: usize, const N: usize>(
+fn rows_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
     p: &[T],
     nb: usize,
     x: &[T],
@@ -207,7 +232,7 @@ fn rows_chunk<T: Float, const R: usize, const N: usize>(
 /// `y[jj0 + q][c0..c0 + N] += Σ_r p[r * BK + jj0 + q] · x[r][c0..c0 + N]` for `R` keys `q`
 /// (the transposed product), `r` ascending.
 #[inline(always)]
-fn keys_chunk<T: Float, const R: usize, const N: usize>(
+fn keys_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
     p: &[T],
     nr: usize,
     jj0: usize,
@@ -268,16 +293,23 @@ macro_rules! by_chunks {
 /// `y[r] += Σ_jj p[r * BK + jj] · x[jj]` for `nr` rows and `nb` rows of `x` (width `w`),
 /// `jj` ascending, `RB` rows at a time.
 #[inline(always)]
-fn tile_times_rows<T: Float>(p: &[T], nr: usize, nb: usize, x: &[T], w: usize, y: &mut [T]) {
+fn tile_times_rows<T: Float, const BK: usize>(
+    p: &[T],
+    nr: usize,
+    nb: usize,
+    x: &[T],
+    w: usize,
+    y: &mut [T],
+) {
     let mut r = 0;
     while r + RB <= nr {
         let (pr, yr) = (&p[r * BK..], &mut y[r * w..]);
-        by_chunks!(w, |c0, N| rows_chunk::<T, RB, N>(pr, nb, x, w, c0, yr));
+        by_chunks!(w, |c0, N| rows_chunk::<T, RB, N, BK>(pr, nb, x, w, c0, yr));
         r += RB;
     }
     while r < nr {
         let (pr, yr) = (&p[r * BK..], &mut y[r * w..]);
-        by_chunks!(w, |c0, N| rows_chunk::<T, 1, N>(pr, nb, x, w, c0, yr));
+        by_chunks!(w, |c0, N| rows_chunk::<T, 1, N, BK>(pr, nb, x, w, c0, yr));
         r += 1;
     }
 }
@@ -285,19 +317,28 @@ fn tile_times_rows<T: Float>(p: &[T], nr: usize, nb: usize, x: &[T], w: usize, y
 /// `y[jj] += Σ_r p[r * BK + jj] · x[r]` (the transposed product) for `nb` keys, `r`
 /// ascending, `RB` keys at a time.
 #[inline(always)]
-fn tile_t_times_rows<T: Float>(p: &[T], nr: usize, nb: usize, x: &[T], w: usize, y: &mut [T]) {
+fn tile_t_times_rows<T: Float, const BK: usize>(
+    p: &[T],
+    nr: usize,
+    nb: usize,
+    x: &[T],
+    w: usize,
+    y: &mut [T],
+) {
     let mut jj = 0;
     while jj + RB <= nb {
-        by_chunks!(w, |c0, N| keys_chunk::<T, RB, N>(p, nr, jj, x, w, c0, y));
+        by_chunks!(w, |c0, N| keys_chunk::<T, RB, N, BK>(
+            p, nr, jj, x, w, c0, y
+        ));
         jj += RB;
     }
     while jj < nb {
-        by_chunks!(w, |c0, N| keys_chunk::<T, 1, N>(p, nr, jj, x, w, c0, y));
+        by_chunks!(w, |c0, N| keys_chunk::<T, 1, N, BK>(p, nr, jj, x, w, c0, y));
         jj += 1;
     }
 }
 
-fn fwd<T: Float>(
+fn fwd<T: Float, const BK: usize>(
     q: &[T],
     k: &[T],
     v: &[T],
@@ -308,7 +349,7 @@ fn fwd<T: Float>(
     let (tq, tk, d, dv) = (dm.tq, dm.tk, dm.d, dm.dv);
     let scale = T::from_f64(p.scale);
     let nqb = tq.div_ceil(BQ);
-    let kt_all = blocked_transpose(k, dm.bh, tk, d);
+    let kt_all = blocked_transpose::<T, BK>(k, dm.bh, tk, d);
     let blocks: Vec<(Vec<T>, Vec<T>)> = (0..dm.bh * nqb)
         .into_par_iter()
         .map(|task| {
@@ -332,22 +373,27 @@ fn fwd<T: Float>(
                             break;
                         }
                         let nb = BK.min(tk - kb);
-                        let kt = block_at(&kt_all, bhi, tk, d, kb);
-                        tile_product(&qs, nr, d, kt, &mut s);
+                        let kt = block_at::<T, BK>(&kt_all, bhi, tk, d, kb);
+                        tile_product::<T, BK>(&qs, nr, d, kt, &mut s);
                         for r in 0..nr {
                             let s_r = &mut s[r * BK..(r + 1) * BK];
-                            mk.apply(bhi, i0 + r, kb, nb, s_r);
+                            mk.apply::<T, BK>(bhi, i0 + r, kb, nb, s_r);
                             let mloc = s_r[..nb].iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
                             if mloc == T::NEG_INFINITY {
                                 s_r.fill(T::ZERO);
                                 continue;
                             }
                             let mnew = m[r].max(mloc);
-                            let corr = (m[r] - mnew).exp();
-                            l[r] *= corr;
-                            acc[r * dv..(r + 1) * dv]
-                                .iter_mut()
-                                .for_each(|a| *a *= corr);
+                            // Rescale what earlier key blocks summed; nothing to rescale on the
+                            // row's first block (l and acc are 0, and exp(-inf) would only
+                            // multiply them by 0): with one key block, no scalar exp per row.
+                            if m[r] != T::NEG_INFINITY {
+                                let corr = (m[r] - mnew).exp();
+                                l[r] *= corr;
+                                acc[r * dv..(r + 1) * dv]
+                                    .iter_mut()
+                                    .for_each(|a| *a *= corr);
+                            }
                             // p = exp(s - m); masked scores are -inf, so their p is exactly 0.
                             for x in s_r[..nb].iter_mut() {
                                 *x = (*x - mnew).exp();
@@ -355,7 +401,7 @@ fn fwd<T: Float>(
                             l[r] += sum(&s_r[..nb]);
                             m[r] = mnew;
                         }
-                        tile_times_rows(&s, nr, nb, &v[vo + kb * dv..], dv, &mut acc);
+                        tile_times_rows::<T, BK>(&s, nr, nb, &v[vo + kb * dv..], dv, &mut acc);
                     }
                     let mut lse = vec![T::NEG_INFINITY; nr];
                     for r in 0..nr {
@@ -408,7 +454,7 @@ struct TileScratch<T> {
 }
 
 impl<T: Float> TileScratch<T> {
-    fn new(dm: Dims) -> Self {
+    fn new<const BK: usize>(dm: Dims) -> Self {
         TileScratch {
             qs: vec![T::ZERO; BQ * dm.d],
             pm: vec![T::ZERO; BQ * BK],
@@ -427,7 +473,7 @@ impl<T: Float> Bwd<'_, T> {
     /// Fills `sc.pm` with `P` and `sc.ds` with `dS·scale` for rows `i0..i0 + nr` and keys
     /// `kb..kb + nb` of batch·head `bhi`.
     #[inline(always)]
-    fn tile(
+    fn tile<const BK: usize>(
         &self,
         bhi: usize,
         i0: usize,
@@ -446,13 +492,13 @@ impl<T: Float> Bwd<'_, T> {
         {
             *x = qv * scale;
         }
-        let kt = block_at(&self.kt, bhi, tk, d, kb);
-        tile_product(&sc.qs, nr, d, kt, &mut sc.pm);
-        tile_product(
+        let kt = block_at::<T, BK>(&self.kt, bhi, tk, d, kb);
+        tile_product::<T, BK>(&sc.qs, nr, d, kt, &mut sc.pm);
+        tile_product::<T, BK>(
             &self.dout[row0 * dv..(row0 + nr) * dv],
             nr,
             dv,
-            block_at(&self.vt, bhi, tk, dv, kb),
+            block_at::<T, BK>(&self.vt, bhi, tk, dv, kb),
             &mut sc.ds,
         );
         for r in 0..nr {
@@ -466,9 +512,10 @@ impl<T: Float> Bwd<'_, T> {
                 ds_r.fill(T::ZERO);
                 continue;
             }
-            self.mk.apply(bhi, i0 + r, kb, nb, p_r);
+            self.mk.apply::<T, BK>(bhi, i0 + r, kb, nb, p_r);
             let dd = self.big_d[row0 + r];
-            for (pv, dsv) in p_r.iter_mut().zip(ds_r.iter_mut()) {
+            // Only the tile's `nb` real keys: the products below never read the columns past.
+            for (pv, dsv) in p_r[..nb].iter_mut().zip(ds_r[..nb].iter_mut()) {
                 *pv = (*pv - l).exp();
                 *dsv = *pv * (*dsv - dd) * scale;
             }
@@ -477,7 +524,7 @@ impl<T: Float> Bwd<'_, T> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bwd<T: Float>(
+fn bwd<T: Float, const BK: usize>(
     q: &[T],
     k: &[T],
     v: &[T],
@@ -498,22 +545,22 @@ fn bwd<T: Float>(
         k,
         lse,
         dout,
-        kt: blocked_transpose(k, dm.bh, dm.tk, dm.d),
-        vt: blocked_transpose(v, dm.bh, dm.tk, dm.dv),
+        kt: blocked_transpose::<T, BK>(k, dm.bh, dm.tk, dm.d),
+        vt: blocked_transpose::<T, BK>(v, dm.bh, dm.tk, dm.dv),
         big_d,
         dm,
         mk,
         p,
     };
     if dm.bh >= rayon::current_num_threads() {
-        bwd_one_pass(&b)
+        bwd_one_pass::<T, BK>(&b)
     } else {
-        bwd_two_pass(&b)
+        bwd_two_pass::<T, BK>(&b)
     }
 }
 
 /// One task per batch·head: every tile once, dQ, dK and dV from it.
-fn bwd_one_pass<T: Float>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
+fn bwd_one_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
     let Dims { tq, tk, d, dv, .. } = b.dm;
     let mut dq = vec![T::ZERO; b.dm.bh * tq * d];
     let mut dk = vec![T::ZERO; b.dm.bh * tk * d];
@@ -526,7 +573,7 @@ fn bwd_one_pass<T: Float>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
             vectorized(
                 #[inline(always)]
                 || {
-                    let mut sc = TileScratch::new(b.dm);
+                    let mut sc = TileScratch::new::<BK>(b.dm);
                     let (qo, row0) = (bhi * tq * d, bhi * tq);
                     for i0 in (0..tq).step_by(BQ) {
                         let nr = BQ.min(tq - i0);
@@ -535,12 +582,12 @@ fn bwd_one_pass<T: Float>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
                                 break;
                             }
                             let nb = BK.min(tk - kb);
-                            b.tile(bhi, i0, nr, kb, nb, &mut sc);
+                            b.tile::<BK>(bhi, i0, nr, kb, nb, &mut sc);
                             let (kr, dvr) = (&b.k[(bhi * tk + kb) * d..], kb * dv);
-                            tile_times_rows(&sc.ds, nr, nb, kr, d, &mut dq[i0 * d..]);
+                            tile_times_rows::<T, BK>(&sc.ds, nr, nb, kr, d, &mut dq[i0 * d..]);
                             let (qr, dor) = (&b.q[qo + i0 * d..], &b.dout[(row0 + i0) * dv..]);
-                            tile_t_times_rows(&sc.pm, nr, nb, dor, dv, &mut dvb[dvr..]);
-                            tile_t_times_rows(&sc.ds, nr, nb, qr, d, &mut dk[kb * d..]);
+                            tile_t_times_rows::<T, BK>(&sc.pm, nr, nb, dor, dv, &mut dvb[dvr..]);
+                            tile_t_times_rows::<T, BK>(&sc.ds, nr, nb, qr, d, &mut dk[kb * d..]);
                         }
                     }
                 },
@@ -552,7 +599,7 @@ fn bwd_one_pass<T: Float>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
 /// Fewer batch·heads than threads: dQ by (batch·head, query block) tasks, then dK and dV by
 /// (batch·head, key block) tasks, each recomputing its tiles. Same sums in the same order as
 /// [`bwd_one_pass`].
-fn bwd_two_pass<T: Float>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
+fn bwd_two_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
     let Dims { tq, tk, d, dv, .. } = b.dm;
     let nqb = tq.div_ceil(BQ);
     let dq_blocks: Vec<Vec<T>> = (0..b.dm.bh * nqb)
@@ -563,16 +610,16 @@ fn bwd_two_pass<T: Float>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
                 || {
                     let (bhi, i0) = (task / nqb, (task % nqb) * BQ);
                     let nr = BQ.min(tq - i0);
-                    let mut sc = TileScratch::new(b.dm);
+                    let mut sc = TileScratch::new::<BK>(b.dm);
                     let mut dq = vec![T::ZERO; nr * d];
                     for kb in (0..tk).step_by(BK) {
                         if b.hidden(i0 + nr, kb) {
                             break;
                         }
                         let nb = BK.min(tk - kb);
-                        b.tile(bhi, i0, nr, kb, nb, &mut sc);
+                        b.tile::<BK>(bhi, i0, nr, kb, nb, &mut sc);
                         let kr = &b.k[(bhi * tk + kb) * d..];
-                        tile_times_rows(&sc.ds, nr, nb, kr, d, &mut dq);
+                        tile_times_rows::<T, BK>(&sc.ds, nr, nb, kr, d, &mut dq);
                     }
                     dq
                 },
@@ -588,7 +635,7 @@ fn bwd_two_pass<T: Float>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
                 || {
                     let (bhi, kb) = (task / nkb, (task % nkb) * BK);
                     let nb = BK.min(tk - kb);
-                    let mut sc = TileScratch::new(b.dm);
+                    let mut sc = TileScratch::new::<BK>(b.dm);
                     let mut dk = vec![T::ZERO; nb * d];
                     let mut dvb = vec![T::ZERO; nb * dv];
                     let (qo, row0) = (bhi * tq * d, bhi * tq);
@@ -597,10 +644,10 @@ fn bwd_two_pass<T: Float>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
                         if b.hidden(i0 + nr, kb) {
                             continue;
                         }
-                        b.tile(bhi, i0, nr, kb, nb, &mut sc);
+                        b.tile::<BK>(bhi, i0, nr, kb, nb, &mut sc);
                         let (qr, dor) = (&b.q[qo + i0 * d..], &b.dout[(row0 + i0) * dv..]);
-                        tile_t_times_rows(&sc.pm, nr, nb, dor, dv, &mut dvb);
-                        tile_t_times_rows(&sc.ds, nr, nb, qr, d, &mut dk);
+                        tile_t_times_rows::<T, BK>(&sc.pm, nr, nb, dor, dv, &mut dvb);
+                        tile_t_times_rows::<T, BK>(&sc.ds, nr, nb, qr, d, &mut dk);
                     }
                     (dk, dvb)
                 },
@@ -661,7 +708,11 @@ impl AttentionBackend for CpuStorage {
                     view::<$t>(k, k_layout)?,
                     view::<$t>(v, v_layout)?,
                 );
-                let (o, lse) = fwd(&q, &k, &v, dm, &mk, p);
+                let (o, lse) = match key_block(dm.tk) {
+                    16 => fwd::<$t, 16>(&q, &k, &v, dm, &mk, p),
+                    32 => fwd::<$t, 32>(&q, &k, &v, dm, &mk, p),
+                    _ => fwd::<$t, BK_MAX>(&q, &k, &v, dm, &mk, p),
+                };
                 (CpuStorage::from_vec(o), CpuStorage::from_vec(lse))
             }};
         }
@@ -698,7 +749,11 @@ impl AttentionBackend for CpuStorage {
                         "{OP}: saved output/lse do not match q and v"
                     )));
                 }
-                let (dq, dk, dv) = bwd(&q, &k, &v, o, lse, &g, dm, &mk, p);
+                let (dq, dk, dv) = match key_block(dm.tk) {
+                    16 => bwd::<$t, 16>(&q, &k, &v, o, lse, &g, dm, &mk, p),
+                    32 => bwd::<$t, 32>(&q, &k, &v, o, lse, &g, dm, &mk, p),
+                    _ => bwd::<$t, BK_MAX>(&q, &k, &v, o, lse, &g, dm, &mk, p),
+                };
                 (
                     CpuStorage::from_vec(dq),
                     CpuStorage::from_vec(dk),
@@ -719,6 +774,13 @@ mod tests {
     /// sizes that leave partial query and key tiles.
     #[test]
     fn one_pass_and_two_pass_backwards_agree_bitwise() {
+        passes_agree::<16>();
+        passes_agree::<32>();
+        passes_agree::<BK_MAX>();
+    }
+
+    /// The two backwards at key tile width `BK` (83 keys: several tiles at every width).
+    fn passes_agree<const BK: usize>() {
         let (b, h, tq, tk, d, dv) = (2, 3, 37, 83, 5, 7);
         let dm = Dims {
             h,
@@ -742,7 +804,7 @@ mod tests {
                 h,
             };
             let p = AttnParams { scale: 0.5, causal };
-            let (o, lse) = fwd(&q, &k, &v, dm, &mk, p);
+            let (o, lse) = fwd::<f64, BK>(&q, &k, &v, dm, &mk, p);
             assert!(o[tq * dv * h..].iter().all(|&x| x == 0.0), "masked batch");
             let big_d = (0..b * h * tq)
                 .map(|r| dot(&g[r * dv..(r + 1) * dv], &o[r * dv..(r + 1) * dv]))
@@ -752,15 +814,15 @@ mod tests {
                 k: &k,
                 lse: &lse,
                 dout: &g,
-                kt: blocked_transpose(&k, dm.bh, tk, d),
-                vt: blocked_transpose(&v, dm.bh, tk, dv),
+                kt: blocked_transpose::<f64, BK>(&k, dm.bh, tk, d),
+                vt: blocked_transpose::<f64, BK>(&v, dm.bh, tk, dv),
                 big_d,
                 dm,
                 mk: &mk,
                 p,
             };
-            let one = bwd_one_pass(&bw);
-            let two = bwd_two_pass(&bw);
+            let one = bwd_one_pass::<f64, BK>(&bw);
+            let two = bwd_two_pass::<f64, BK>(&bw);
             assert!(one.0.iter().any(|&x| x != 0.0), "dq all zero");
             assert_eq!(one, two, "causal {causal}");
         }

@@ -33,6 +33,7 @@
 //! (`contiguous_cow`).
 
 mod dot_tile;
+mod live_taps;
 mod pack;
 mod weight_grad;
 mod weight_grad_shifted;
@@ -43,6 +44,7 @@ use crate::backend::conv::{Conv2dGeom, ConvBackend};
 use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
 use dot_tile::DotTile;
+use live_taps::LiveTaps;
 use pack::{
     input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
     valid_columns, vectorized, PaddedInput, PixelRun,
@@ -209,11 +211,51 @@ fn is_pointwise(g: &Conv2dGeom) -> bool {
     g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.padding == (0, 0) && g.groups == 1
 }
 
+/// The forward convolution, with the taps that only read padding dropped first
+/// (`conv/live_taps.rs`).
+fn forward<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    match LiveTaps::of(g) {
+        Some(live) => conv2d_fwd(x, &live.crop_weight(w, g), &live.geom, isa),
+        None => conv2d_fwd(x, w, g, isa),
+    }
+}
+
+/// The input gradient, with the dead taps dropped (they only ever touch padding).
+fn backward_input<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    match LiveTaps::of(g) {
+        Some(live) => conv2d_bwd_input(dy, &live.crop_weight(w, g), &live.geom, isa),
+        None => conv2d_bwd_input(dy, w, g, isa),
+    }
+}
+
+/// The weight gradient, computed for the live taps only; the dead taps' gradients are zero.
+fn backward_weight<T: PackedFloat + DotTile>(
+    x: &[T],
+    dy: &[T],
+    g: &Conv2dGeom,
+    isa: Isa,
+) -> Vec<T> {
+    match LiveTaps::of(g) {
+        Some(live) => {
+            let dw = conv2d_bwd_weight(x, dy, &live.geom, isa);
+            live.expand_weight_grad(&dw, g, T::ZERO)
+        }
+        None => conv2d_bwd_weight(x, dy, g, isa),
+    }
+}
+
 fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
     let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
     let total = g.n * g.c_out * p;
     if total == 0 || k == 0 {
         return vec![T::ZERO; total];
+    }
+    if is_pointwise(g) && p == 1 {
+        // 1x1 maps: out [N, C_out] = x [N, C_in] @ W^T, one GEMM over the whole batch (per
+        // image it would be N matrix-vector products, each reading all of W).
+        let lx = Layout::contiguous([1, g.n, g.c_in]);
+        let lw = Layout::new(Shape::new(vec![1, g.c_in, g.c_out]), vec![0, 1, g.c_in], 0);
+        return T::gemm(x, &lx, w, &lw, isa);
     }
     if is_pointwise(g) {
         // out[n] = W [C_out, C_in] @ x[n] [C_in, H*W]: the GEMM with W broadcast over images.
@@ -333,22 +375,28 @@ fn conv2d_bwd_input<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa)
     conv2d_bwd_input_col2im(dy, w, g, isa)
 }
 
-/// The input gradient of a strided convolution: per task (image, group, block of input
-/// channels), `colgrad = W_g^T dy` for a block of pixels on the micro-kernel, then col2im
-/// adds it into the task's own `dx` planes.
+/// The input gradient of a strided convolution: per task (block of images, group, block of
+/// input channels), `colgrad = W_g^T dy` for a block of columns on the micro-kernel, then
+/// col2im adds it into the task's own `dx` planes. Small maps put several images in one
+/// block, so the micro-kernel's columns are filled and the packed `W_g^T` is read once per
+/// block instead of once per image (at 1x1 maps, per image it was a matrix-vector product).
 fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
     let (p, k, cin_g, cout_g) = (g.p(), g.k(), g.cin_g(), g.cout_g());
     let (hw, khw) = (g.h * g.w, g.kh * g.kw);
     let kern = T::micro_kernel(isa);
     let (mr, nr) = (kern.mr, kern.nr);
+    // Images per block: a function of the shape alone, so the order of the adds into each
+    // `dx` element does not follow the thread count.
+    let nb = (NC_MAX / p).clamp(1, g.n);
+    let iblocks = g.n.div_ceil(nb);
     let threads = rayon::current_num_threads().max(1);
-    let splits = (2 * threads).div_ceil(g.n * g.groups).clamp(1, cin_g);
+    let splits = (2 * threads).div_ceil(iblocks * g.groups).clamp(1, cin_g);
     let cib = cin_g.div_ceil(splits);
-    let cols_ok = valid_columns(g);
-    let nc = NC_MAX.min(round_up(p, nr));
-    // W_g^T per (group, channel block): rows = the taps of the block's input channels,
-    // depth C_out/G; packed once, shared by every image.
     let cblocks = cin_g.div_ceil(cib);
+    let cols_ok = valid_columns(g);
+    let nc = NC_MAX.min(round_up(nb * p, nr));
+    // W_g^T per (group, channel block): rows = the taps of the block's input channels,
+    // depth C_out/G; packed once, shared by every image block.
     let wt_blocks: Vec<Vec<T>> = (0..g.groups * cblocks)
         .into_par_iter()
         .map(|gb| {
@@ -358,61 +406,87 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
             pack_row_panels(w, gi * cout_g * k + kr0, (0, 1, k), 1, rows, cout_g, mr)
         })
         .collect();
-    let mut dx = vec![T::ZERO; g.n * g.c_in * hw];
-    dx.par_chunks_mut(cin_g * hw)
-        .enumerate()
-        .for_each(|(ng, dxg)| {
-            let (ni, gi) = (ng / g.groups, ng % g.groups);
-            dxg.par_chunks_mut(cib * hw)
-                .enumerate()
-                .for_each(|(bi, dxb)| {
-                    let rows = (dxb.len() / hw) * khw;
-                    let apack = &wt_blocks[gi * cblocks + bi];
-                    let mut bpack = vec![T::ZERO; KC.min(cout_g) * nc];
-                    let mut c = vec![T::ZERO; rows * nc];
-                    let mut runs = Vec::new();
-                    for j0 in (0..p).step_by(nc) {
-                        let ncols = nc.min(p - j0);
-                        let c = &mut c[..rows * ncols];
-                        c.fill(T::ZERO);
-                        for pc in (0..cout_g).step_by(KC) {
-                            let kc = KC.min(cout_g - pc);
-                            for q in 0..ncols.div_ceil(nr) {
-                                let live = nr.min(ncols - q * nr);
-                                for kk in 0..kc {
-                                    let src =
-                                        (ni * g.c_out + gi * cout_g + pc + kk) * p + j0 + q * nr;
-                                    let dst =
-                                        &mut bpack[(q * kc + kk) * nr..(q * kc + kk + 1) * nr];
-                                    dst[..live].copy_from_slice(&dy[src..src + live]);
-                                    dst[live..].fill(T::ZERO);
-                                }
+    // Task (image block, group, channel block) -> its planes `[images, channels, H*W]`.
+    let parts: Vec<Vec<T>> = (0..iblocks * g.groups * cblocks)
+        .into_par_iter()
+        .map(|t| {
+            let (ib, gi, bi) = (
+                t / (g.groups * cblocks),
+                (t / cblocks) % g.groups,
+                t % cblocks,
+            );
+            let (n0, chans) = (ib * nb, cib.min(cin_g - bi * cib));
+            let cols = nb.min(g.n - n0) * p;
+            let rows = chans * khw;
+            let apack = &wt_blocks[gi * cblocks + bi];
+            let mut dxb = vec![T::ZERO; cols / p * chans * hw];
+            let mut bpack = vec![T::ZERO; KC.min(cout_g) * nc];
+            let mut c = vec![T::ZERO; rows * nc];
+            let mut runs = Vec::new();
+            for j0 in (0..cols).step_by(nc) {
+                let ncols = nc.min(cols - j0);
+                let c = &mut c[..rows * ncols];
+                c.fill(T::ZERO);
+                for pc in (0..cout_g).step_by(KC) {
+                    let kc = KC.min(cout_g - pc);
+                    for q in 0..ncols.div_ceil(nr) {
+                        let live = nr.min(ncols - q * nr);
+                        for kk in 0..kc {
+                            let dst = &mut bpack[(q * kc + kk) * nr..(q * kc + kk + 1) * nr];
+                            // Columns `n0*P + j0 + q*nr ..`, cut where an image ends.
+                            let mut at = 0;
+                            while at < live {
+                                let col = n0 * p + j0 + q * nr + at;
+                                let (ni, pix) = (col / p, col % p);
+                                let seg = (p - pix).min(live - at);
+                                let src = (ni * g.c_out + gi * cout_g + pc + kk) * p + pix;
+                                dst[at..at + seg].copy_from_slice(&dy[src..src + seg]);
+                                at += seg;
                             }
-                            let a_panel = |q: usize| &apack[(q * cout_g + pc) * mr..][..kc * mr];
-                            multiply_block(&kern, kc, a_panel, &bpack, c, rows, ncols);
-                        }
-                        // col2im: dx[ci, iy, ix] += colgrad[(ci, ky, kx), pixel].
-                        pixel_runs(g, ni * p + j0, ncols, usize::MAX, &mut runs);
-                        for r in 0..rows {
-                            let (ci, ky, kx) = (r / khw, (r % khw) / g.kw, r % g.kw);
-                            let plane = &mut dxb[ci * hw..(ci + 1) * hw];
-                            let crow = &c[r * ncols..(r + 1) * ncols];
-                            let ok = &cols_ok[kx];
-                            for run in &runs {
-                                let Some(iy) = input_row(g, run.oy, ky) else {
-                                    continue;
-                                };
-                                let lo = ok.start.clamp(run.ox, run.ox + run.len);
-                                let hi = ok.end.clamp(lo, run.ox + run.len);
-                                let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-                                for ox in lo..hi {
-                                    let ix = ox * g.stride.1 + kx * g.dilation.1 - g.padding.1;
-                                    dst[ix] += crow[run.at + ox - run.ox];
-                                }
-                            }
+                            dst[live..].fill(T::ZERO);
                         }
                     }
-                });
+                    let a_panel = |q: usize| &apack[(q * cout_g + pc) * mr..][..kc * mr];
+                    multiply_block(&kern, kc, a_panel, &bpack, c, rows, ncols);
+                }
+                // col2im: dx[n, ci, iy, ix] += colgrad[(ci, ky, kx), (n, pixel)].
+                pixel_runs(g, n0 * p + j0, ncols, usize::MAX, &mut runs);
+                for r in 0..rows {
+                    let (ci, ky, kx) = (r / khw, (r % khw) / g.kw, r % g.kw);
+                    let crow = &c[r * ncols..(r + 1) * ncols];
+                    let ok = &cols_ok[kx];
+                    for run in &runs {
+                        let Some(iy) = input_row(g, run.oy, ky) else {
+                            continue;
+                        };
+                        let plane = ((run.n - n0) * chans + ci) * hw;
+                        let lo = ok.start.clamp(run.ox, run.ox + run.len);
+                        let hi = ok.end.clamp(lo, run.ox + run.len);
+                        let dst = &mut dxb[plane + iy * g.w..plane + (iy + 1) * g.w];
+                        for ox in lo..hi {
+                            let ix = ox * g.stride.1 + kx * g.dilation.1 - g.padding.1;
+                            dst[ix] += crow[run.at + ox - run.ox];
+                        }
+                    }
+                }
+            }
+            dxb
+        })
+        .collect();
+    let mut dx = vec![T::ZERO; g.n * g.c_in * hw];
+    dx.par_chunks_mut(g.c_in * hw)
+        .enumerate()
+        .for_each(|(ni, dxn)| {
+            let (ib, img) = (ni / nb, ni % nb);
+            for gi in 0..g.groups {
+                for bi in 0..cblocks {
+                    let chans = cib.min(cin_g - bi * cib);
+                    let part = &parts[(ib * g.groups + gi) * cblocks + bi];
+                    let src = &part[img * chans * hw..(img + 1) * chans * hw];
+                    let at = (gi * cin_g + bi * cib) * hw;
+                    dxn[at..at + chans * hw].copy_from_slice(src);
+                }
+            }
         });
     dx
 }
@@ -526,7 +600,7 @@ impl ConvBackend for CpuStorage {
         Conv2dGeom::expect_dims(op, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
         let data = float_pair!(op, self, w, |x, wv| {
             let (x, wv) = (contiguous_cow(x, x_layout), contiguous_cow(wv, w_layout));
-            conv2d_fwd(&x, &wv, g, detect_isa())
+            forward(&x, &wv, g, detect_isa())
         });
         Ok(CpuStorage::new(data))
     }
@@ -544,7 +618,7 @@ impl ConvBackend for CpuStorage {
         Conv2dGeom::expect_dims(op, "weight", w_layout, [g.c_out, g.cin_g(), g.kh, g.kw])?;
         let data = float_pair!(op, self, w, |dy, wv| {
             let (dy, wv) = (contiguous_cow(dy, dy_layout), contiguous_cow(wv, w_layout));
-            conv2d_bwd_input(&dy, &wv, g, detect_isa())
+            backward_input(&dy, &wv, g, detect_isa())
         });
         Ok(CpuStorage::new(data))
     }
@@ -562,7 +636,7 @@ impl ConvBackend for CpuStorage {
         Conv2dGeom::expect_dims(op, "output gradient", dy_layout, [g.n, g.c_out, g.oh, g.ow])?;
         let data = float_pair!(op, self, dy, |x, dyv| {
             let (x, dyv) = (contiguous_cow(x, x_layout), contiguous_cow(dyv, dy_layout));
-            conv2d_bwd_weight(&x, &dyv, g, detect_isa())
+            backward_weight(&x, &dyv, g, detect_isa())
         });
         Ok(CpuStorage::new(data))
     }
@@ -726,6 +800,13 @@ mod tests {
             (2, 16, 32, 32, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (2, 16, 32, 32, 16, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             (3, 16, 8, 8, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // Dead taps (`live_taps.rs`): ResNet-18's layer4 on 32 px pictures (1x1 maps, the
+            // centre tap alone: the batched pointwise GEMM) and its stride-2 entry (2x2 -> 1x1,
+            // taps 1..=2), a 7x7 stem on a 2x3 picture, and a dilated 1-row map.
+            (5, 40, 1, 1, 36, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (4, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            (2, 3, 2, 3, 8, 7, 7, (2, 2), (3, 3), (1, 1), 1),
+            (2, 6, 1, 9, 4, 3, 3, (1, 1), (2, 1), (2, 1), 2),
         ]
     }
 
@@ -755,9 +836,9 @@ mod tests {
             let (xt, wt, dyt) = (cast(&x), cast(&w), cast(&dy));
             for isa in isas() {
                 let got = [
-                    conv2d_fwd(&xt, &wt, &g, isa),
-                    conv2d_bwd_input(&dyt, &wt, &g, isa),
-                    conv2d_bwd_weight(&xt, &dyt, &g, isa),
+                    forward(&xt, &wt, &g, isa),
+                    backward_input(&dyt, &wt, &g, isa),
+                    backward_weight(&xt, &dyt, &g, isa),
                 ];
                 for ((name, got), (want, mag)) in ["forward", "grad input", "grad weight"]
                     .iter()
@@ -871,6 +952,9 @@ mod tests {
             (2, 8, 11, 10, 24, 3, 3, (2, 2), (1, 1), (1, 1), 2),
             // Enough pixels for several weight-gradient depth chunks.
             (3, 3, 48, 48, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // Dead taps cropped: 1x1 and 2x2 -> 1x1 maps.
+            (6, 40, 1, 1, 72, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (6, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
         ] {
             let g = geom(case);
             let x: Vec<f32> = random(g.n * g.c_in * g.h * g.w, 1)
@@ -893,9 +977,9 @@ mod tests {
                 pool.install(|| {
                     let isa = detect_isa();
                     (
-                        conv2d_fwd(&x, &w, &g, isa),
-                        conv2d_bwd_input(&dy, &w, &g, isa),
-                        conv2d_bwd_weight(&x, &dy, &g, isa),
+                        forward(&x, &w, &g, isa),
+                        backward_input(&dy, &w, &g, isa),
+                        backward_weight(&x, &dy, &g, isa),
                     )
                 })
             };

@@ -1,4 +1,5 @@
-//! CPU kernels for the fused optimizer updates (see `backend/optim.rs` for the math).
+//! CPU kernels for the fused optimizer updates and the weight EMA (see `backend/optim.rs`
+//! for the math).
 //! Each update is one Rayon-parallel pass over the parameter, its gradient and its state;
 //! the scalar factors (bias corrections, decay) are computed once in f64 and cast to `T`.
 //! A non-contiguous parameter view is gathered, updated and scattered back.
@@ -46,6 +47,17 @@ fn adam_kernel<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &Ada
                 m[i] = mi;
                 v[i] = vi;
                 p[i] = pi - step_size * mi / (vi.sqrt() * inv_bc2_sqrt + eps);
+            }
+        });
+}
+
+fn ema_kernel<T: Float>(s: &mut [T], p: &[T], decay: f64) {
+    let (d, od) = (T::from_f64(decay), T::from_f64(1.0 - decay));
+    s.par_chunks_mut(CHUNK)
+        .zip(p.par_chunks(CHUNK))
+        .for_each(|(s, p)| {
+            for (si, &pi) in s.iter_mut().zip(p) {
+                *si = d * *si + od * pi;
             }
         });
 }
@@ -159,6 +171,39 @@ impl OptimBackend for CpuStorage {
             (CpuData::F64(p), CpuData::F64(g), CpuData::F64(m), CpuData::F64(v)) => {
                 let g = contiguous_cow(g, grad_layout);
                 on_view(p, layout, |p| adam_kernel(p, &g, m, v, hyper));
+            }
+            _ => {
+                return Err(Error::UnsupportedDType {
+                    op: OP,
+                    dtype: self.dtype(),
+                    expected: "f32 or f64",
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn ema_step(
+        &mut self,
+        layout: &Layout,
+        param: &Self,
+        param_layout: &Layout,
+        decay: f64,
+    ) -> Result<()> {
+        const OP: &str = "ema_step";
+        check_view(OP, layout, self.len())?;
+        check_view(OP, param_layout, param.len())?;
+        if param.dtype() != self.dtype() {
+            return Err(dtype_error(OP, self, param));
+        }
+        match (&mut self.data, &param.data) {
+            (CpuData::F32(s), CpuData::F32(p)) => {
+                let p = contiguous_cow(p, param_layout);
+                on_view(s, layout, |s| ema_kernel(s, &p, decay));
+            }
+            (CpuData::F64(s), CpuData::F64(p)) => {
+                let p = contiguous_cow(p, param_layout);
+                on_view(s, layout, |s| ema_kernel(s, &p, decay));
             }
             _ => {
                 return Err(Error::UnsupportedDType {

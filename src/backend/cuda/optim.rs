@@ -114,6 +114,34 @@ impl OptimBackend for CudaStorage {
             .launch(FILE, &format!("adam_{sfx}"), launch_1d(n, BLOCK), args)
     }
 
+    fn ema_step(
+        &mut self,
+        layout: &Layout,
+        param: &Self,
+        param_layout: &Layout,
+        decay: f64,
+    ) -> Result<()> {
+        const OP: &str = "ema_step";
+        let sfx = float_suffix(OP, self.dtype)?;
+        let n = layout.elem_count();
+        self.check_view(OP, layout)?;
+        param.check_view(OP, param_layout)?;
+        check_writable(OP, layout)?;
+        check_dtype(OP, self.dtype, param.dtype)?;
+        let mut args = kernel_args![
+            self.ptr(),
+            StridedArg::new(layout)?,
+            param.ptr(),
+            StridedArg::new(param_layout)?,
+            n as u64
+        ];
+        for s in [decay, 1.0 - decay] {
+            args = push_t(args, self.dtype, s);
+        }
+        self.dev()
+            .launch(FILE, &format!("ema_{sfx}"), launch_1d(n, BLOCK), args)
+    }
+
     fn sgd_step(
         &mut self,
         layout: &Layout,

@@ -178,7 +178,7 @@ pub fn train_image_classifier(
     model.train();
     let pb = super::progress::bar(cfg.steps, &format!("resnet-18 {what}"), cfg.progress);
     let t0 = Instant::now();
-    let (mut first_loss, mut final_loss) = (f64::NAN, f64::NAN);
+    let mut trace = crate::train::loss_trace::LossTrace::new(format!("{what} classifier"));
     for step in 0..cfg.steps {
         schedule.apply(&mut opt, step);
         let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(step) ^ 0xC1A5);
@@ -190,23 +190,11 @@ pub fn train_image_classifier(
         let targets = Tensor::from_vec(labels, idx.len(), device)?;
         let loss = cross_entropy(&model.forward(&images)?, &targets, opts)?;
         let lv = loss.item()?;
-        if !lv.is_finite() {
-            return Err(Error::msg(format!(
-                "{what} classifier training diverged at step {step}: loss {lv}"
-            )));
-        }
+        trace.record(step, lv)?;
         opt.zero_grad();
         loss.backward()?;
         opt.step()?;
-        if step == 0 {
-            first_loss = lv;
-        }
-        final_loss = if final_loss.is_nan() {
-            lv
-        } else {
-            0.9 * final_loss + 0.1 * lv
-        };
-        pb.set_message(format!("loss {final_loss:.3}"));
+        pb.set_message(format!("loss {:.3}", trace.smoothed()));
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -219,8 +207,8 @@ pub fn train_image_classifier(
     }
     Ok(ClassifierReport {
         steps: cfg.steps,
-        first_loss,
-        final_loss,
+        first_loss: trace.first(),
+        final_loss: trace.smoothed(),
         test_accuracy,
         test_images: test_idx.len(),
         seconds,

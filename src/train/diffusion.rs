@@ -235,7 +235,7 @@ pub fn train_diffusion_on(
     let pb = crate::train::progress::bar(cfg.steps, "diffusion", cfg.progress);
     pb.set_position(start.min(cfg.steps));
     let t0 = Instant::now();
-    let (mut first_loss, mut final_loss) = (f64::NAN, f64::NAN);
+    let mut trace = crate::train::loss_trace::LossTrace::new("diffusion");
     let end = cfg.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in start..end {
         schedule.apply(&mut opt, step);
@@ -243,25 +243,13 @@ pub fn train_diffusion_on(
         let prompts: Vec<&str> = batch.captions.iter().map(|s| s.as_str()).collect();
         let loss = model.training_loss(&batch.x0, &prompts, &batch.t, &batch.noise)?;
         let lv = loss.item()?;
-        if !lv.is_finite() {
-            return Err(Error::msg(format!(
-                "diffusion training diverged at step {step}: loss {lv}"
-            )));
-        }
+        trace.record(step, lv)?;
         opt.zero_grad();
         loss.backward()?;
         clip_grad_norm(&params, 1.0)?;
         opt.step()?;
         ema.update(&params)?;
-        if first_loss.is_nan() {
-            first_loss = lv;
-        }
-        final_loss = if final_loss.is_nan() {
-            lv
-        } else {
-            0.9 * final_loss + 0.1 * lv
-        };
-        pb.set_message(format!("loss {final_loss:.4}"));
+        pb.set_message(format!("loss {:.4}", trace.smoothed()));
         pb.inc(1);
         let done = step + 1;
         if let Some(path) = &cfg.checkpoint {
@@ -277,8 +265,8 @@ pub fn train_diffusion_on(
     Ok(DiffusionReport {
         start_step: start,
         steps: cfg.steps,
-        first_loss,
-        final_loss,
+        first_loss: trace.first(),
+        final_loss: trace.smoothed(),
         seconds,
         images_per_second: (done as usize * cfg.batch_size) as f64 / seconds.max(1e-9),
         parameters: model.num_parameters(),

@@ -7,6 +7,7 @@ pub mod clip;
 pub mod diffusion;
 pub mod diffusion_data;
 pub mod diffusion_demo;
+pub mod loss_trace;
 pub mod prior;
 pub mod progress;
 pub mod shapes_resnet;

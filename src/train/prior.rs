@@ -111,7 +111,7 @@ pub fn train_prior(
     cond.prior.train();
     let pb = crate::train::progress::bar(cfg.steps, "prior", cfg.progress);
     let t0 = Instant::now();
-    let (mut first_loss, mut final_loss) = (f64::NAN, f64::NAN);
+    let mut trace = crate::train::loss_trace::LossTrace::new("prior");
     let n = targets.dims()[0];
     for step in 0..cfg.steps {
         schedule.apply(&mut opt, step);
@@ -134,23 +134,11 @@ pub fn train_prior(
         let target = targets.index_select(&rows, 0)?;
         let loss = cond.prior.loss(&text, &ids, &target)?;
         let lv = loss.item()?;
-        if !lv.is_finite() {
-            return Err(Error::msg(format!(
-                "prior training diverged at step {step}: loss {lv}"
-            )));
-        }
+        trace.record(step, lv)?;
         opt.zero_grad();
         loss.backward()?;
         opt.step()?;
-        if first_loss.is_nan() {
-            first_loss = lv;
-        }
-        final_loss = if final_loss.is_nan() {
-            lv
-        } else {
-            0.9 * final_loss + 0.1 * lv
-        };
-        pb.set_message(format!("mse {final_loss:.5}"));
+        pb.set_message(format!("mse {:.5}", trace.smoothed()));
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -160,8 +148,8 @@ pub fn train_prior(
     let (held_out, clip_text_baseline) = evaluate_prior(cond, &test)?;
     Ok(PriorReport {
         steps: cfg.steps,
-        first_loss,
-        final_loss,
+        first_loss: trace.first(),
+        final_loss: trace.smoothed(),
         seconds,
         parameters: cond.prior.num_parameters(),
         held_out,

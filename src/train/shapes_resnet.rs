@@ -132,30 +132,18 @@ pub fn train_shapes_resnet(model: &ResNet18, cfg: &ResNetTrainConfig) -> Result<
     model.train();
     let pb = crate::train::progress::bar(cfg.steps, "resnet-18", cfg.progress);
     let t0 = Instant::now();
-    let (mut first_loss, mut final_loss) = (f64::NAN, f64::NAN);
+    let mut trace = crate::train::loss_trace::LossTrace::new("resnet");
     for step in 0..cfg.steps {
         schedule.apply(&mut opt, step);
         let seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(step);
         let batch = ShapesDataset::generate(cfg.batch_size, &opts, seed, device)?;
         let loss = shape_colour_loss(&model.forward(&batch.images)?, &batch.labels)?;
         let lv = loss.item()?;
-        if !lv.is_finite() {
-            return Err(Error::msg(format!(
-                "resnet training diverged at step {step}: loss {lv}"
-            )));
-        }
+        trace.record(step, lv)?;
         opt.zero_grad();
         loss.backward()?;
         opt.step()?;
-        if step == 0 {
-            first_loss = lv;
-        }
-        final_loss = if final_loss.is_nan() {
-            lv
-        } else {
-            0.9 * final_loss + 0.1 * lv
-        };
-        pb.set_message(format!("loss {final_loss:.3}"));
+        pb.set_message(format!("loss {:.3}", trace.smoothed()));
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -168,8 +156,8 @@ pub fn train_shapes_resnet(model: &ResNet18, cfg: &ResNetTrainConfig) -> Result<
     }
     Ok(ResNetReport {
         steps: cfg.steps,
-        first_loss,
-        final_loss,
+        first_loss: trace.first(),
+        final_loss: trace.smoothed(),
         accuracy: acc,
         seconds,
         images_per_second: (cfg.steps as usize * cfg.batch_size) as f64 / seconds.max(1e-9),

@@ -2,6 +2,8 @@
 //! gradient), caption de-duplication being exact, exact resume, and learning on real
 //! Fashion-MNIST (skipped, with a printed line, when the data is absent).
 
+mod common;
+
 use std::io::Write;
 use std::path::PathBuf;
 use tessera::autograd::gradcheck::{check_gradients, GradCheck};
@@ -405,18 +407,11 @@ fn shifted_images_translate_within_the_bound() {
     assert!(seen.len() > 5, "shifts barely vary: {seen:?}");
 }
 
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("TESSERA_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    d.join("fashion-mnist").is_dir().then_some(d)
-}
-
 /// The seed model learns Fashion-MNIST from 100 images per class: the loss drops and
 /// zero-shot accuracy on 1,000 test images is far above chance (0.1).
 #[test]
 fn seed_model_learns_fashion_mnist_subset() {
-    let Some(dir) = data_dir() else {
+    let Some(dir) = common::fashion_mnist_dir() else {
         println!("skipped: no Fashion-MNIST under ../shared/data (set TESSERA_DATA)");
         return;
     };

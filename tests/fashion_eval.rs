@@ -9,6 +9,8 @@
 //! Fashion-MNIST), so they always run; one test learns a subset of the real files and is
 //! skipped without them (set TESSERA_DATA).
 
+mod common;
+
 use std::path::PathBuf;
 use tessera::data::mnist::{load_dataset, CaptionedImages, DatasetName, Split, FASHION_CAPTIONS};
 use tessera::data::PromptTokenizer;
@@ -476,18 +478,11 @@ fn cli_refuses_a_judge_of_another_dataset_and_names_missing_files() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("TESSERA_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    d.join("fashion-mnist").is_dir().then_some(d)
-}
-
 /// The real files: 120 steps of 32 pictures already classify held-out pictures far above
 /// chance (0.1), read exactly as the diffusion data pads them.
 #[test]
 fn classifier_learns_real_fashion_mnist() {
-    let Some(dir) = data_dir() else {
+    let Some(dir) = common::fashion_mnist_dir() else {
         println!("skipped: no Fashion-MNIST under ../shared/data (set TESSERA_DATA)");
         return;
     };

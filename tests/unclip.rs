@@ -433,16 +433,9 @@ fn cli_argument_errors_say_what_is_wrong() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("TESSERA_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    d.join("fashion-mnist").is_dir().then_some(d)
-}
-
 #[test]
 fn fashion_mnist_batches_are_padded_gray_and_reproducible() {
-    let Some(dir) = data_dir() else {
+    let Some(dir) = common::fashion_mnist_dir() else {
         println!("skipped: no Fashion-MNIST under ../shared/data (set TESSERA_DATA)");
         return;
     };

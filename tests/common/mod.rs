@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests (a test file that needs them says `mod common;`).
+//! Each test file is its own crate and uses only some of them.
+#![allow(dead_code)]
 
+use std::path::PathBuf;
 use tessera::diffusion::{BetaSchedule, DiffusionConfig, Prediction};
 use tessera::models::unet::UNetConfig;
 
@@ -30,4 +33,13 @@ pub fn tiny_diffusion_config() -> DiffusionConfig {
         text_heads: 2,
         text_layers: 1,
     }
+}
+
+/// The data folder holding `fashion-mnist/` (`TESSERA_DATA`, else `../shared/data`), if it is
+/// there; tests that need the real files skip without it.
+pub fn fashion_mnist_dir() -> Option<PathBuf> {
+    let d = std::env::var_os("TESSERA_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    d.join("fashion-mnist").is_dir().then_some(d)
 }

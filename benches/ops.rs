@@ -6,6 +6,10 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tessera::{DType, Device, Tensor};
 
+/// The engine's caching host allocator, as in the `tessera` binary (see `tessera::alloc`).
+#[global_allocator]
+static ALLOC: tessera::alloc::CachingAllocator = tessera::alloc::CachingAllocator::new();
+
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn_with_seed(shape.to_vec(), DType::F32, Device::Cpu, seed, 0).unwrap()
 }

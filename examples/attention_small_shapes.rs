@@ -9,6 +9,10 @@ use std::time::Instant;
 use tessera::ops::AttentionOpts;
 use tessera::{DType, Device, Tensor};
 
+/// The engine's caching host allocator, as in the `tessera` binary (see `tessera::alloc`).
+#[global_allocator]
+static ALLOC: tessera::alloc::CachingAllocator = tessera::alloc::CachingAllocator::new();
+
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
     let mut best = f64::INFINITY;

@@ -23,6 +23,10 @@ use tessera::optim::{clip_grad_norm, AdamW, AdamWConfig, Ema, Optimizer};
 use tessera::random::Rng;
 use tessera::{DType, Device, Result, Tensor};
 
+/// The engine's caching host allocator, as in the `tessera` binary (see `tessera::alloc`).
+#[global_allocator]
+static ALLOC: tessera::alloc::CachingAllocator = tessera::alloc::CachingAllocator::new();
+
 fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
     std::env::var(k)
         .ok()

@@ -6,6 +6,10 @@ use tessera::nn::Module;
 use tessera::optim::{AdamW, AdamWConfig, Optimizer};
 use tessera::{Device, Tensor};
 
+/// The engine's caching host allocator, as in the `tessera` binary (see `tessera::alloc`).
+#[global_allocator]
+static ALLOC: tessera::alloc::CachingAllocator = tessera::alloc::CachingAllocator::new();
+
 fn main() -> tessera::Result<()> {
     let corpus = text::builtin_corpus();
     let tok = CharTokenizer::from_text(&corpus);

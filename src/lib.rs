@@ -21,6 +21,7 @@
 // The CLI (src/cli/) is written like user code, against `tessera::...` paths.
 extern crate self as tessera;
 
+pub mod alloc;
 pub mod autograd;
 pub mod backend;
 pub mod bench;

@@ -363,7 +363,7 @@ mod tests {
             1 << 33,
         ] {
             let c = size_class(size);
-            assert!(c >= size && c % PAGE == 0, "{size} -> {c}");
+            assert!(c >= size && c.is_multiple_of(PAGE), "{size} -> {c}");
             assert!((c - size) as f64 <= size as f64 / 8.0, "{size} -> {c}");
             assert_eq!(size_class(c), c, "a class is its own class");
         }

@@ -34,8 +34,13 @@ use crate::tensor::{DType, Layout, WithDType};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
-/// Query rows per tile.
+/// Query rows per forward tile.
 const BQ: usize = 16;
+/// Query rows per backward tile: deeper than the forward's, because `dV += Pᵀ·dO` and
+/// `dK += dSᵀ·Q` sum over the tile's rows, and each register tile of theirs loads and stores
+/// its accumulators once per tile. The sums run over the rows in ascending order whatever the
+/// tile height, so the bits do not depend on it.
+const BQ_BWD: usize = 32;
 /// Keys per tile (`BK`, a const parameter of the kernels): the width of a score row, four
 /// 16-lane AVX-512 vectors of f32; shorter key sequences take a narrower tile
 /// ([`key_block`]), so a 12-token text is not padded to 64 columns of scores.
@@ -532,7 +537,9 @@ fn fwd<T: Float, const BK: usize>(
                             // Rescale what earlier key blocks summed; nothing to rescale on the
                             // row's first block (l and acc are 0, and exp(-inf) would only
                             // multiply them by 0): with one key block, no scalar exp per row.
-                            if m[r] != T::NEG_INFINITY {
+                            // (Also nothing when the maximum did not move: the factor would be
+                            // exp(0) = 1 exactly.)
+                            if m[r] != T::NEG_INFINITY && mnew != m[r] {
                                 let corr = (m[r] - mnew).exp();
                                 l[r] *= corr;
                                 acc[r * dv..(r + 1) * dv]
@@ -601,9 +608,9 @@ struct TileScratch<T> {
 impl<T: Float> TileScratch<T> {
     fn new<const BK: usize>(dm: Dims) -> Self {
         TileScratch {
-            qs: vec![T::ZERO; BQ * dm.d],
-            pm: vec![T::ZERO; BQ * BK],
-            ds: vec![T::ZERO; BQ * BK],
+            qs: vec![T::ZERO; BQ_BWD * dm.d],
+            pm: vec![T::ZERO; BQ_BWD * BK],
+            ds: vec![T::ZERO; BQ_BWD * BK],
         }
     }
 }
@@ -720,8 +727,8 @@ fn bwd_one_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T
                 || {
                     let mut sc = TileScratch::new::<BK>(b.dm);
                     let (qo, row0) = (bhi * tq * d, bhi * tq);
-                    for i0 in (0..tq).step_by(BQ) {
-                        let nr = BQ.min(tq - i0);
+                    for i0 in (0..tq).step_by(BQ_BWD) {
+                        let nr = BQ_BWD.min(tq - i0);
                         for kb in (0..tk).step_by(BK) {
                             if b.hidden(i0 + nr, kb) {
                                 break;
@@ -746,15 +753,15 @@ fn bwd_one_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T
 /// [`bwd_one_pass`].
 fn bwd_two_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
     let Dims { tq, tk, d, dv, .. } = b.dm;
-    let nqb = tq.div_ceil(BQ);
+    let nqb = tq.div_ceil(BQ_BWD);
     let dq_blocks: Vec<Vec<T>> = (0..b.dm.bh * nqb)
         .into_par_iter()
         .map(|task| {
             vectorized(
                 #[inline(always)]
                 || {
-                    let (bhi, i0) = (task / nqb, (task % nqb) * BQ);
-                    let nr = BQ.min(tq - i0);
+                    let (bhi, i0) = (task / nqb, (task % nqb) * BQ_BWD);
+                    let nr = BQ_BWD.min(tq - i0);
                     let mut sc = TileScratch::new::<BK>(b.dm);
                     let mut dq = vec![T::ZERO; nr * d];
                     for kb in (0..tk).step_by(BK) {
@@ -784,8 +791,8 @@ fn bwd_two_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T
                     let mut dk = vec![T::ZERO; nb * d];
                     let mut dvb = vec![T::ZERO; nb * dv];
                     let (qo, row0) = (bhi * tq * d, bhi * tq);
-                    for i0 in (0..tq).step_by(BQ) {
-                        let nr = BQ.min(tq - i0);
+                    for i0 in (0..tq).step_by(BQ_BWD) {
+                        let nr = BQ_BWD.min(tq - i0);
                         if b.hidden(i0 + nr, kb) {
                             continue;
                         }

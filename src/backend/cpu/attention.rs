@@ -8,11 +8,15 @@
 //! (and, in the backward, the value block into `Dv x BK`), so the scores `S = (scale·Q)·Kᵀ`
 //! (and `dP = dO·Vᵀ`) are computed `RB` rows at a time with `BK`-wide vector FMAs whose `RB`
 //! rows share every load of the transposed block: no per-key dot product, however small the
-//! head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over contiguous rows.
+//! head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over contiguous rows, register-blocked
+//! over 4 rows (or keys) and a chunk of columns. For f32 on AVX-512 all five products run on
+//! the `4 x 64` (or `x 32`, `x 16`) register tile of `attention_tile.rs`, written with
+//! intrinsics, whose sums are bit for bit those of the portable loops here (which serve f64,
+//! AVX2, the baseline and the last `w mod 16` columns).
 //!
 //! Forward: one Rayon task per (batch·head, query block) walks the key blocks, folding each
 //! `BQ x BK` tile into its rows' online softmax; scratch is one tile and the `BQ x Dv`
-//! accumulator. Backward: each tile recomputes `P = exp(S - lse)` and `dS`; when there are at
+//! accumulator. Backward (tiles of `BQ_BWD` = 32 queries): each tile recomputes `P = exp(S - lse)` and `dS`; when there are at
 //! least as many batch·heads as threads, one task per batch·head takes dQ, dK and dV from a
 //! single pass over its tiles; otherwise two race-free passes (FlashAttention-2's split: one
 //! task per (batch·head, query block) for dQ, one per (batch·head, key block) for dK and dV)

@@ -58,12 +58,22 @@ fn run_all(dtype: DType) -> Result<Vec<(String, Vec<f64>)>> {
         )?;
     }
     // Attention: short sequences (single-pass backward) and longer ones (blocked backward),
-    // causal and not.
-    for (t, causal) in [(17usize, false), (17, true), (150, false), (150, true)] {
-        let q = Tensor::randn_with_seed((2, 3, t, 16), dtype, dev, 10 + t as u64, 0)?;
-        let k = Tensor::randn_with_seed((2, 3, t, 16), dtype, dev, 11 + t as u64, 0)?;
-        let v = Tensor::randn_with_seed((2, 3, t, 16), dtype, dev, 12 + t as u64, 0)?;
-        let g = Tensor::randn_with_seed((2, 3, t, 16), dtype, dev, 13 + t as u64, 0)?;
+    // causal and not; head dims that the f32 AVX-512 register tiles cover whole (16, 48 =
+    // 32 + 16, 128 = 2 x 64) and with a tail left to the portable loops (72 = 64 + 8, a
+    // value dim of 40 = 32 + 8, 20 = 16 + 4).
+    for (t, causal, d, dv) in [
+        (17usize, false, 16usize, 16usize),
+        (17, true, 16, 16),
+        (150, false, 16, 16),
+        (150, true, 16, 16),
+        (70, false, 72, 40),
+        (45, true, 48, 20),
+        (33, false, 128, 128),
+    ] {
+        let q = Tensor::randn_with_seed((2, 3, t, d), dtype, dev, 10 + t as u64, 0)?;
+        let k = Tensor::randn_with_seed((2, 3, t, d), dtype, dev, 11 + t as u64, 0)?;
+        let v = Tensor::randn_with_seed((2, 3, t, dv), dtype, dev, 12 + t as u64, 0)?;
+        let g = Tensor::randn_with_seed((2, 3, t, dv), dtype, dev, 13 + t as u64, 0)?;
         for p in [&q, &k, &v] {
             p.set_requires_grad(true)?;
         }
@@ -73,10 +83,10 @@ fn run_all(dtype: DType) -> Result<Vec<(String, Vec<f64>)>> {
         };
         let o = scaled_dot_product_attention(&q, &k, &v, &opts)?;
         o.backward_with(&g)?;
-        push(&format!("attention T{t} causal {causal}"), &o)?;
+        push(&format!("attention T{t} d{d} causal {causal}"), &o)?;
         for (n, p) in [("q", &q), ("k", &k), ("v", &v)] {
             push(
-                &format!("attention T{t} causal {causal} d{n}"),
+                &format!("attention T{t} d{d} causal {causal} d{n}"),
                 &p.grad().expect("grad"),
             )?;
         }

@@ -8,11 +8,15 @@
 //! (and, in the backward, the value block into `Dv x BK`), so the scores `S = (scale·Q)·Kᵀ`
 //! (and `dP = dO·Vᵀ`) are computed `RB` rows at a time with `BK`-wide vector FMAs whose `RB`
 //! rows share every load of the transposed block: no per-key dot product, however small the
-//! head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over contiguous rows.
+//! head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over contiguous rows, register-blocked
+//! over 4 rows (or keys) and a chunk of columns. For f32 on AVX-512 all five products run on
+//! the `4 x 64` (or `x 32`, `x 16`) register tile of `attention_tile.rs`, written with
+//! intrinsics, whose sums are bit for bit those of the portable loops here (which serve f64,
+//! AVX2, the baseline and the last `w mod 16` columns).
 //!
 //! Forward: one Rayon task per (batch·head, query block) walks the key blocks, folding each
 //! `BQ x BK` tile into its rows' online softmax; scratch is one tile and the `BQ x Dv`
-//! accumulator. Backward: each tile recomputes `P = exp(S - lse)` and `dS`; when there are at
+//! accumulator. Backward (tiles of `BQ_BWD` = 32 queries): each tile recomputes `P = exp(S - lse)` and `dS`; when there are at
 //! least as many batch·heads as threads, one task per batch·head takes dQ, dK and dV from a
 //! single pass over its tiles; otherwise two race-free passes (FlashAttention-2's split: one
 //! task per (batch·head, query block) for dQ, one per (batch·head, key block) for dK and dV)
@@ -21,8 +25,12 @@
 //! Cost per tile: `2·BQ·BK·(D + Dv)` FLOPs forward, 2.5x that backward; traffic: the q rows
 //! once per task, k and v once per (task, key block) from L2.
 
-use super::lanes::{dot, sum};
+#[cfg(target_arch = "x86_64")]
+use super::attention_tile::{tile_avx512, TileArgs};
+use super::lanes::{dot, map_reduce, sum};
 use super::simd::vectorized;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{isa, Isa};
 use super::{contiguous_cow, CpuStorage, Float};
 use crate::backend::attention::{AttentionBackend, AttnMask, AttnParams, AttnShape};
 use crate::backend::BackendStorage;
@@ -30,8 +38,13 @@ use crate::tensor::{DType, Layout, WithDType};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
-/// Query rows per tile.
+/// Query rows per forward tile.
 const BQ: usize = 16;
+/// Query rows per backward tile: deeper than the forward's, because `dV += Pᵀ·dO` and
+/// `dK += dSᵀ·Q` sum over the tile's rows, and each register tile of theirs loads and stores
+/// its accumulators once per tile. The sums run over the rows in ascending order whatever the
+/// tile height, so the bits do not depend on it.
+const BQ_BWD: usize = 32;
 /// Keys per tile (`BK`, a const parameter of the kernels): the width of a score row, four
 /// 16-lane AVX-512 vectors of f32; shorter key sequences take a narrower tile
 /// ([`key_block`]), so a 12-token text is not padded to 64 columns of scores.
@@ -186,6 +199,20 @@ fn rows_times_block<T: Float, const R: usize, const BK: usize>(
 /// `s = a · xtᵀ` for the `nr` rows of `a` (`[nr, w]`): a tile of scores `[nr, BK]`.
 #[inline(always)]
 fn tile_product<T: Float, const BK: usize>(a: &[T], nr: usize, w: usize, xt: &[T], s: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(fast) = F32Avx512::of::<T>() {
+        let t = TileArgs {
+            depth: w,
+            a: fast.slice(a),
+            a_rs: w,
+            a_ks: 1,
+            b: fast.slice(xt),
+            b_ks: BK,
+            y_rs: BK,
+            accumulate: false,
+        };
+        return fast.rows_by::<BK>(nr, &t, fast.slice_mut(s));
+    }
     let mut r = 0;
     while r + RB <= nr {
         rows_times_block::<T, RB, BK>(&a[r * w..], w, xt, &mut s[r * BK..]);
@@ -197,9 +224,96 @@ fn tile_product<T: Float, const BK: usize>(a: &[T], nr: usize, w: usize, xt: &[T
     }
 }
 
+/// Proof that `T` is f32 and the CPU runs AVX-512 ([`simd::isa`]): the products then go
+/// through the register tile of `attention_tile.rs` (same bits as the portable loops).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct F32Avx512(());
+
+#[cfg(target_arch = "x86_64")]
+impl F32Avx512 {
+    #[inline(always)]
+    fn of<T: Float>() -> Option<Self> {
+        let f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+        (f32 && isa() == Isa::Avx512).then_some(F32Avx512(()))
+    }
+
+    #[inline(always)]
+    fn slice<T: Float>(self, x: &[T]) -> &[f32] {
+        assert_eq!(std::mem::size_of::<T>(), 4);
+        // SAFETY: `of` checked that `T` is f32.
+        unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) }
+    }
+
+    #[inline(always)]
+    fn slice_mut<T: Float>(self, x: &mut [T]) -> &mut [f32] {
+        assert_eq!(std::mem::size_of::<T>(), 4);
+        // SAFETY: `of` checked that `T` is f32.
+        unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), x.len()) }
+    }
+
+    /// The tile `t` (16·W/16 columns wide) for `nr` rows, `RB` at a time, then one at a time.
+    #[inline(always)]
+    fn rows_by<const W: usize>(self, nr: usize, t: &TileArgs, y: &mut [f32]) {
+        match W {
+            16 => self.rows::<1>(nr, t, y),
+            32 => self.rows::<2>(nr, t, y),
+            64 => self.rows::<4>(nr, t, y),
+            _ => unreachable!("tile widths are 16, 32 or 64"),
+        }
+    }
+
+    #[inline(always)]
+    fn rows<const V: usize>(self, nr: usize, t: &TileArgs, y: &mut [f32]) {
+        let mut r = 0;
+        while r < nr {
+            let tr = TileArgs {
+                a: &t.a[r * t.a_rs..],
+                ..*t
+            };
+            let yr = &mut y[r * t.y_rs..];
+            // SAFETY: `of` checked that the CPU has AVX-512.
+            unsafe {
+                if r + RB <= nr {
+                    tile_avx512::<RB, V>(&tr, yr);
+                    r += RB;
+                } else {
+                    tile_avx512::<1, V>(&tr, yr);
+                    r += 1;
+                }
+            }
+        }
+    }
+
+    /// `t` over the columns `0..w` in chunks of 64, 32 and 16 (`t.b` and `y` start at column
+    /// 0); returns where the columns it left (fewer than 16) begin.
+    #[inline(always)]
+    fn columns(self, nr: usize, w: usize, t: &TileArgs, y: &mut [f32]) -> usize {
+        let mut c0 = 0;
+        while w - c0 >= 16 {
+            let tc = TileArgs {
+                b: &t.b[c0..],
+                ..*t
+            };
+            let yc = &mut y[c0..];
+            if w - c0 >= 64 {
+                self.rows::<4>(nr, &tc, yc);
+                c0 += 64;
+            } else if w - c0 >= 32 {
+                self.rows::<2>(nr, &tc, yc);
+                c0 += 32;
+            } else {
+                self.rows::<1>(nr, &tc, yc);
+                c0 += 16;
+            }
+        }
+        c0
+    }
+}
+
 /// `y[r][c0..c0 + N] += Σ_jj p[r * BK + jj] · x[jj][c0..c0 + N]` for `R` rows: `R x N`
-/// accumulators in registers, each chunk of `x` loaded once for the `R` rows (and `R`
-/// independent FMA chains). `jj` ascending.
+/// accumulators in registers, each chunk of `x` loaded once for the `R` rows (and `R · N /
+/// lanes` independent FMA chains). `jj` ascending.
 #[inline(always)]
 fn rows_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
     p: &[T],
@@ -209,6 +323,9 @@ fn rows_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
     c0: usize,
     y: &mut [T],
 ) {
+    let nb = nb.min(BK);
+    // Row slices of exactly `nb` probabilities: the loop below indexes them without checks.
+    let p_rows: [&[T]; R] = std::array::from_fn(|r| &p[r * BK..r * BK + nb]);
     let mut acc = [[T::ZERO; N]; R];
     for (r, a) in acc.iter_mut().enumerate() {
         a.copy_from_slice(&y[r * w + c0..r * w + c0 + N]);
@@ -217,8 +334,8 @@ fn rows_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
         let xs: &[T; N] = x[jj * w + c0..jj * w + c0 + N]
             .try_into()
             .expect("N values");
-        for (r, a) in acc.iter_mut().enumerate() {
-            let pj = p[r * BK + jj];
+        for (a, p_r) in acc.iter_mut().zip(&p_rows) {
+            let pj = p_r[jj];
             for (av, &xv) in a.iter_mut().zip(xs) {
                 *av = pj.mul_add(xv, *av);
             }
@@ -246,10 +363,10 @@ fn keys_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
         let row = (jj0 + q) * w + c0;
         a.copy_from_slice(&y[row..row + N]);
     }
-    for r in 0..nr {
+    for (r, p_r) in p.chunks_exact(BK).take(nr).enumerate() {
         let xs: &[T; N] = x[r * w + c0..r * w + c0 + N].try_into().expect("N values");
-        for (q, a) in acc.iter_mut().enumerate() {
-            let pj = p[r * BK + jj0 + q];
+        let p_q: &[T; R] = p_r[jj0..jj0 + R].try_into().expect("R values");
+        for (a, &pj) in acc.iter_mut().zip(p_q) {
             for (av, &xv) in a.iter_mut().zip(xs) {
                 *av = pj.mul_add(xv, *av);
             }
@@ -261,12 +378,12 @@ fn keys_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
     }
 }
 
-/// Calls `$f::<T, $r, N>(.., c0, ..)` over a row of `$w` values in chunks of N = 16, then
-/// 8, 4 and 1 for the tail, so every chunk has a fixed width.
+/// Calls `$call` (which names a `const $n`) over the columns `$start..$w` of a row in
+/// chunks of N = 16, then 8, 4 and 1 for the tail, so every chunk has a fixed width.
 macro_rules! by_chunks {
-    ($w:expr, |$c0:ident, $n:ident| $call:expr) => {{
+    ($start:expr, $w:expr, |$c0:ident, $n:ident| $call:expr) => {{
         let w = $w;
-        let mut $c0 = 0;
+        let mut $c0 = $start;
         while $c0 < w {
             let left = w - $c0;
             if left >= 16 {
@@ -301,15 +418,34 @@ fn tile_times_rows<T: Float, const BK: usize>(
     w: usize,
     y: &mut [T],
 ) {
+    let mut start = 0;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(fast) = F32Avx512::of::<T>() {
+        let t = TileArgs {
+            depth: nb,
+            a: fast.slice(p),
+            a_rs: BK,
+            a_ks: 1,
+            b: fast.slice(x),
+            b_ks: w,
+            y_rs: w,
+            accumulate: true,
+        };
+        start = fast.columns(nr, w, &t, fast.slice_mut(y));
+    }
     let mut r = 0;
     while r + RB <= nr {
         let (pr, yr) = (&p[r * BK..], &mut y[r * w..]);
-        by_chunks!(w, |c0, N| rows_chunk::<T, RB, N, BK>(pr, nb, x, w, c0, yr));
+        by_chunks!(start, w, |c0, N| rows_chunk::<T, RB, N, BK>(
+            pr, nb, x, w, c0, yr
+        ));
         r += RB;
     }
     while r < nr {
         let (pr, yr) = (&p[r * BK..], &mut y[r * w..]);
-        by_chunks!(w, |c0, N| rows_chunk::<T, 1, N, BK>(pr, nb, x, w, c0, yr));
+        by_chunks!(start, w, |c0, N| rows_chunk::<T, 1, N, BK>(
+            pr, nb, x, w, c0, yr
+        ));
         r += 1;
     }
 }
@@ -325,15 +461,33 @@ fn tile_t_times_rows<T: Float, const BK: usize>(
     w: usize,
     y: &mut [T],
 ) {
+    let mut start = 0;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(fast) = F32Avx512::of::<T>() {
+        // Rows of the tile are keys here: A(jj, r) = p[r * BK + jj].
+        let t = TileArgs {
+            depth: nr,
+            a: fast.slice(p),
+            a_rs: 1,
+            a_ks: BK,
+            b: fast.slice(x),
+            b_ks: w,
+            y_rs: w,
+            accumulate: true,
+        };
+        start = fast.columns(nb, w, &t, fast.slice_mut(y));
+    }
     let mut jj = 0;
     while jj + RB <= nb {
-        by_chunks!(w, |c0, N| keys_chunk::<T, RB, N, BK>(
+        by_chunks!(start, w, |c0, N| keys_chunk::<T, RB, N, BK>(
             p, nr, jj, x, w, c0, y
         ));
         jj += RB;
     }
     while jj < nb {
-        by_chunks!(w, |c0, N| keys_chunk::<T, 1, N, BK>(p, nr, jj, x, w, c0, y));
+        by_chunks!(start, w, |c0, N| keys_chunk::<T, 1, N, BK>(
+            p, nr, jj, x, w, c0, y
+        ));
         jj += 1;
     }
 }
@@ -378,7 +532,7 @@ fn fwd<T: Float, const BK: usize>(
                         for r in 0..nr {
                             let s_r = &mut s[r * BK..(r + 1) * BK];
                             mk.apply::<T, BK>(bhi, i0 + r, kb, nb, s_r);
-                            let mloc = s_r[..nb].iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+                            let mloc = map_reduce(&s_r[..nb], T::NEG_INFINITY, |v| v, T::max);
                             if mloc == T::NEG_INFINITY {
                                 s_r.fill(T::ZERO);
                                 continue;
@@ -387,7 +541,9 @@ fn fwd<T: Float, const BK: usize>(
                             // Rescale what earlier key blocks summed; nothing to rescale on the
                             // row's first block (l and acc are 0, and exp(-inf) would only
                             // multiply them by 0): with one key block, no scalar exp per row.
-                            if m[r] != T::NEG_INFINITY {
+                            // (Also nothing when the maximum did not move: the factor would be
+                            // exp(0) = 1 exactly.)
+                            if m[r] != T::NEG_INFINITY && mnew != m[r] {
                                 let corr = (m[r] - mnew).exp();
                                 l[r] *= corr;
                                 acc[r * dv..(r + 1) * dv]
@@ -456,9 +612,9 @@ struct TileScratch<T> {
 impl<T: Float> TileScratch<T> {
     fn new<const BK: usize>(dm: Dims) -> Self {
         TileScratch {
-            qs: vec![T::ZERO; BQ * dm.d],
-            pm: vec![T::ZERO; BQ * BK],
-            ds: vec![T::ZERO; BQ * BK],
+            qs: vec![T::ZERO; BQ_BWD * dm.d],
+            pm: vec![T::ZERO; BQ_BWD * BK],
+            ds: vec![T::ZERO; BQ_BWD * BK],
         }
     }
 }
@@ -575,8 +731,8 @@ fn bwd_one_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T
                 || {
                     let mut sc = TileScratch::new::<BK>(b.dm);
                     let (qo, row0) = (bhi * tq * d, bhi * tq);
-                    for i0 in (0..tq).step_by(BQ) {
-                        let nr = BQ.min(tq - i0);
+                    for i0 in (0..tq).step_by(BQ_BWD) {
+                        let nr = BQ_BWD.min(tq - i0);
                         for kb in (0..tk).step_by(BK) {
                             if b.hidden(i0 + nr, kb) {
                                 break;
@@ -601,15 +757,15 @@ fn bwd_one_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T
 /// [`bwd_one_pass`].
 fn bwd_two_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
     let Dims { tq, tk, d, dv, .. } = b.dm;
-    let nqb = tq.div_ceil(BQ);
+    let nqb = tq.div_ceil(BQ_BWD);
     let dq_blocks: Vec<Vec<T>> = (0..b.dm.bh * nqb)
         .into_par_iter()
         .map(|task| {
             vectorized(
                 #[inline(always)]
                 || {
-                    let (bhi, i0) = (task / nqb, (task % nqb) * BQ);
-                    let nr = BQ.min(tq - i0);
+                    let (bhi, i0) = (task / nqb, (task % nqb) * BQ_BWD);
+                    let nr = BQ_BWD.min(tq - i0);
                     let mut sc = TileScratch::new::<BK>(b.dm);
                     let mut dq = vec![T::ZERO; nr * d];
                     for kb in (0..tk).step_by(BK) {
@@ -639,8 +795,8 @@ fn bwd_two_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T
                     let mut dk = vec![T::ZERO; nb * d];
                     let mut dvb = vec![T::ZERO; nb * dv];
                     let (qo, row0) = (bhi * tq * d, bhi * tq);
-                    for i0 in (0..tq).step_by(BQ) {
-                        let nr = BQ.min(tq - i0);
+                    for i0 in (0..tq).step_by(BQ_BWD) {
+                        let nr = BQ_BWD.min(tq - i0);
                         if b.hidden(i0 + nr, kb) {
                             continue;
                         }

@@ -3,6 +3,8 @@
 //! are generic over [`Float`] (f32 and f64); large loops run on Rayon.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_tile;
 pub mod conv;
 pub mod elementwise;
 pub mod float;

@@ -5,6 +5,7 @@
 
 use tessera::backend::cpu::simd::{force_isa, isa, Isa};
 use tessera::ops::{scaled_dot_product_attention, AttentionOpts};
+use tessera::optim::{Adam, AdamConfig, AdamW, AdamWConfig, Ema, Optimizer, Sgd, SgdConfig};
 use tessera::{DType, Device, Result, Tensor};
 
 /// Outputs and input gradients of the ops that run through `vectorized`, for one input draw.
@@ -57,6 +58,59 @@ fn run_all(dtype: DType) -> Result<Vec<(String, Vec<f64>)>> {
             &xg.grad().expect("grad"),
         )?;
     }
+    // Reductions: the row loop (lane accumulators) and the column loop (row adds).
+    push("sum dim 1", &x.sum(1)?)?;
+    push("sum dim 0", &x.sum(0)?)?;
+    push("max dim 0", &x.max(0)?)?;
+    // Optimizer updates and the weight EMA, three steps each on a 37x67 parameter.
+    let fresh = |seed: u64| -> Result<Vec<(String, Tensor)>> {
+        let p = Tensor::randn_with_seed((37, 67), dtype, dev, seed, 0)?;
+        p.set_requires_grad(true)?;
+        Ok(vec![("p".to_string(), p)])
+    };
+    let adamw_params = fresh(20)?;
+    let adam_params = fresh(21)?;
+    let sgd_params = fresh(22)?;
+    let mut adamw = AdamW::new(
+        adamw_params.clone(),
+        AdamWConfig {
+            weight_decay: 0.1,
+            ..Default::default()
+        },
+    )?;
+    let mut adam = Adam::new(
+        adam_params.clone(),
+        AdamConfig {
+            weight_decay: 0.1,
+            ..Default::default()
+        },
+    )?;
+    let mut sgd = Sgd::new(
+        sgd_params.clone(),
+        SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+            nesterov: true,
+            ..Default::default()
+        },
+    )?;
+    let mut ema = Ema::new(&adamw_params, 0.9)?;
+    for step in 0..3u64 {
+        for params in [&adamw_params, &adam_params, &sgd_params] {
+            let g = Tensor::randn_with_seed((37, 67), dtype, dev, 30 + step, 0)?;
+            params[0].1.zero_grad();
+            params[0].1.mul(&g)?.sum_all()?.backward()?; // the gradient is g
+        }
+        adamw.step()?;
+        adam.step()?;
+        sgd.step()?;
+        ema.update(&adamw_params)?;
+    }
+    push("adamw", &adamw_params[0].1)?;
+    push("adam l2", &adam_params[0].1)?;
+    push("sgd nesterov", &sgd_params[0].1)?;
+    push("ema", &ema.shadow()[0].1)?;
     // Attention: short sequences (single-pass backward) and longer ones (blocked backward),
     // causal and not; head dims that the f32 AVX-512 register tiles cover whole (16, 48 =
     // 32 + 16, 128 = 2 x 64) and with a tail left to the portable loops (72 = 64 + 8, a

@@ -37,6 +37,7 @@ mod live_taps;
 mod pack;
 mod weight_grad;
 mod weight_grad_shifted;
+mod weight_rows;
 
 use super::matmul::{detect_isa, Isa, MicroKernel, PackedFloat};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
@@ -54,6 +55,7 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use weight_grad::conv2d_bwd_weight_tiles;
 use weight_grad_shifted::conv2d_bwd_weight_shifted;
+use weight_rows::WeightRows;
 
 /// Depth block: rows of the packed B block (and depth of an A panel slice) per pass.
 const KC: usize = 256;
@@ -269,9 +271,8 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
     }
     let kern = T::micro_kernel(isa);
     let (mr, nr) = (kern.mr, kern.nr);
-    let mpan = cout_g.div_ceil(mr);
-    // W_g [C_out/G, K] per group, packed once for every task.
-    let wpack = pack_row_panels(w, 0, (cout_g * k, k, 1), g.groups, cout_g, k, mr);
+    // W_g [C_out/G, K] per group, read in place or packed once for every task.
+    let weights = WeightRows::new(w, g.groups, cout_g, k, &kern);
     let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
     let xp = PaddedInput::new(x, g);
     // Not zeroed first: the tiles write every element.
@@ -282,7 +283,7 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         let (nrows, ncols) = (tile.nrows, tile.ncols);
         let mut bpack = vec![T::ZERO; KC.min(k) * round_up(ncols, nr)];
         let mut c = vec![T::ZERO; nrows * ncols];
-        let mut runs = Vec::new();
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
         pixel_runs(g, tile.c0, ncols, nr, &mut runs);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
@@ -292,9 +293,9 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
                 #[inline(always)]
                 || pack_im2col(&xp, g, tile.gi, &runs, ncols, pc, kc, nr, b),
             );
-            let panel0 = tile.gi * mpan + tile.r0 / mr;
-            let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
-            multiply_block(&kern, kc, a_panel, &bpack, &mut c, nrows, ncols);
+            let rows = (tile.gi, tile.r0, nrows);
+            let (c, s) = (&mut c, &mut scratch);
+            weights.multiply(&kern, rows, (pc, kc), &bpack, c, ncols, pc == 0, s);
         }
         store_rows(&sink, g, &runs, &c, tile);
     });

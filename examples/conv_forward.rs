@@ -4,6 +4,7 @@
 //! minimum. The machine is shared, so compare two builds back to back and read the minimum.
 //!
 //! `RAYON_NUM_THREADS=1 cargo run --release --example conv_forward [-- REPS [FILTER [forward|input]]]`
+//! (FILTER: a part of the case names, or a whole name followed by `$`)
 //! (both passes unless one is named; naming one makes a profile of it alone).
 use std::time::Instant;
 use tessera::backend::conv::{Conv2dGeom, ConvBackend};
@@ -76,7 +77,11 @@ fn main() -> tessera::Result<()> {
     let filter = args.get(2).cloned().unwrap_or_default();
     let pass = args.get(3).cloned().unwrap_or_default();
     for (i, &(name, n, c_in, c_out, size, k, stride, pad)) in CASES.iter().enumerate() {
-        if !name.contains(&filter) {
+        let wanted = match filter.strip_suffix('$') {
+            Some(exact) => name == exact,
+            None => name.contains(&filter),
+        };
+        if !wanted {
             continue;
         }
         let o = (size + 2 * pad - k) / stride + 1;

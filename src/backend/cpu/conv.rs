@@ -274,7 +274,7 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
     // W_g [C_out/G, K] per group, read in place or packed once for every task.
     let weights = WeightRows::new(w, g.groups, cout_g, k, &kern);
     let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
-    let xp = PaddedInput::new(x, g);
+    let xp = PaddedInput::new(x, g, isa);
     // Not zeroed first: the tiles write every element.
     let mut out = Vec::with_capacity(total);
     let sink = DisjointWrites::new(&mut out.spare_capacity_mut()[..total]);
@@ -532,7 +532,7 @@ fn conv2d_bwd_weight_gemm<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa
     let depth = g.n * p;
     // Column blocks repack dy's rows each, so keep them wide.
     let plan = TilePlan::new(g.groups, cout_g, k, mr, nr, 4 * nr);
-    let xp = PaddedInput::new(x, g);
+    let xp = PaddedInput::new(x, g, isa);
     let mut dw = Vec::with_capacity(total);
     let sink = DisjointWrites::new(&mut dw.spare_capacity_mut()[..total]);
     (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {

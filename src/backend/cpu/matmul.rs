@@ -1120,11 +1120,50 @@ unsafe fn rows_in_place_avx512_f32(
     let (a, b, c) = ((a.as_ptr(), a_rs, 1), (b.as_ptr(), 32), c.as_mut_ptr());
     // SAFETY: forwarded contract (checked by `MicroKernel::tile_rows_in_place`).
     unsafe {
-        match rows {
-            12 => micro_avx512_f32_direct::<12>(kc, a, b, c, ldc, nr, overwrite),
-            8 => micro_avx512_f32_direct::<8>(kc, a, b, c, ldc, nr, overwrite),
+        match (rows, nr <= 16) {
+            (12, false) => micro_avx512_f32_direct::<12>(kc, a, b, c, ldc, nr, overwrite),
+            (8, false) => micro_avx512_f32_direct::<8>(kc, a, b, c, ldc, nr, overwrite),
+            (12, true) => micro_avx512_f32_direct_16::<12>(kc, a, b, c, ldc, nr, overwrite),
+            (8, true) => micro_avx512_f32_direct_16::<8>(kc, a, b, c, ldc, nr, overwrite),
             _ => unreachable!("in-place row tiles are 12 or 8 rows"),
         }
+    }
+}
+
+/// [`micro_avx512_f32_direct`] for at most 16 columns: one accumulator per row, half the
+/// FMAs, for the last panel of a product whose width is not a multiple of 32 (ResNet-18's
+/// 7x7 maps at batch 2: 98 columns, 3 panels and 2 columns) or one only 16 wide. Each sum is
+/// the same chain of FMAs as in the 32-wide tile, so the results are the same bits.
+///
+/// # Safety
+/// See [`Micro::tile_direct`] with `nr <= 16`; the CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn micro_avx512_f32_direct_16<const R: usize>(
+    kc: usize,
+    (a, a_rs, a_cs): (*const f32, usize, usize),
+    (b, b_rs): (*const f32, usize),
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(nr <= 16);
+    let (m0, _) = column_masks(nr);
+    // SAFETY: rows r < R of A, depths kk < kc and B's columns under the mask are readable
+    // (the caller's contract); masked-off lanes are never read or written.
+    unsafe {
+        let mut lo = [_mm512_setzero_ps(); 12];
+        for kk in 0..kc {
+            let b0 = _mm512_maskz_loadu_ps(m0, b.add(kk * b_rs));
+            let ak = a.add(kk * a_cs);
+            for r in 0..R {
+                lo[r] = _mm512_fmadd_ps(_mm512_set1_ps(*ak.add(r * a_rs)), b0, lo[r]);
+            }
+        }
+        store_12x32((lo, [_mm512_setzero_ps(); 12]), c, ldc, R, nr, overwrite);
     }
 }
 

@@ -810,6 +810,16 @@ mod tests {
             (4, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             (2, 3, 2, 3, 8, 7, 7, (2, 2), (3, 3), (1, 1), 1),
             (2, 6, 1, 9, 4, 3, 3, (1, 1), (2, 1), (2, 1), 2),
+            // Weights read in place (`conv/weight_rows.rs`): rows tiled 4x12 + 2x8 on 4-pixel
+            // runs; 12 + 8 rows on 2-pixel runs with 16 columns in all (the 16-wide tile);
+            // 8 tiled rows and 3 packed ones on a non-square map (10-pixel runs); groups of 12
+            // rows with stride (2, 1) on 16-pixel runs; three depth blocks (K = 576) with
+            // 3 x 12 + 8 rows, 7-pixel runs and a last panel of 6 columns.
+            (2, 20, 4, 4, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (4, 24, 2, 2, 20, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (3, 6, 16, 10, 11, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 8, 9, 16, 24, 3, 3, (2, 1), (1, 1), (1, 1), 2),
+            (2, 64, 5, 7, 44, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ]
     }
 

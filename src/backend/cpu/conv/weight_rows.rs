@@ -159,7 +159,70 @@ impl<'a, T: Float> WeightRows<'a, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::matmul::{detect_isa_uncached, Isa, PackedFloat};
     use super::*;
+
+    /// Both forms of the weights against a plain triple loop, on every instruction set here:
+    /// tiled and packed rest rows, a row block that starts past row 0, two depth blocks, a
+    /// last panel under 16 columns, and a `c` full of NaN before the first depth block (its
+    /// old values must be ignored, not added to).
+    #[test]
+    fn in_place_and_packed_rows_match_a_plain_product() {
+        let mut isas = vec![Isa::Portable, detect_isa_uncached()];
+        isas.dedup();
+        let (groups, m, k, ncols) = (2, 70, 300, 41);
+        let val = |i: usize| ((i * 7919) % 201) as f32 / 100.0 - 1.0;
+        let w: Vec<f32> = (0..groups * m * k).map(val).collect();
+        let b: Vec<f32> = (0..k * ncols).map(|i| val(i + 13)).collect();
+        for isa in isas {
+            let kern = f32::micro_kernel(isa);
+            let nr = kern.nr;
+            let forms = [
+                WeightRows::new(&w, groups, m, k, &kern),
+                WeightRows::Packed {
+                    wpack: pack_row_panels(&w, 0, (m * k, k, 1), groups, m, k, kern.mr),
+                    mpan: m.div_ceil(kern.mr),
+                    k,
+                },
+            ];
+            for weights in &forms {
+                for (gi, r0, nrows) in [(0, 0, 5), (1, 0, 11), (0, 12, 20), (1, 24, 46), (0, 0, 70)]
+                {
+                    let mut c = vec![f32::NAN; nrows * ncols];
+                    let mut scratch = Vec::new();
+                    for pc in (0..k).step_by(256) {
+                        let kc = 256.min(k - pc);
+                        let mut bpack = vec![0.0; kc * ncols.div_ceil(nr) * nr];
+                        for kk in 0..kc {
+                            for j in 0..ncols {
+                                bpack[((j / nr) * kc + kk) * nr + j % nr] =
+                                    b[(pc + kk) * ncols + j];
+                            }
+                        }
+                        let rows = (gi, r0, nrows);
+                        let s = &mut scratch;
+                        weights.multiply(&kern, rows, (pc, kc), &bpack, &mut c, ncols, pc == 0, s);
+                    }
+                    for r in 0..nrows {
+                        for j in 0..ncols {
+                            let want: f64 = (0..k)
+                                .map(|kk| {
+                                    let wv = w[(gi * m + r0 + r) * k + kk] as f64;
+                                    wv * b[kk * ncols + j] as f64
+                                })
+                                .sum();
+                            let got = c[r * ncols + j] as f64;
+                            assert!(
+                                (got - want).abs() < 1e-3,
+                                "{isa:?} rows {rows:?} ({r}, {j}): {got} vs {want}",
+                                rows = (gi, r0, nrows)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn row_tiles_cover_the_rows_exactly_where_they_can() {

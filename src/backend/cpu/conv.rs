@@ -5,9 +5,11 @@
 //!
 //! Per group `gi`, with the column matrix `col[k, (n, p)]` (`k = (ci, ky, kx)`,
 //! `K = C_in/G * KH * KW`, columns = every output pixel of every image):
-//! - forward: `out[co, (n, p)] = W_g[co, :] . col[:, (n, p)]`. W is packed into `MR`-row
-//!   panels once per call; tasks = (group, block of rows, block of <= 256 columns), each
-//!   packing its own columns (im2col panel by panel) and writing its tile of `out`.
+//! - forward: `out[co, (n, p)] = W_g[co, :] . col[:, (n, p)]`. W is read in place by the
+//!   micro-kernel's 12- and 8-row tiles where it has them (f32 AVX-512), else packed into
+//!   `MR`-row panels once per call (`conv/weight_rows.rs`); tasks = (group, block of rows,
+//!   block of <= 256 columns), each packing its own columns (im2col panel by panel, run by
+//!   run through every tap) and writing its tile of `out`.
 //!   1x1 convolutions with stride 1 and no padding are the batched GEMM `W @ x[n]` itself.
 //! - input gradient, stride 1: the forward convolution of `dy` with the flipped, transposed
 //!   weights (`W'[ci, co, ky, kx] = W[co, ci, KH-1-ky, KW-1-kx]`, padding `d(k-1) - p`), so the

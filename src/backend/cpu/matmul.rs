@@ -1159,8 +1159,8 @@ unsafe fn micro_avx512_f32_direct_16<const R: usize>(
         for kk in 0..kc {
             let b0 = _mm512_maskz_loadu_ps(m0, b.add(kk * b_rs));
             let ak = a.add(kk * a_cs);
-            for r in 0..R {
-                lo[r] = _mm512_fmadd_ps(_mm512_set1_ps(*ak.add(r * a_rs)), b0, lo[r]);
+            for (r, acc) in lo.iter_mut().enumerate().take(R) {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*ak.add(r * a_rs)), b0, *acc);
             }
         }
         store_12x32((lo, [_mm512_setzero_ps(); 12]), c, ldc, R, nr, overwrite);

@@ -5,9 +5,11 @@
 //!
 //! Per group `gi`, with the column matrix `col[k, (n, p)]` (`k = (ci, ky, kx)`,
 //! `K = C_in/G * KH * KW`, columns = every output pixel of every image):
-//! - forward: `out[co, (n, p)] = W_g[co, :] . col[:, (n, p)]`. W is packed into `MR`-row
-//!   panels once per call; tasks = (group, block of rows, block of <= 256 columns), each
-//!   packing its own columns (im2col panel by panel) and writing its tile of `out`.
+//! - forward: `out[co, (n, p)] = W_g[co, :] . col[:, (n, p)]`. W is read in place by the
+//!   micro-kernel's 12- and 8-row tiles where it has them (f32 AVX-512), else packed into
+//!   `MR`-row panels once per call (`conv/weight_rows.rs`); tasks = (group, block of rows,
+//!   block of <= 256 columns), each packing its own columns (im2col panel by panel, run by
+//!   run through every tap) and writing its tile of `out`.
 //!   1x1 convolutions with stride 1 and no padding are the batched GEMM `W @ x[n]` itself.
 //! - input gradient, stride 1: the forward convolution of `dy` with the flipped, transposed
 //!   weights (`W'[ci, co, ky, kx] = W[co, ci, KH-1-ky, KW-1-kx]`, padding `d(k-1) - p`), so the
@@ -37,6 +39,7 @@ mod live_taps;
 mod pack;
 mod weight_grad;
 mod weight_grad_shifted;
+mod weight_rows;
 
 use super::matmul::{detect_isa, Isa, MicroKernel, PackedFloat};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
@@ -54,6 +57,7 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use weight_grad::conv2d_bwd_weight_tiles;
 use weight_grad_shifted::conv2d_bwd_weight_shifted;
+use weight_rows::WeightRows;
 
 /// Depth block: rows of the packed B block (and depth of an A panel slice) per pass.
 const KC: usize = 256;
@@ -269,11 +273,10 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
     }
     let kern = T::micro_kernel(isa);
     let (mr, nr) = (kern.mr, kern.nr);
-    let mpan = cout_g.div_ceil(mr);
-    // W_g [C_out/G, K] per group, packed once for every task.
-    let wpack = pack_row_panels(w, 0, (cout_g * k, k, 1), g.groups, cout_g, k, mr);
+    // W_g [C_out/G, K] per group, read in place or packed once for every task.
+    let weights = WeightRows::new(w, g.groups, cout_g, k, &kern);
     let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
-    let xp = PaddedInput::new(x, g);
+    let xp = PaddedInput::new(x, g, isa);
     // Not zeroed first: the tiles write every element.
     let mut out = Vec::with_capacity(total);
     let sink = DisjointWrites::new(&mut out.spare_capacity_mut()[..total]);
@@ -282,7 +285,7 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         let (nrows, ncols) = (tile.nrows, tile.ncols);
         let mut bpack = vec![T::ZERO; KC.min(k) * round_up(ncols, nr)];
         let mut c = vec![T::ZERO; nrows * ncols];
-        let mut runs = Vec::new();
+        let (mut runs, mut scratch) = (Vec::new(), Vec::new());
         pixel_runs(g, tile.c0, ncols, nr, &mut runs);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
@@ -292,9 +295,9 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
                 #[inline(always)]
                 || pack_im2col(&xp, g, tile.gi, &runs, ncols, pc, kc, nr, b),
             );
-            let panel0 = tile.gi * mpan + tile.r0 / mr;
-            let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
-            multiply_block(&kern, kc, a_panel, &bpack, &mut c, nrows, ncols);
+            let rows = (tile.gi, tile.r0, nrows);
+            let (c, s) = (&mut c, &mut scratch);
+            weights.multiply(&kern, rows, (pc, kc), &bpack, c, ncols, pc == 0, s);
         }
         store_rows(&sink, g, &runs, &c, tile);
     });
@@ -358,18 +361,20 @@ fn conv2d_bwd_input<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa)
     if let Some(tg) = transposed_geometry(g) {
         // W'[gi*C_in/G + ci, co, ky, kx] = W[gi*C_out/G + co, ci, KH-1-ky, KW-1-kx].
         let (cin_g, cout_g, khw) = (g.cin_g(), g.cout_g(), g.kh * g.kw);
+        // One task per row of W' (the flip-transpose of all of W is memory-bound: 9.4 MB at
+        // 512 channels).
         let mut wt = vec![T::ZERO; w.len()];
-        for gi in 0..g.groups {
-            for co in 0..cout_g {
-                for ci in 0..cin_g {
+        wt.par_chunks_mut(cout_g * khw)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (gi, ci) = (row / cin_g, row % cin_g);
+                for (co, taps) in dst.chunks_exact_mut(khw).enumerate() {
                     let src = ((gi * cout_g + co) * cin_g + ci) * khw;
-                    let dst = ((gi * cin_g + ci) * cout_g + co) * khw;
-                    for t in 0..khw {
-                        wt[dst + khw - 1 - t] = w[src + t];
+                    for (t, &v) in taps.iter_mut().rev().zip(&w[src..src + khw]) {
+                        *t = v;
                     }
                 }
-            }
-        }
+            });
         return conv2d_fwd(dy, &wt, &tg, isa);
     }
     conv2d_bwd_input_col2im(dy, w, g, isa)
@@ -531,7 +536,7 @@ fn conv2d_bwd_weight_gemm<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa
     let depth = g.n * p;
     // Column blocks repack dy's rows each, so keep them wide.
     let plan = TilePlan::new(g.groups, cout_g, k, mr, nr, 4 * nr);
-    let xp = PaddedInput::new(x, g);
+    let xp = PaddedInput::new(x, g, isa);
     let mut dw = Vec::with_capacity(total);
     let sink = DisjointWrites::new(&mut dw.spare_capacity_mut()[..total]);
     (0..plan.tasks(g.groups)).into_par_iter().for_each(|t| {
@@ -807,6 +812,16 @@ mod tests {
             (4, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             (2, 3, 2, 3, 8, 7, 7, (2, 2), (3, 3), (1, 1), 1),
             (2, 6, 1, 9, 4, 3, 3, (1, 1), (2, 1), (2, 1), 2),
+            // Weights read in place (`conv/weight_rows.rs`): rows tiled 4x12 + 2x8 on 4-pixel
+            // runs; 12 + 8 rows on 2-pixel runs with 16 columns in all (the 16-wide tile);
+            // 8 tiled rows and 3 packed ones on a non-square map (10-pixel runs); groups of 12
+            // rows with stride (2, 1) on 16-pixel runs; three depth blocks (K = 576) with
+            // 3 x 12 + 8 rows, 7-pixel runs and a last panel of 6 columns.
+            (2, 20, 4, 4, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (4, 24, 2, 2, 20, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (3, 6, 16, 10, 11, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (2, 8, 9, 16, 24, 3, 3, (2, 1), (1, 1), (1, 1), 2),
+            (2, 64, 5, 7, 44, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ]
     }
 

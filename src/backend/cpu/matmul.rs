@@ -1041,9 +1041,14 @@ pub(super) struct MicroKernel<T> {
     /// Columns of the register tile (width of a B panel).
     pub nr: usize,
     tile: MicroFn<T>,
+    /// Heights of the tiles [`MicroKernel::tile_rows_in_place`] takes, tallest first (empty:
+    /// this kernel has none, and A must be packed).
+    pub in_place_rows: &'static [usize],
+    rows_in_place: Option<RowsInPlaceFn<T>>,
 }
 
 type MicroFn<T> = unsafe fn(usize, &[T], &[T], &mut [T], usize, usize, usize);
+type RowsInPlaceFn<T> = unsafe fn(usize, usize, &[T], usize, &[T], &mut [T], usize, usize, bool);
 
 impl<T> MicroKernel<T> {
     /// `c[r*ldc + j] += sum_{kk < kc} a[kk*mr + r] * b[kk*nr + j]` for `r < rows`, `j < cols`.
@@ -1065,6 +1070,100 @@ impl<T> MicroKernel<T> {
         // SAFETY: `tile` was picked by `PackedFloat::micro_kernel` for an instruction set this
         // CPU has (the `Isa` comes from `detect_isa`), and the bounds were checked above.
         unsafe { (self.tile)(kc, a, b, c, ldc, rows, cols) }
+    }
+
+    /// `c[r*ldc + j] = acc` (`overwrite`) or `+= acc`, `acc = sum_{kk < kc} a[r*a_rs + kk] *
+    /// b[kk*nr + j]`, for `r < rows` (one of [`MicroKernel::in_place_rows`]), `j < cols`: A's
+    /// rows read in place (each contiguous in depth), B a packed panel. Sums exactly as
+    /// [`MicroKernel::tile`] does, without packing A: for operands such as a convolution's
+    /// weights, packed afresh on every call.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn tile_rows_in_place(
+        &self,
+        kc: usize,
+        rows: usize,
+        (a, a_rs): (&[T], usize),
+        b: &[T],
+        c: &mut [T],
+        ldc: usize,
+        cols: usize,
+        overwrite: bool,
+    ) {
+        let f = self.rows_in_place.expect("no in-place row tiles");
+        assert!(self.in_place_rows.contains(&rows) && kc > 0);
+        assert!(a.len() >= (rows - 1) * a_rs + kc && b.len() >= kc * self.nr);
+        assert!(cols <= self.nr && c.len() >= (rows - 1) * ldc + cols);
+        // SAFETY: `f` was picked with `tile` for an instruction set this CPU has, and the
+        // bounds were checked above.
+        unsafe { f(kc, rows, a, a_rs, b, c, ldc, cols, overwrite) }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512F; `rows` is 12 or 8 and the bounds of
+/// [`MicroKernel::tile_rows_in_place`] hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_in_place_avx512_f32(
+    kc: usize,
+    rows: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    let (a, b, c) = ((a.as_ptr(), a_rs, 1), (b.as_ptr(), 32), c.as_mut_ptr());
+    // SAFETY: forwarded contract (checked by `MicroKernel::tile_rows_in_place`).
+    unsafe {
+        match (rows, nr <= 16) {
+            (12, false) => micro_avx512_f32_direct::<12>(kc, a, b, c, ldc, nr, overwrite),
+            (8, false) => micro_avx512_f32_direct::<8>(kc, a, b, c, ldc, nr, overwrite),
+            (12, true) => micro_avx512_f32_direct_16::<12>(kc, a, b, c, ldc, nr, overwrite),
+            (8, true) => micro_avx512_f32_direct_16::<8>(kc, a, b, c, ldc, nr, overwrite),
+            _ => unreachable!("in-place row tiles are 12 or 8 rows"),
+        }
+    }
+}
+
+/// [`micro_avx512_f32_direct`] for at most 16 columns: one accumulator per row, half the
+/// FMAs, for the last panel of a product whose width is not a multiple of 32 (ResNet-18's
+/// 7x7 maps at batch 2: 98 columns, 3 panels and 2 columns) or one only 16 wide. Each sum is
+/// the same chain of FMAs as in the 32-wide tile, so the results are the same bits.
+///
+/// # Safety
+/// See [`Micro::tile_direct`] with `nr <= 16`; the CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn micro_avx512_f32_direct_16<const R: usize>(
+    kc: usize,
+    (a, a_rs, a_cs): (*const f32, usize, usize),
+    (b, b_rs): (*const f32, usize),
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(nr <= 16);
+    let (m0, _) = column_masks(nr);
+    // SAFETY: rows r < R of A, depths kk < kc and B's columns under the mask are readable
+    // (the caller's contract); masked-off lanes are never read or written.
+    unsafe {
+        let mut lo = [_mm512_setzero_ps(); 12];
+        for kk in 0..kc {
+            let b0 = _mm512_maskz_loadu_ps(m0, b.add(kk * b_rs));
+            let ak = a.add(kk * a_cs);
+            for (r, acc) in lo.iter_mut().enumerate().take(R) {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*ak.add(r * a_rs)), b0, *acc);
+            }
+        }
+        store_12x32((lo, [_mm512_setzero_ps(); 12]), c, ldc, R, nr, overwrite);
     }
 }
 
@@ -1147,7 +1246,7 @@ pub(super) trait PackedFloat: Float {
 }
 
 macro_rules! packed_float {
-    ($t:ty, $block:ident, $sizes:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr) => {
+    ($t:ty, $block:ident, $sizes:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr, $in_place:expr) => {
         impl PackedFloat for $t {
             fn micro_kernel(isa: Isa) -> MicroKernel<$t> {
                 let (mr, nr, tile): (usize, usize, MicroFn<$t>) = match isa {
@@ -1157,7 +1256,18 @@ macro_rules! packed_float {
                     Isa::Avx2 => ($mr2, $nr2, micro_avx2::<$t, $mr2, $nr2>),
                     _ => (4, 8, micro_portable::<$t, 4, 8>),
                 };
-                MicroKernel { mr, nr, tile }
+                let in_place: Option<(&'static [usize], RowsInPlaceFn<$t>)> = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => $in_place,
+                    _ => None,
+                };
+                MicroKernel {
+                    mr,
+                    nr,
+                    tile,
+                    in_place_rows: in_place.map_or(&[], |(rows, _)| rows),
+                    rows_in_place: in_place.map(|(_, f)| f),
+                }
             }
             fn gemm(a: &[$t], la: &Layout, b: &[$t], lb: &Layout, isa: Isa) -> Vec<$t> {
                 gemm(a, la, b, lb, $block, $sizes, isa)
@@ -1165,7 +1275,17 @@ macro_rules! packed_float {
         }
     };
 }
-packed_float!(f32, block_f32, sizes_f32, micro_avx512_f32, 12, 32, 6, 16);
+packed_float!(
+    f32,
+    block_f32,
+    sizes_f32,
+    micro_avx512_f32,
+    12,
+    32,
+    6,
+    16,
+    Some((Avx512F32::DIRECT_ROWS, rows_in_place_avx512_f32))
+);
 packed_float!(
     f64,
     block_f64,
@@ -1174,7 +1294,8 @@ packed_float!(
     8,
     16,
     4,
-    8
+    8,
+    None
 );
 
 impl MatmulBackend for CpuStorage {

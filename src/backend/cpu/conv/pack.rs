@@ -102,6 +102,9 @@ pub(super) fn vectorized<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     simd::vectorized_at(want, f)
 }
 
+/// Elements of the padded input written per task (whole planes, at least one).
+const PAD_TASK_ELEMS: usize = 1 << 14;
+
 /// The convolution's input with its zero padding written out (`[N, C_in, H + 2ph, W + 2pw]`),
 /// so that every tap of every output pixel reads inside it: packing is then a plain copy per
 /// (tap, run of pixels), with no border tests. Borrowed when there is no padding.
@@ -112,7 +115,8 @@ pub(super) struct PaddedInput<'a, T: Clone> {
 }
 
 impl<'a, T: Float> PaddedInput<'a, T> {
-    pub(super) fn new(x: &'a [T], g: &Conv2dGeom) -> Self {
+    /// `isa`: the micro-kernel's instruction set, which the copies are compiled for.
+    pub(super) fn new(x: &'a [T], g: &Conv2dGeom, isa: Isa) -> Self {
         let (ph, pw) = g.padding;
         let (h, w) = (g.h + 2 * ph, g.w + 2 * pw);
         if ph == 0 && pw == 0 {
@@ -131,24 +135,33 @@ impl<'a, T: Float> PaddedInput<'a, T> {
             };
         }
         // Written once, not zeroed first: per plane the top and bottom padding rows, then per
-        // row its left padding, the input row, its right padding.
+        // row its left padding, the input row, its right padding. Several planes per task:
+        // small maps (ResNet's 2x2 planes) have thousands, too small to be a task each.
         let mut data = Vec::with_capacity(len);
         let zero = MaybeUninit::new(T::ZERO);
+        let planes = (PAD_TASK_ELEMS / (h * w)).max(1);
         data.spare_capacity_mut()[..len]
-            .par_chunks_mut(h * w)
-            .zip(x.par_chunks(hw))
-            .for_each(|(dst, src)| {
-                dst[..ph * w].fill(zero);
-                dst[(ph + g.h) * w..].fill(zero);
-                for (iy, row) in src.chunks_exact(g.w).enumerate() {
-                    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and a `T` is a valid one.
-                    let row: &[MaybeUninit<T>] =
-                        unsafe { std::slice::from_raw_parts(row.as_ptr().cast(), row.len()) };
-                    let drow = &mut dst[(iy + ph) * w..(iy + ph + 1) * w];
-                    drow[..pw].fill(zero);
-                    copy_run(&mut drow[pw..pw + g.w], row);
-                    drow[pw + g.w..].fill(zero);
-                }
+            .par_chunks_mut(planes * h * w)
+            .zip(x.par_chunks(planes * hw))
+            .for_each(|(dsts, srcs)| {
+                let copy_planes = || {
+                    for (dst, src) in dsts.chunks_exact_mut(h * w).zip(srcs.chunks_exact(hw)) {
+                        dst[..ph * w].fill(zero);
+                        dst[(ph + g.h) * w..].fill(zero);
+                        for (iy, row) in src.chunks_exact(g.w).enumerate() {
+                            // SAFETY: `MaybeUninit<T>` has `T`'s layout, and a `T` is a valid
+                            // one.
+                            let row: &[MaybeUninit<T>] = unsafe {
+                                std::slice::from_raw_parts(row.as_ptr().cast(), row.len())
+                            };
+                            let drow = &mut dst[(iy + ph) * w..(iy + ph + 1) * w];
+                            drow[..pw].fill(zero);
+                            copy_run(&mut drow[pw..pw + g.w], row);
+                            drow[pw + g.w..].fill(zero);
+                        }
+                    }
+                };
+                vectorized(isa, copy_planes);
             });
         // SAFETY: every plane's rows were all written above (padding rows, then each input
         // row with its left and right padding).
@@ -172,17 +185,26 @@ struct RunCopy {
 
 /// `dst.copy_from_slice(src)` for runs of at most a few dozen elements, inline: a call to
 /// `memmove` per run cost about as much as the packing itself. Copies 64 bytes at a time (one
-/// AVX-512 register under [`vectorized`]).
+/// AVX-512 register under [`vectorized`]), then the tail in one move each of 32, 16 and 8
+/// bytes as needed: the rows of small maps (ResNet's 7, 4, 2 pixels) are all tail, and an
+/// element at a time their packing cost as much as the arithmetic.
 #[inline(always)]
 pub(super) fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
     let lanes = (64 / std::mem::size_of::<T>().max(1)).max(1);
     let n = dst.len();
     let src = &src[..n];
-    let (mut dc, mut sc) = (dst.chunks_exact_mut(lanes), src.chunks_exact(lanes));
-    for (d, s) in (&mut dc).zip(&mut sc) {
-        d.copy_from_slice(s);
+    let mut i = 0;
+    while n - i >= lanes {
+        dst[i..i + lanes].copy_from_slice(&src[i..i + lanes]);
+        i += lanes;
     }
-    for (d, &s) in dc.into_remainder().iter_mut().zip(sc.remainder()) {
+    for w in [lanes / 2, lanes / 4, lanes / 8] {
+        if w > 0 && n - i >= w {
+            dst[i..i + w].copy_from_slice(&src[i..i + w]);
+            i += w;
+        }
+    }
+    for (d, &s) in dst[i..].iter_mut().zip(&src[i..]) {
         *d = s;
     }
 }
@@ -213,31 +235,66 @@ pub(super) fn pack_im2col<T: Float>(
     if !ncols.is_multiple_of(nr) {
         buf[(panels - 1) * kc * nr..panels * kc * nr].fill(T::ZERO);
     }
-    let copies: Vec<RunCopy> = runs
-        .iter()
-        .map(|run| RunCopy {
+    // Offset of each row's tap `(ci, ky, kx)` from where a run reads at tap (0, 0, 0).
+    let mut taps = Vec::with_capacity(kc);
+    let (mut ci, mut ky, mut kx) = (k0 / khw, (k0 % khw) / g.kw, k0 % g.kw);
+    for _ in 0..kc {
+        taps.push(ci * plane + ky * dh * wp + kx * dw);
+        kx += 1;
+        if kx == g.kw {
+            (kx, ky) = (0, ky + 1);
+            if ky == g.kh {
+                (ky, ci) = (0, ci + 1);
+            }
+        }
+    }
+    for run in runs {
+        let c = RunCopy {
             src: (run.n * g.c_in + gi * g.cin_g()) * plane + run.oy * sh * wp + run.ox * sw,
             dst: (run.at / nr) * kc * nr + run.at % nr,
             len: run.len,
-        })
-        .collect();
-    for kk in 0..kc {
-        let k = k0 + kk;
-        let (ci, ky, kx) = (k / khw, (k % khw) / g.kw, k % g.kw);
-        let tap = ci * plane + ky * dh * wp + kx * dw;
-        let row = &mut buf[kk * nr..];
-        for c in &copies {
-            let dst = &mut row[c.dst..][..c.len];
-            let src = &x[c.src + tap..];
-            if sw == 1 {
-                copy_run(dst, src);
-            } else {
-                let src = &src[..(c.len - 1) * sw + 1];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = src[i * sw];
+        };
+        // Run by run, every row: the length is then fixed through the inner loop, and the
+        // common ones (a small map's whole row, a panel's width) are one fixed-size move.
+        match (sw, c.len) {
+            (1, 32) => copy_rows::<T, 32>(x, c, &taps, nr, buf),
+            (1, 16) => copy_rows::<T, 16>(x, c, &taps, nr, buf),
+            (1, 8) => copy_rows::<T, 8>(x, c, &taps, nr, buf),
+            (1, 4) => copy_rows::<T, 4>(x, c, &taps, nr, buf),
+            (1, 2) => copy_rows::<T, 2>(x, c, &taps, nr, buf),
+            (1, _) => {
+                for (kk, &tap) in taps.iter().enumerate() {
+                    copy_run(&mut buf[kk * nr + c.dst..][..c.len], &x[c.src + tap..]);
+                }
+            }
+            _ => {
+                for (kk, &tap) in taps.iter().enumerate() {
+                    let dst = &mut buf[kk * nr + c.dst..][..c.len];
+                    let src = &x[c.src + tap..][..(c.len - 1) * sw + 1];
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = src[i * sw];
+                    }
                 }
             }
         }
+    }
+}
+
+/// `buf[kk*stride + c.dst ..][..L] = x[c.src + taps[kk] ..][..L]` for every `kk`: one run of
+/// `L` pixels (`c.len == L`) through every tap of a depth block.
+#[inline(always)]
+fn copy_rows<T: Copy, const L: usize>(
+    x: &[T],
+    c: RunCopy,
+    taps: &[usize],
+    stride: usize,
+    buf: &mut [T],
+) {
+    debug_assert_eq!(c.len, L);
+    for (kk, &tap) in taps.iter().enumerate() {
+        let src: &[T; L] = x[c.src + tap..][..L].try_into().unwrap();
+        let dst: &mut [T; L] = (&mut buf[kk * stride + c.dst..][..L]).try_into().unwrap();
+        *dst = *src;
     }
 }
 

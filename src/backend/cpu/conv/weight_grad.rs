@@ -37,7 +37,7 @@ pub(super) fn conv2d_bwd_weight_tiles<T: DotTile>(
     let chunks = depth.div_ceil(DEPTH_CHUNK);
     let cb = COLS_MAX.min(k);
     let cblocks = k.div_ceil(cb);
-    let xp = PaddedInput::new(x, g);
+    let xp = PaddedInput::new(x, g, isa);
     let partials: Vec<Vec<T>> = (0..g.groups * cblocks * chunks)
         .into_par_iter()
         .map(|t| {

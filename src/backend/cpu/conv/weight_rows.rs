@@ -1,0 +1,257 @@
+//! The A operand of the convolution's implicit GEMM: each group's weight matrix
+//! `W_g [C_out/G, K]`, row-major (`K = C_in/G * KH * KW` contiguous per output channel).
+//!
+//! Where the micro-kernel has in-place row tiles (`MicroKernel::tile_rows_in_place`: f32 on
+//! AVX-512, 12- and 8-row tiles), the weights are read where they lie: no copy per call. At
+//! ResNet-18's deep layers that copy was a fifth of the forward (`512 x 4608` weights, 9.4 MB,
+//! rewritten into panels for every call, then read once per column block), and on small maps
+//! the GEMM itself is short beside it. Rows are cut into tiles whose heights add up to the
+//! rows exactly, so no arithmetic is spent on padding rows: 64 channels are 4 tiles of 12 and
+//! 2 of 8 (64 rows), where 12-row panels compute 72. The few rows no such tiling covers (fewer
+//! than 4, or fewer than 8 in all) go through one zero-padded packed panel per depth block.
+//!
+//! Otherwise (f64, AVX2, portable) the weights are packed once per call into the micro-kernel's
+//! `mr`-row panels (`pack_row_panels`), as before.
+//!
+//! Both sum every element the same way (one chain of FMAs per depth block, added to the
+//! previous blocks' sum), so the choice, the tiling and the task split never change a bit.
+
+use super::super::matmul::MicroKernel;
+use super::super::Float;
+use super::pack::pack_row_panels;
+use super::{multiply_block, MC};
+
+/// The weights of every group, ready for the micro-kernel.
+pub(super) enum WeightRows<'a, T> {
+    /// Read in place: `w[(gi*m + r)*k + kk]`.
+    InPlace { w: &'a [T], m: usize, k: usize },
+    /// Packed into `mr`-row panels, `mpan` per group (see `pack_row_panels`).
+    Packed {
+        wpack: Vec<T>,
+        mpan: usize,
+        k: usize,
+    },
+}
+
+/// How `nrows` rows are cut into in-place tiles: `tall` tiles of `heights[0]` rows, then
+/// `short` tiles of the last height, covering `cover` rows; the rest is packed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RowTiling {
+    tall: usize,
+    short: usize,
+    cover: usize,
+}
+
+impl RowTiling {
+    /// The tiling that covers the most rows exactly, with the most tall tiles among those.
+    fn new(nrows: usize, heights: &[usize]) -> Self {
+        let (ht, hs) = (heights[0], heights[heights.len() - 1]);
+        for cover in (0..=nrows).rev() {
+            for tall in (0..=cover / ht).rev() {
+                if (cover - tall * ht).is_multiple_of(hs) {
+                    let short = (cover - tall * ht) / hs;
+                    return RowTiling { tall, short, cover };
+                }
+            }
+        }
+        unreachable!("cover = 0 is always tiled")
+    }
+
+    /// `(first row, height)` of each tile, in order.
+    fn tiles(self, heights: &[usize]) -> impl Iterator<Item = (usize, usize)> {
+        let (ht, hs) = (heights[0], heights[heights.len() - 1]);
+        let tall = (0..self.tall).map(move |i| (i * ht, ht));
+        let short = (0..self.short).map(move |i| (self.tall * ht + i * hs, hs));
+        tall.chain(short)
+    }
+}
+
+impl<'a, T: Float> WeightRows<'a, T> {
+    /// `w` holds `groups` matrices `[m, k]` one after another (`[C_out, C_in/G, KH, KW]`).
+    pub fn new(w: &'a [T], groups: usize, m: usize, k: usize, kern: &MicroKernel<T>) -> Self {
+        if kern.in_place_rows.is_empty() {
+            let wpack = pack_row_panels(w, 0, (m * k, k, 1), groups, m, k, kern.mr);
+            WeightRows::Packed {
+                wpack,
+                mpan: m.div_ceil(kern.mr),
+                k,
+            }
+        } else {
+            WeightRows::InPlace { w, m, k }
+        }
+    }
+
+    /// `c[r*ncols + j] = (0 if first else c[r*ncols + j]) + sum_{kk < kc} W_g[r0 + r, pc + kk]
+    /// * B[kk, j]` for `r < nrows`, `j < ncols`, with B the packed block `bpack` (`nr`-wide
+    /// panels of depth `kc`). `r0` is a multiple of `kern.mr` (the tile plan's row blocks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn multiply(
+        &self,
+        kern: &MicroKernel<T>,
+        (gi, r0, nrows): (usize, usize, usize),
+        (pc, kc): (usize, usize),
+        bpack: &[T],
+        c: &mut [T],
+        ncols: usize,
+        first: bool,
+        scratch: &mut Vec<T>,
+    ) {
+        match *self {
+            WeightRows::Packed { ref wpack, mpan, k } => {
+                if first {
+                    c[..nrows * ncols].fill(T::ZERO);
+                }
+                let mr = kern.mr;
+                let panel0 = gi * mpan + r0 / mr;
+                let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
+                multiply_block(kern, kc, a_panel, bpack, c, nrows, ncols);
+            }
+            WeightRows::InPlace { w, m, k } => {
+                let (mr, nr) = (kern.mr, kern.nr);
+                let heights = kern.in_place_rows;
+                let tiling = RowTiling::new(nrows, heights);
+                let row0 = gi * m + r0;
+                let rest = nrows - tiling.cover;
+                if rest > 0 {
+                    // The rows no tiling covers: one panel, zero past the last row.
+                    assert!(rest <= mr);
+                    scratch.clear();
+                    scratch.resize(kc * mr, T::ZERO);
+                    for r in 0..rest {
+                        let row = &w[(row0 + tiling.cover + r) * k + pc..][..kc];
+                        for (kk, &v) in row.iter().enumerate() {
+                            scratch[kk * mr + r] = v;
+                        }
+                    }
+                    if first {
+                        c[tiling.cover * ncols..nrows * ncols].fill(T::ZERO);
+                    }
+                }
+                // Blocks of about MC rows of W (in L2), each against every B panel (in L1).
+                let mut tiles = tiling.tiles(heights).peekable();
+                while tiles.peek().is_some() {
+                    let start = tiles.peek().map_or(0, |t| t.0);
+                    let block: Vec<(usize, usize)> =
+                        std::iter::from_fn(|| tiles.next_if(|&(r, h)| r + h - start <= MC.max(h)))
+                            .collect();
+                    for jq in 0..ncols.div_ceil(nr) {
+                        let bp = &bpack[jq * kc * nr..(jq + 1) * kc * nr];
+                        let cols = nr.min(ncols - jq * nr);
+                        for &(r, h) in &block {
+                            let a = &w[(row0 + r) * k + pc..];
+                            let ct = &mut c[r * ncols + jq * nr..];
+                            kern.tile_rows_in_place(kc, h, (a, k), bp, ct, ncols, cols, first);
+                        }
+                    }
+                }
+                if rest > 0 {
+                    for jq in 0..ncols.div_ceil(nr) {
+                        let bp = &bpack[jq * kc * nr..(jq + 1) * kc * nr];
+                        let cols = nr.min(ncols - jq * nr);
+                        let ct = &mut c[tiling.cover * ncols + jq * nr..];
+                        kern.tile(kc, scratch, bp, ct, ncols, rest, cols);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::matmul::{detect_isa_uncached, Isa, PackedFloat};
+    use super::*;
+
+    /// Both forms of the weights against a plain triple loop, on every instruction set here:
+    /// tiled and packed rest rows, a row block that starts past row 0, two depth blocks, a
+    /// last panel under 16 columns, and a `c` full of NaN before the first depth block (its
+    /// old values must be ignored, not added to).
+    #[test]
+    fn in_place_and_packed_rows_match_a_plain_product() {
+        let mut isas = vec![Isa::Portable, detect_isa_uncached()];
+        isas.dedup();
+        let (groups, m, k, ncols) = (2, 70, 300, 41);
+        let val = |i: usize| ((i * 7919) % 201) as f32 / 100.0 - 1.0;
+        let w: Vec<f32> = (0..groups * m * k).map(val).collect();
+        let b: Vec<f32> = (0..k * ncols).map(|i| val(i + 13)).collect();
+        for isa in isas {
+            let kern = f32::micro_kernel(isa);
+            let nr = kern.nr;
+            let forms = [
+                WeightRows::new(&w, groups, m, k, &kern),
+                WeightRows::Packed {
+                    wpack: pack_row_panels(&w, 0, (m * k, k, 1), groups, m, k, kern.mr),
+                    mpan: m.div_ceil(kern.mr),
+                    k,
+                },
+            ];
+            for weights in &forms {
+                for (gi, r0, nrows) in [(0, 0, 5), (1, 0, 11), (0, 12, 20), (1, 24, 46), (0, 0, 70)]
+                {
+                    let mut c = vec![f32::NAN; nrows * ncols];
+                    let mut scratch = Vec::new();
+                    for pc in (0..k).step_by(256) {
+                        let kc = 256.min(k - pc);
+                        let mut bpack = vec![0.0; kc * ncols.div_ceil(nr) * nr];
+                        for kk in 0..kc {
+                            for j in 0..ncols {
+                                bpack[((j / nr) * kc + kk) * nr + j % nr] =
+                                    b[(pc + kk) * ncols + j];
+                            }
+                        }
+                        let rows = (gi, r0, nrows);
+                        let s = &mut scratch;
+                        weights.multiply(&kern, rows, (pc, kc), &bpack, &mut c, ncols, pc == 0, s);
+                    }
+                    for r in 0..nrows {
+                        for j in 0..ncols {
+                            let want: f64 = (0..k)
+                                .map(|kk| {
+                                    let wv = w[(gi * m + r0 + r) * k + kk] as f64;
+                                    wv * b[kk * ncols + j] as f64
+                                })
+                                .sum();
+                            let got = c[r * ncols + j] as f64;
+                            assert!(
+                                (got - want).abs() < 1e-3,
+                                "{isa:?} rows {rows:?} ({r}, {j}): {got} vs {want}",
+                                rows = (gi, r0, nrows)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_tiles_cover_the_rows_exactly_where_they_can() {
+        let h = &[12, 8];
+        let cut = |n: usize| {
+            let t = RowTiling::new(n, h);
+            let tiles: Vec<_> = t.tiles(h).collect();
+            // Tiles are consecutive from row 0 and end at `cover`.
+            let mut at = 0;
+            for &(r, ht) in &tiles {
+                assert_eq!(r, at);
+                at += ht;
+            }
+            assert_eq!(at, t.cover);
+            (t.tall, t.short, n - t.cover)
+        };
+        assert_eq!(cut(64), (4, 2, 0));
+        assert_eq!(cut(128), (10, 1, 0));
+        assert_eq!(cut(256), (20, 2, 0));
+        assert_eq!(cut(512), (42, 1, 0));
+        assert_eq!(cut(36), (3, 0, 0));
+        assert_eq!(cut(8), (0, 1, 0));
+        assert_eq!(cut(13), (1, 0, 1));
+        assert_eq!(cut(11), (0, 1, 3));
+        assert_eq!(cut(7), (0, 0, 7));
+        assert_eq!(cut(4), (0, 0, 4));
+        assert_eq!(cut(0), (0, 0, 0));
+        for n in 8..200 {
+            assert!(cut(n).2 < 4, "{n} rows");
+        }
+    }
+}

@@ -11,6 +11,10 @@ use tessera::backend::conv::{Conv2dGeom, ConvBackend};
 use tessera::backend::cpu::{CpuData, CpuStorage};
 use tessera::Layout;
 
+/// The engine's caching host allocator, as in the `tessera` binary (see `tessera::alloc`).
+#[global_allocator]
+static ALLOC: tessera::alloc::CachingAllocator = tessera::alloc::CachingAllocator::new();
+
 /// (name, n, c_in, c_out, size, kernel, stride, padding)
 type Case = (
     &'static str,

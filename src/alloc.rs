@@ -32,6 +32,7 @@
 //! - `alloc_zeroed` on a cached block zeroes the bytes asked for, as the contract requires.
 //!
 //! Nothing here allocates while holding the lock: the cache is a fixed array of slots.
+//! Blocks released past the limit go back to `System` under the lock (rare: only on overflow).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -204,69 +205,50 @@ impl CachingAllocator {
             System.dealloc(ptr, Self::block_layout(class));
             return;
         }
-        let mut released = [EMPTY; SLOTS];
-        let mut n_released = 0;
-        {
-            let mut cache = self.lock();
-            let mut held = self.cached_bytes.load(Ordering::Relaxed);
-            loop {
-                let full = cache.slots.iter().all(|s| s.addr != 0);
-                if held + class <= limit && !full {
-                    break;
-                }
-                let oldest = cache
-                    .slots
-                    .iter_mut()
-                    .filter(|s| s.addr != 0)
-                    .min_by_key(|s| s.freed_at)
-                    .expect("a full or over-limit cache holds a block");
-                released[n_released] = *oldest;
-                n_released += 1;
-                held -= oldest.class;
-                *oldest = EMPTY;
-            }
-            cache.frees += 1;
-            let freed_at = cache.frees;
-            let slot = cache
-                .slots
-                .iter_mut()
-                .find(|s| s.addr == 0)
-                .expect("room was made above");
-            *slot = Slot {
-                addr: ptr as usize,
-                class,
-                freed_at,
-            };
-            self.cached_bytes.store(held + class, Ordering::Relaxed);
-        }
-        for s in &released[..n_released] {
-            System.dealloc(s.addr as *mut u8, Self::block_layout(s.class));
-        }
+        let mut cache = self.lock();
+        self.release_oldest_while(&mut cache, |held, full| full || held + class > limit);
+        cache.frees += 1;
+        let freed_at = cache.frees;
+        let slot = cache
+            .slots
+            .iter_mut()
+            .find(|s| s.addr == 0)
+            .expect("room was made above");
+        *slot = Slot {
+            addr: ptr as usize,
+            class,
+            freed_at,
+        };
+        self.cached_bytes.fetch_add(class, Ordering::Relaxed);
     }
 
     fn evict_down_to(&self, bytes: usize) {
-        let mut released = [EMPTY; SLOTS];
-        let mut n_released = 0;
-        {
-            let mut cache = self.lock();
-            let mut held = self.cached_bytes.load(Ordering::Relaxed);
-            while held > bytes {
-                let oldest = cache
-                    .slots
-                    .iter_mut()
-                    .filter(|s| s.addr != 0)
-                    .min_by_key(|s| s.freed_at)
-                    .expect("cached bytes are held by some block");
-                released[n_released] = *oldest;
-                n_released += 1;
-                held -= oldest.class;
-                *oldest = EMPTY;
+        let mut cache = self.lock();
+        self.release_oldest_while(&mut cache, |held, _| held > bytes);
+    }
+
+    /// Gives the least recently freed blocks back to the system while `more(cached bytes,
+    /// every slot taken)` holds. Runs under the lock: `System.dealloc` never re-enters this
+    /// allocator, and releases only happen when the cache overflows.
+    fn release_oldest_while(&self, cache: &mut Cache, more: impl Fn(usize, bool) -> bool) {
+        loop {
+            let held = self.cached_bytes.load(Ordering::Relaxed);
+            let full = cache.slots.iter().all(|s| s.addr != 0);
+            if !more(held, full) {
+                return;
             }
-            self.cached_bytes.store(held, Ordering::Relaxed);
-        }
-        for s in &released[..n_released] {
+            let Some(oldest) = cache
+                .slots
+                .iter_mut()
+                .filter(|s| s.addr != 0)
+                .min_by_key(|s| s.freed_at)
+            else {
+                return;
+            };
+            let Slot { addr, class, .. } = std::mem::replace(oldest, EMPTY);
+            self.cached_bytes.fetch_sub(class, Ordering::Relaxed);
             // SAFETY: every cached block came from `System` with its class's layout.
-            unsafe { System.dealloc(s.addr as *mut u8, Self::block_layout(s.class)) };
+            unsafe { System.dealloc(addr as *mut u8, Self::block_layout(class)) };
         }
     }
 }

@@ -192,15 +192,7 @@ fn reduce_columns<T: Float>(
     let fold_block = |i: usize, j0: usize, b: usize, acc: &mut [T]| {
         let start = outer[i] + j0;
         let rows = &rows[b * ROWS_PER_BLOCK..((b + 1) * ROWS_PER_BLOCK).min(rows.len())];
-        vectorized(|| {
-            acc.copy_from_slice(&x[start + rows[0]..start + rows[0] + acc.len()]);
-            for &r in &rows[1..] {
-                let src = &x[start + r..start + r + acc.len()];
-                for (a, &v) in acc.iter_mut().zip(src) {
-                    *a = f.combine(*a, v);
-                }
-            }
-        })
+        fold_slices_into(acc, rows.iter().map(|&r| start + r), x, f)
     };
     let mut out = vec![T::ZERO; out_len];
     if blocks == 1 {
@@ -217,17 +209,30 @@ fn reduce_columns<T: Float>(
         });
     column_tasks(&mut out, width, chunk).for_each(|(i, j0, acc)| {
         let at = i * width + j0;
-        vectorized(|| {
-            acc.copy_from_slice(&partials[at..at + acc.len()]);
-            for b in 1..blocks {
-                let part = &partials[b * out_len + at..b * out_len + at + acc.len()];
-                for (a, &v) in acc.iter_mut().zip(part) {
-                    *a = f.combine(*a, v);
-                }
-            }
-        })
+        fold_slices_into(acc, (0..blocks).map(|b| b * out_len + at), &partials, f)
     });
     out
+}
+
+/// `acc[j] = fold over s in starts (in order) of src[s + j]`: the first slice copied, the rest
+/// combined in, element by element (vector adds, or max/min, over contiguous memory).
+#[inline(always)]
+fn fold_slices_into<T: Float>(
+    acc: &mut [T],
+    mut starts: impl Iterator<Item = usize>,
+    src: &[T],
+    f: Fold,
+) {
+    let n = acc.len();
+    let first = starts.next().expect("at least one slice to fold");
+    vectorized(|| {
+        acc.copy_from_slice(&src[first..first + n]);
+        for s in starts {
+            for (a, &v) in acc.iter_mut().zip(&src[s..s + n]) {
+                *a = f.combine(*a, v);
+            }
+        }
+    })
 }
 
 /// `buf` (rows of `width`) cut into tasks of at most `chunk` columns: `(row, first column,

@@ -264,35 +264,12 @@ impl Layout {
         })
     }
 
-    /// Calls `f(storage_offset, len, stride)` for each run along the last dimension, in
-    /// row-major order: the inner loop of every strided CPU kernel. Contiguous views give one run.
-    pub fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let n = self.elem_count();
-        if n == 0 {
-            return;
-        }
-        if self.is_contiguous() {
-            return f(self.offset, n, 1);
-        }
-        let rank = self.shape.rank();
-        let (inner, inner_stride) = (self.dims()[rank - 1], self.strides[rank - 1]);
-        let outer_dims = &self.dims()[..rank - 1];
-        let outer_strides = &self.strides[..rank - 1];
-        let mut idx = vec![0usize; rank - 1];
-        let mut off = self.offset;
-        for _ in 0..n / inner {
-            f(off, inner, inner_stride);
-            // Odometer increment over the outer dims.
-            for d in (0..rank - 1).rev() {
-                idx[d] += 1;
-                off += outer_strides[d];
-                if idx[d] < outer_dims[d] {
-                    break;
-                }
-                off -= outer_strides[d] * outer_dims[d];
-                idx[d] = 0;
-            }
-        }
+    /// Calls `f(storage_offset, len, stride)` for each run of the view in row-major order:
+    /// the inner loop of every strided CPU kernel. Runs follow the merged dims (see
+    /// [`merge_dims`]), so they are as long as memory allows; contiguous views give one run.
+    pub fn for_each_run(&self, f: impl FnMut(usize, usize, usize)) {
+        let runs = Runs::new(self);
+        runs.for_each(0, runs.count(), f);
     }
 
     /// The storage offset of every element in row-major order (for kernels that need random access).
@@ -303,9 +280,158 @@ impl Layout {
     }
 }
 
+/// Drops size-1 dims and merges each pair of neighbours where the outer one steps exactly
+/// over the inner one (`stride[i] == dims[i+1] * stride[i+1]`). The element order (row-major
+/// over the view) is unchanged. Broadcast dims (stride 0) merge only with each other. An
+/// empty view becomes `[0]`; a one-element view rank 0.
+pub(crate) fn merge_dims(dims: &[usize], strides: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    if dims.contains(&0) {
+        return (vec![0], vec![1]);
+    }
+    let mut out_d: Vec<usize> = Vec::with_capacity(dims.len());
+    let mut out_s: Vec<usize> = Vec::with_capacity(dims.len());
+    for (&d, &s) in dims.iter().zip(strides) {
+        if d == 1 {
+            continue;
+        }
+        if let (Some(ld), Some(ls)) = (out_d.last_mut(), out_s.last_mut()) {
+            if *ls == d * s {
+                *ld *= d;
+                *ls = s;
+                continue;
+            }
+        }
+        out_d.push(d);
+        out_s.push(s);
+    }
+    (out_d, out_s)
+}
+
+/// A view cut into runs: `count()` runs of `len` elements `stride` apart, run `r` starting
+/// at the storage offset its index has over the outer (merged) dims. Any range of runs can
+/// be walked on its own, which is how strided copies split over threads.
+pub(crate) struct Runs {
+    outer_dims: Vec<usize>,
+    outer_strides: Vec<usize>,
+    offset: usize,
+    /// Elements per run (0 for an empty view).
+    pub len: usize,
+    /// Storage step between a run's elements.
+    pub stride: usize,
+}
+
+impl Runs {
+    pub fn new(layout: &Layout) -> Self {
+        let (mut dims, mut strides) = merge_dims(layout.dims(), layout.strides());
+        let (len, stride) = match (dims.pop(), strides.pop()) {
+            (Some(d), Some(s)) => (d, s),
+            _ => (1, 1), // one element
+        };
+        Runs {
+            outer_dims: dims,
+            outer_strides: strides,
+            offset: layout.offset(),
+            len,
+            stride,
+        }
+    }
+
+    /// Runs in all.
+    pub fn count(&self) -> usize {
+        if self.len == 0 {
+            0
+        } else {
+            self.outer_dims.iter().product()
+        }
+    }
+
+    /// Calls `f(storage_offset, len, stride)` for runs `first..first + n`, in order.
+    pub fn for_each(&self, first: usize, n: usize, mut f: impl FnMut(usize, usize, usize)) {
+        if n == 0 {
+            return;
+        }
+        let rank = self.outer_dims.len();
+        // The odometer's start: `first` unravelled over the outer dims.
+        let mut idx = vec![0usize; rank];
+        let (mut rest, mut off) = (first, self.offset);
+        for d in (0..rank).rev() {
+            idx[d] = rest % self.outer_dims[d];
+            rest /= self.outer_dims[d];
+            off += idx[d] * self.outer_strides[d];
+        }
+        for _ in 0..n {
+            f(off, self.len, self.stride);
+            for d in (0..rank).rev() {
+                idx[d] += 1;
+                off += self.outer_strides[d];
+                if idx[d] < self.outer_dims[d] {
+                    break;
+                }
+                off -= self.outer_strides[d] * self.outer_dims[d];
+                idx[d] = 0;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn merging_keeps_row_major_order() {
+        assert_eq!(merge_dims(&[2, 3, 4], &[12, 4, 1]), (vec![24], vec![1]));
+        // A transposed view stays 2-D.
+        assert_eq!(merge_dims(&[4, 3], &[1, 4]), (vec![4, 3], vec![1, 4]));
+        // Broadcast dims merge with each other, not with real ones.
+        assert_eq!(merge_dims(&[2, 3, 5], &[0, 0, 1]), (vec![6, 5], vec![0, 1]));
+        // Size-1 dims vanish; a scalar has rank 0.
+        assert_eq!(merge_dims(&[1, 5, 1], &[9, 1, 7]), (vec![5], vec![1]));
+        assert_eq!(merge_dims(&[], &[]), (vec![], vec![]));
+        assert_eq!(merge_dims(&[3, 0], &[1, 1]), (vec![0], vec![1]));
+    }
+    #[test]
+    fn runs_from_any_start_match_the_whole_walk() {
+        // [2, 3, 4, 5] permuted: dims that merge and dims that do not, plus an offset.
+        let base = Layout::contiguous_with_offset([2, 3, 4, 5], 7);
+        for perm in [
+            [0, 1, 2, 3],
+            [0, 2, 1, 3],
+            [3, 1, 0, 2],
+            [1, 0, 3, 2],
+            [0, 1, 3, 2],
+        ] {
+            let l = base.permute(&perm).unwrap().narrow(1, 1, 1).unwrap();
+            let all = l.offsets();
+            // Reference: every element's offset from its multi-index.
+            let mut expect = Vec::new();
+            let (d, s) = (l.dims().to_vec(), l.strides().to_vec());
+            for i in 0..l.elem_count() {
+                let (mut rest, mut off) = (i, l.offset());
+                for k in (0..d.len()).rev() {
+                    off += (rest % d[k]) * s[k];
+                    rest /= d[k];
+                }
+                expect.push(off);
+            }
+            assert_eq!(all, expect, "perm {perm:?}");
+            let runs = Runs::new(&l);
+            if perm == [0, 1, 2, 3] {
+                // [2, 1, 4, 5] narrowed from [2, 3, 4, 5]: the last two dims merge into one run.
+                assert_eq!((runs.len, runs.stride, runs.count()), (20, 1, 2));
+            }
+            for first in 0..runs.count() {
+                let mut got = Vec::new();
+                runs.for_each(first, runs.count() - first, |o, len, st| {
+                    got.extend((0..len).map(|j| o + j * st))
+                });
+                assert_eq!(
+                    got,
+                    expect[first * runs.len..],
+                    "perm {perm:?} from run {first}"
+                );
+            }
+        }
+    }
     #[test]
     fn reshape_views() {
         let l = Layout::contiguous([2, 3, 4]);

@@ -12,6 +12,7 @@ mod view;
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use layout::Layout;
+pub(crate) use layout::{merge_dims, Runs};
 pub(crate) use shape::dim_for_insert;
 pub use shape::{Dim, Shape};
 

@@ -18,8 +18,11 @@ pub mod pool;
 pub mod reduce;
 pub mod simd;
 pub mod softmax;
+mod strided;
 
 pub use float::Float;
+use strided::scatter_strided;
+pub(crate) use strided::{contiguous_cow, gather_strided};
 
 use super::BackendStorage;
 use crate::tensor::{DType, Device, Layout, WithDType};
@@ -263,48 +266,6 @@ fn cast_vec<T: WithDType, U: WithDType>(v: Vec<T>) -> Vec<U> {
     debug_assert_eq!(T::DTYPE, U::DTYPE);
     bytemuck::allocation::try_cast_vec(v)
         .unwrap_or_else(|(_, v)| bytemuck::allocation::pod_collect_to_vec(&v))
-}
-
-/// Gathers a strided view into a new contiguous vector.
-pub(crate) fn gather_strided<T: Copy>(src: &[T], layout: &Layout) -> Vec<T> {
-    if let Some((a, b)) = layout.contiguous_range() {
-        return src[a..b].to_vec();
-    }
-    let mut out = Vec::with_capacity(layout.elem_count());
-    layout.for_each_run(|o, len, s| {
-        if s == 1 {
-            out.extend_from_slice(&src[o..o + len]);
-        } else {
-            out.extend((0..len).map(|i| src[o + i * s]));
-        }
-    });
-    out
-}
-
-/// A contiguous slice when the view is contiguous, else a gathered copy.
-pub(crate) fn contiguous_cow<'a, T: Copy>(
-    src: &'a [T],
-    layout: &Layout,
-) -> std::borrow::Cow<'a, [T]> {
-    match layout.contiguous_range() {
-        Some((a, b)) => std::borrow::Cow::Borrowed(&src[a..b]),
-        None => std::borrow::Cow::Owned(gather_strided(src, layout)),
-    }
-}
-
-fn scatter_strided<T: Copy>(dst: &mut [T], dst_layout: &Layout, src: &[T], src_layout: &Layout) {
-    let src = contiguous_cow(src, src_layout);
-    let mut i = 0;
-    dst_layout.for_each_run(|o, len, s| {
-        if s == 1 {
-            dst[o..o + len].copy_from_slice(&src[i..i + len]);
-        } else {
-            for j in 0..len {
-                dst[o + j * s] = src[i + j];
-            }
-        }
-        i += len;
-    });
 }
 
 fn convert<T: WithDType, U: WithDType>(src: &[T], layout: &Layout) -> Vec<U> {

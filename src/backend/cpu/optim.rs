@@ -107,7 +107,7 @@ fn sgd_kernel<T: Float>(p: &mut [T], g: &[T], buf: Option<&mut [T]>, h: &SgdStep
 }
 
 /// Runs `kernel` on the parameter view `layout` of `p` (gathering/scattering when strided).
-fn on_view<T: Copy>(p: &mut [T], layout: &Layout, kernel: impl FnOnce(&mut [T])) {
+fn on_view<T: Copy + Send + Sync>(p: &mut [T], layout: &Layout, kernel: impl FnOnce(&mut [T])) {
     match layout.contiguous_range() {
         Some((a, b)) => kernel(&mut p[a..b]),
         None => {

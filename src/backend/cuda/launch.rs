@@ -2,7 +2,7 @@
 //! layout struct kernels read views through. See the module doc of `cuda/mod.rs` for a full
 //! example.
 
-use crate::tensor::Layout;
+use crate::tensor::{merge_dims, Layout};
 use crate::{Error, Result};
 use cudarc::driver::DeviceRepr;
 use std::any::Any;
@@ -155,50 +155,10 @@ impl StridedArg {
     }
 }
 
-/// Drops size-1 dims and merges each pair of neighbours where the outer one steps exactly
-/// over the inner one (`stride[i] == dims[i+1] * stride[i+1]`). The element order (row-major
-/// over the view) is unchanged. Broadcast dims (stride 0) merge only with each other.
-pub fn merge_dims(dims: &[usize], strides: &[usize]) -> (Vec<usize>, Vec<usize>) {
-    let mut out_d: Vec<usize> = Vec::with_capacity(dims.len());
-    let mut out_s: Vec<usize> = Vec::with_capacity(dims.len());
-    for (&d, &s) in dims.iter().zip(strides) {
-        if d == 1 {
-            continue;
-        }
-        if let (Some(ld), Some(ls)) = (out_d.last_mut(), out_s.last_mut()) {
-            if *ls == d * s {
-                *ld *= d;
-                *ls = s;
-                continue;
-            }
-        }
-        out_d.push(d);
-        out_s.push(s);
-    }
-    if dims.contains(&0) {
-        // An empty view: one dim of size 0 says it all.
-        return (vec![0], vec![1]);
-    }
-    (out_d, out_s)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::tensor::Shape;
-
-    #[test]
-    fn merging_keeps_row_major_order() {
-        assert_eq!(merge_dims(&[2, 3, 4], &[12, 4, 1]), (vec![24], vec![1]));
-        // A transposed view stays 2-D.
-        assert_eq!(merge_dims(&[4, 3], &[1, 4]), (vec![4, 3], vec![1, 4]));
-        // Broadcast dims merge with each other, not with real ones.
-        assert_eq!(merge_dims(&[2, 3, 5], &[0, 0, 1]), (vec![6, 5], vec![0, 1]));
-        // Size-1 dims vanish; a scalar has rank 0.
-        assert_eq!(merge_dims(&[1, 5, 1], &[9, 1, 7]), (vec![5], vec![1]));
-        assert_eq!(merge_dims(&[], &[]), (vec![], vec![]));
-        assert_eq!(merge_dims(&[3, 0], &[1, 1]), (vec![0], vec![1]));
-    }
 
     /// `strided_offset` of common.cuh, line for line.
     pub(crate) fn strided_offset(s: &StridedArg, mut i: u64) -> u64 {

@@ -10,11 +10,11 @@
 //!   adds them in a fixed order, so the results are the same on every run.
 
 use super::kernel_io::{contiguous, ll, ContiguousView};
-use super::launch::merge_dims;
 use super::storage::float_suffix;
 use super::{kernel_args, launch_1d, CudaStorage, LaunchConfig};
 use crate::backend::norm::{NormBackend, NormDims, Param};
 use crate::backend::BackendStorage;
+use crate::tensor::merge_dims;
 use crate::tensor::{DType, Layout};
 use crate::{Error, Result};
 use std::sync::Arc;

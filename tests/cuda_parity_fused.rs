@@ -160,6 +160,15 @@ fn matmul_matches_cpu() {
         // Degenerate: a single element.
         let (a, b) = (randn(&[1, 1], dt, 9), randn(&[1, 1], dt, 10));
         parity(gpu, &[a, b], t, "matmul 1x1", |x| x[0].matmul(&x[1]));
+        // linear: x @ W^T + b, the bias added after the GEMM on the GPU.
+        let (x, w, bias) = (
+            randn(&[2, 37, 45], dt, 11),
+            randn(&[29, 45], dt, 12),
+            randn(&[29], dt, 13),
+        );
+        parity(gpu, &[x, w, bias], t, "linear", |x| {
+            x[0].linear(&x[1], Some(&x[2]))
+        });
     }
 }
 

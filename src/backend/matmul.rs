@@ -1,13 +1,21 @@
 //! Batched matrix multiply: `out[b] = lhs[b] @ rhs[b]`, operands given as rank-3 layouts
 //! (`[B, M, K]` and `[B, K, N]`) with any strides, so transposed and batch-broadcast
-//! (stride 0) operands are read without a copy. Output is contiguous `[B, M, N]`.
+//! (stride 0) operands are read without a copy. Output is contiguous `[B, M, N]`. An optional
+//! `bias` (`[N]`) is added to every row, as a Linear layer's `x @ W^T + b`: the same values as
+//! a separate broadcast add, which the CPU GEMM does tile by tile while the tile is in cache.
 
 use super::{on_backend, operand, same_device, same_dtype, Operand, Storage};
 use crate::tensor::Layout;
 use crate::Result;
 
 pub trait MatmulBackend: Sized {
-    fn matmul(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self>;
+    fn matmul(
+        &self,
+        lhs_layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        bias: Option<(&Self, &Layout)>,
+    ) -> Result<Self>;
 }
 
 impl Storage {
@@ -16,12 +24,24 @@ impl Storage {
         lhs_layout: &Layout,
         rhs: &Storage,
         rhs_layout: &Layout,
+        bias: Option<(&Storage, &Layout)>,
     ) -> Result<Storage> {
         same_device("matmul", self, rhs)?;
         same_dtype("matmul", self.dtype(), rhs.dtype())?;
+        if let Some((b, _)) = bias {
+            same_device("matmul", self, b)?;
+            same_dtype("matmul", self.dtype(), b.dtype())?;
+        }
         let d = self.device();
-        on_backend!(self, |a| Ok(a
-            .matmul(lhs_layout, operand("matmul", d, rhs)?, rhs_layout)?
-            .into_storage()))
+        on_backend!(self, |a| {
+            let bias = match bias {
+                Some((b, l)) => Some((operand("matmul", d, b)?, l)),
+                None => None,
+            };
+            Ok(
+                a.matmul(lhs_layout, operand("matmul", d, rhs)?, rhs_layout, bias)?
+                    .into_storage(),
+            )
+        })
     }
 }

@@ -40,12 +40,9 @@ impl Linear {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The transposed weight is a strided view read by the GEMM directly.
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
-        }
+        // The transposed weight is a strided view read by the GEMM directly, and the bias is
+        // added by the GEMM as it stores each output tile.
+        x.linear(&self.weight, self.bias.as_ref())
     }
 }
 

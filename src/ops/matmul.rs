@@ -3,12 +3,52 @@
 //! strided layouts, never copied first.
 //!
 //! Backward: `dA = dC @ B^T`, `dB = A^T @ dC`, each summed back over broadcast batch dims.
+//!
+//! [`Tensor::linear`] is PyTorch's `F.linear`, `x @ W^T + b`: the bias goes to the GEMM,
+//! which adds it to each output tile while the tile is still in cache (on the CPU; the same
+//! values as a separate add, one pass over the output fewer). Its gradient is `dC` summed
+//! over every dim but the last.
 
 use crate::tensor::{Layout, Shape, Tensor};
 use crate::{Error, Result};
 
 impl Tensor {
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.matmul_plus(rhs, None)
+    }
+
+    /// `self @ weight^T + bias` (PyTorch's `F.linear`): `self` `[..., in]`, `weight`
+    /// `[out, in]`, `bias` `[out]`.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if weight.rank() != 2 {
+            return Err(Error::shape(
+                "linear",
+                "the weight must be [out_features, in_features]",
+                &[self.shape(), weight.shape()],
+            ));
+        }
+        if let Some(b) = bias {
+            self.check_same(b, "linear")?;
+            if b.dims() != [weight.dims()[0]] {
+                return Err(Error::shape(
+                    "linear",
+                    format!(
+                        "the bias must be [{}] (one per output feature)",
+                        weight.dims()[0]
+                    ),
+                    &[weight.shape(), b.shape()],
+                ));
+            }
+        }
+        self.matmul_plus(&weight.t()?, bias)
+    }
+
+    /// `self @ rhs`, plus `bias` (`[N]`, checked by the caller) on every row when given.
+    fn matmul_plus(&self, rhs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(b) = bias.filter(|_| rhs.rank() != 2) {
+            // Only a matrix on the right takes the bias into the GEMM.
+            return self.matmul(rhs)?.add(b);
+        }
         self.check_same(rhs, "matmul")?;
         self.check_float("matmul")?;
         if self.rank() == 0 || rhs.rank() == 0 {
@@ -20,7 +60,7 @@ impl Tensor {
         }
         // 1-D operands: a vector on the left is a row, on the right a column.
         if self.rank() == 1 {
-            return self.unsqueeze(0)?.matmul(rhs)?.squeeze(-2);
+            return self.unsqueeze(0)?.matmul_plus(rhs, bias)?.squeeze(-2);
         }
         if rhs.rank() == 1 {
             return self.matmul(&rhs.unsqueeze(1)?)?.squeeze(-1);
@@ -33,7 +73,7 @@ impl Tensor {
             let rows: usize = lead.iter().product();
             let out = self
                 .reshape(vec![rows, self.dims()[self.rank() - 1]])?
-                .matmul(rhs)?;
+                .matmul_plus(rhs, bias)?;
             return out.reshape(
                 lead.iter()
                     .copied()
@@ -87,15 +127,23 @@ impl Tensor {
                     (&cb, Layout::contiguous([nb, k, n]))
                 }
             };
-            pa.matmul(&l3a, pb, &l3b)?
+            let bias_storage = bias.map(|t| t.storage());
+            let bias = bias_storage.as_deref().zip(bias.map(|t| t.layout()));
+            pa.matmul(&l3a, pb, &l3b, bias)?
         };
         let out = Tensor::from_storage(storage, full([m, n]));
-        if !crate::autograd::is_recording(&[self, rhs]) {
+        let inputs: Vec<&Tensor> = [self, rhs].into_iter().chain(bias).collect();
+        if !crate::autograd::is_recording(&inputs) {
             return Ok(out);
         }
         let (a, b) = (self.detach(), rhs.detach());
         let (need_a, need_b) = (self.requires_grad(), rhs.requires_grad());
-        Ok(Tensor::record(out, "matmul", &[self, rhs], move |g| {
+        let bias_shape = bias
+            .filter(|t| t.requires_grad())
+            .map(|t| t.shape().clone());
+        let with_bias = bias.is_some();
+        let op = if with_bias { "linear" } else { "matmul" };
+        Ok(Tensor::record(out, op, &inputs, move |g| {
             let ga = if need_a {
                 Some(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?)
             } else {
@@ -106,7 +154,11 @@ impl Tensor {
             } else {
                 None
             };
-            Ok(vec![ga, gb])
+            let mut grads = vec![ga, gb];
+            if with_bias {
+                grads.push(bias_shape.as_ref().map(|s| g.sum_to_shape(s)).transpose()?);
+            }
+            Ok(grads)
         }))
     }
 }

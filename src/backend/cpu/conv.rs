@@ -259,7 +259,7 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         // image it would be N matrix-vector products, each reading all of W).
         let lx = Layout::contiguous([1, g.n, g.c_in]);
         let lw = Layout::new(Shape::new(vec![1, g.c_in, g.c_out]), vec![0, 1, g.c_in], 0);
-        return T::gemm(x, &lx, w, &lw, isa);
+        return T::gemm(x, &lx, w, &lw, None, isa);
     }
     if is_pointwise(g) {
         // out[n] = W [C_out, C_in] @ x[n] [C_in, H*W]: the GEMM with W broadcast over images.
@@ -269,7 +269,7 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
             0,
         );
         let lx = Layout::contiguous([g.n, g.c_in, p]);
-        return T::gemm(w, &lw, x, &lx, isa);
+        return T::gemm(w, &lw, x, &lx, None, isa);
     }
     let kern = T::micro_kernel(isa);
     let (mr, nr) = (kern.mr, kern.nr);

@@ -41,7 +41,7 @@
 //! Cost: `2*M*N*K` FLOPs; per task, A is packed `ceil(cols/NC)` times and B `ceil(rows/MC)`
 //! times (once each for most shapes); C is written `ceil(K/KC)` times and read one time less.
 
-use super::{CpuData, CpuStorage, Float};
+use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::matmul::MatmulBackend;
 use crate::tensor::Layout;
 use crate::{Error, Result};
@@ -90,9 +90,15 @@ struct Block {
 }
 
 /// The output buffer, written by tasks through a raw pointer, each task to its own [`Block`]
-/// (blocks never overlap); nothing reads or references the buffer while they run.
+/// (blocks never overlap); nothing reads or references the buffer while they run. With a
+/// `bias` (`n` elements), `bias[j]` is added to every element of column `j` once its sum
+/// over K is complete, tile by tile while the tile is still in L1: the same values as adding
+/// it afterwards, without another pass over C (a Linear layer's `x @ W^T + b`).
 #[derive(Clone, Copy)]
-struct Out<T>(*mut T);
+struct Out<T> {
+    c: *mut T,
+    bias: Option<*const T>,
+}
 // SAFETY: tasks write disjoint elements (their blocks), and `T: Send` values cross threads.
 unsafe impl<T: Send> Send for Out<T> {}
 unsafe impl<T: Send> Sync for Out<T> {}
@@ -424,7 +430,11 @@ unsafe fn run_block<T: Float, const MR: usize, const NR: usize, const FMA: bool,
 ) {
     let (n, k) = (d.n, d.k);
     // SAFETY: the batch's `m*n` elements lie inside `out` (caller's contract).
-    let c0 = unsafe { out.0.add(blk.bi * d.m * n) };
+    let c0 = unsafe { out.c.add(blk.bi * d.m * n) };
+    // SAFETY: the bias holds `n` elements (see `gemm_with`).
+    let bias = out
+        .bias
+        .map(|p| unsafe { std::slice::from_raw_parts(p, n) });
     let (abase, bbase) = (oa.off + blk.bi * oa.sb, ob.off + blk.bi * ob.sb);
     if d.m < 4 && ob.s1 == 1 {
         // Fewer than 4 rows in all (a matrix-vector product, say): packing would cost more
@@ -445,6 +455,9 @@ unsafe fn run_block<T: Float, const MR: usize, const NR: usize, const FMA: bool,
                         *o + av * bv
                     };
                 }
+            }
+            if let Some(bias) = bias {
+                add_row(crow, &bias[blk.j0..blk.j1]);
             }
         }
         return;
@@ -481,6 +494,9 @@ unsafe fn run_block<T: Float, const MR: usize, const NR: usize, const FMA: bool,
                 unsafe {
                     let ct = c0.add((blk.i0 + i) * n + blk.j0 + j);
                     K::tile_direct(k, h, (ap, oa.s0, oa.s1), (bp, ob.s0), ct, n, nr, true);
+                    if let Some(bias) = bias {
+                        add_to_tile(ct, n, h, &bias[blk.j0 + j..blk.j0 + j + nr]);
+                    }
                 }
             }
         }
@@ -507,11 +523,38 @@ unsafe fn run_block<T: Float, const MR: usize, const NR: usize, const FMA: bool,
                         unsafe {
                             let ct = c0.add((ic + iq * MR) * n + jc + jq * NR);
                             K::tile(kc, ap, bp, ct, n, mr, nr, pc == 0);
+                            if let Some(bias) = bias.filter(|_| pc + kc == k) {
+                                let j = jc + jq * NR;
+                                add_to_tile(ct, n, mr, &bias[j..j + nr]);
+                            }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// `row[j] += bias[j]`.
+#[inline(always)]
+fn add_row<T: Float>(row: &mut [T], bias: &[T]) {
+    for (o, &b) in row.iter_mut().zip(bias) {
+        *o += b;
+    }
+}
+
+/// Adds `bias` (`cols` long) to each of the `rows` rows of the tile at `c` (row stride `ldc`).
+///
+/// # Safety
+/// The tile's elements must be valid and this task's own.
+#[inline(always)]
+unsafe fn add_to_tile<T: Float>(c: *mut T, ldc: usize, rows: usize, bias: &[T]) {
+    for r in 0..rows {
+        // SAFETY: row r of the caller's tile, `bias.len()` columns.
+        add_row(
+            unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), bias.len()) },
+            bias,
+        );
     }
 }
 
@@ -598,11 +641,15 @@ fn run_split<T: ScratchPool>(
     d: Dims,
     split: Split,
     threads: usize,
+    bias: Option<&[T]>,
     block: impl Fn(Block, Out<T>, &mut Scratch<T>) + Sync,
 ) -> Vec<T> {
     let len = d.bsz * d.m * d.n;
     let mut out: Vec<T> = Vec::with_capacity(len);
-    let ptr = Out(out.as_mut_ptr());
+    let ptr = Out {
+        c: out.as_mut_ptr(),
+        bias: bias.map(|b| b.as_ptr()),
+    };
     let flops = 2 * len * d.k;
     if threads <= 1 || flops < SERIAL_FLOPS {
         T::with_scratch(|s| {
@@ -920,25 +967,29 @@ type SizesFn = fn(Isa) -> ((usize, usize), (usize, usize));
 
 /// The GEMM for one dtype: its task entry and its `(MR, NR)` tile and `(MC, NC)` block sizes
 /// on `isa`, which must come from [`detect_isa`] (or name a subset of this CPU's features).
+#[allow(clippy::too_many_arguments)]
 fn gemm<T: ScratchPool>(
     a: &[T],
     la: &Layout,
     b: &[T],
     lb: &Layout,
+    bias: Option<&[T]>,
     block: BlockFn<T>,
     sizes: SizesFn,
     isa: Isa,
 ) -> Vec<T> {
-    gemm_with(a, la, b, lb, block, sizes, isa, None)
+    gemm_with(a, la, b, lb, bias, block, sizes, isa, None)
 }
 
 /// [`gemm`], with the split into `(row parts, column parts)` per matrix forced (for tests).
+/// `bias` (`n` elements, if any) is added to every row of every product.
 #[allow(clippy::too_many_arguments)]
 fn gemm_with<T: ScratchPool>(
     a: &[T],
     la: &Layout,
     b: &[T],
     lb: &Layout,
+    bias: Option<&[T]>,
     block: BlockFn<T>,
     sizes: SizesFn,
     isa: Isa,
@@ -950,8 +1001,13 @@ fn gemm_with<T: ScratchPool>(
         n: lb.dims()[2],
         k: la.dims()[2],
     };
+    assert!(bias.is_none_or(|b| b.len() == d.n), "gemm: bias length");
     if d.bsz * d.m * d.n == 0 || d.k == 0 {
-        return vec![T::ZERO; d.bsz * d.m * d.n];
+        let mut c = vec![T::ZERO; d.bsz * d.m * d.n];
+        if let Some(bias) = bias {
+            c.chunks_exact_mut(d.n).for_each(|row| add_row(row, bias));
+        }
+        return c;
     }
     let op = |l: &Layout| Operand {
         off: l.offset(),
@@ -972,7 +1028,7 @@ fn gemm_with<T: ScratchPool>(
         Some((pm, pn)) => Split::new(d, pm, pn, tile).expect("a split without empty parts"),
         None => Split::choose(d, threads, tile, blocks),
     };
-    run_split(d, split, threads, |blk, out, s| {
+    run_split(d, split, threads, bias, |blk, out, s| {
         // SAFETY: `isa` suits this CPU (see above), `out` holds the whole output, and the
         // split's blocks are disjoint.
         unsafe { block(isa, a, oa, b, ob, d, blk, out, s) }
@@ -1241,8 +1297,16 @@ unsafe fn micro_avx512_f32(
 pub(super) trait PackedFloat: Float {
     /// The micro-kernel the GEMM uses for this dtype on `isa` (the same tile shapes).
     fn micro_kernel(isa: Isa) -> MicroKernel<Self>;
-    /// The batched GEMM `[B, M, K] @ [B, K, N]` on strided operands (see [`gemm`]).
-    fn gemm(a: &[Self], la: &Layout, b: &[Self], lb: &Layout, isa: Isa) -> Vec<Self>;
+    /// The batched GEMM `[B, M, K] @ [B, K, N]` on strided operands, plus `bias` (`[N]`) on
+    /// every row if given (see [`gemm`]).
+    fn gemm(
+        a: &[Self],
+        la: &Layout,
+        b: &[Self],
+        lb: &Layout,
+        bias: Option<&[Self]>,
+        isa: Isa,
+    ) -> Vec<Self>;
 }
 
 macro_rules! packed_float {
@@ -1269,8 +1333,15 @@ macro_rules! packed_float {
                     rows_in_place: in_place.map(|(_, f)| f),
                 }
             }
-            fn gemm(a: &[$t], la: &Layout, b: &[$t], lb: &Layout, isa: Isa) -> Vec<$t> {
-                gemm(a, la, b, lb, $block, $sizes, isa)
+            fn gemm(
+                a: &[$t],
+                la: &Layout,
+                b: &[$t],
+                lb: &Layout,
+                bias: Option<&[$t]>,
+                isa: Isa,
+            ) -> Vec<$t> {
+                gemm(a, la, b, lb, bias, $block, $sizes, isa)
             }
         }
     };
@@ -1299,7 +1370,13 @@ packed_float!(
 );
 
 impl MatmulBackend for CpuStorage {
-    fn matmul(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+    fn matmul(
+        &self,
+        lhs_layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        bias: Option<(&Self, &Layout)>,
+    ) -> Result<Self> {
         let (da, db) = (lhs_layout.dims(), rhs_layout.dims());
         if da.len() != 3 || db.len() != 3 || da[0] != db[0] || da[2] != db[1] {
             return Err(Error::ShapeMismatch {
@@ -1308,12 +1385,44 @@ impl MatmulBackend for CpuStorage {
                 rhs: rhs_layout.shape().clone(),
             });
         }
+        if let Some((_, bl)) = bias {
+            if bl.dims() != [db[2]] {
+                return Err(Error::ShapeMismatch {
+                    op: "matmul (bias)",
+                    lhs: rhs_layout.shape().clone(),
+                    rhs: bl.shape().clone(),
+                });
+            }
+        }
+        /// The bias as a dense slice of `T` (gathered if strided).
+        fn dense<'a, T: crate::tensor::WithDType + Send + Sync>(
+            bias: Option<(&'a CpuStorage, &Layout)>,
+        ) -> Result<Option<std::borrow::Cow<'a, [T]>>> {
+            bias.map(|(b, l)| Ok(contiguous_cow(b.as_slice::<T>("matmul")?, l)))
+                .transpose()
+        }
         let data = match (self.data(), rhs.data()) {
             (CpuData::F32(a), CpuData::F32(b)) => {
-                CpuData::F32(f32::gemm(a, lhs_layout, b, rhs_layout, detect_isa()))
+                let bias = dense::<f32>(bias)?;
+                CpuData::F32(f32::gemm(
+                    a,
+                    lhs_layout,
+                    b,
+                    rhs_layout,
+                    bias.as_deref(),
+                    detect_isa(),
+                ))
             }
             (CpuData::F64(a), CpuData::F64(b)) => {
-                CpuData::F64(f64::gemm(a, lhs_layout, b, rhs_layout, detect_isa()))
+                let bias = dense::<f64>(bias)?;
+                CpuData::F64(f64::gemm(
+                    a,
+                    lhs_layout,
+                    b,
+                    rhs_layout,
+                    bias.as_deref(),
+                    detect_isa(),
+                ))
             }
             (d, _) => {
                 return Err(Error::UnsupportedDType {
@@ -1377,11 +1486,11 @@ mod tests {
             for &isa in &isas {
                 // Small integers: exact in both precisions.
                 assert_eq!(
-                    f64::gemm(&av, &la, &bv, &lb, isa),
+                    f64::gemm(&av, &la, &bv, &lb, None, isa),
                     want,
                     "{isa:?} f64 {m}x{k}x{n}"
                 );
-                let got = f32::gemm(&a32, &la, &b32, &lb, isa);
+                let got = f32::gemm(&a32, &la, &b32, &lb, None, isa);
                 let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
                 assert_eq!(got, want, "{isa:?} f32 {m}x{k}x{n}");
             }
@@ -1495,8 +1604,10 @@ mod tests {
                             continue;
                         }
                         let parts = Some((pm, pn));
-                        let g64 = gemm_with(&av, &la, &bv, &lb, block_f64, sizes_f64, isa, parts);
-                        let g32 = gemm_with(&a32, &la, &b32, &lb, block_f32, sizes_f32, isa, parts);
+                        let g64 =
+                            gemm_with(&av, &la, &bv, &lb, None, block_f64, sizes_f64, isa, parts);
+                        let g32 =
+                            gemm_with(&a32, &la, &b32, &lb, None, block_f32, sizes_f32, isa, parts);
                         for (i, &w) in want.iter().enumerate() {
                             let tol = 1.0 + w.abs();
                             assert!((g64[i] - w).abs() <= 1e-12 * tol, "{isa:?} f64 {what}");

@@ -7,6 +7,7 @@
 use super::kernel_io::ll;
 use super::storage::float_suffix;
 use super::{kernel_args, CudaStorage, LaunchConfig};
+use crate::backend::elementwise::{BinaryOp, ElementwiseBackend};
 use crate::backend::matmul::MatmulBackend;
 use crate::backend::BackendStorage;
 use crate::tensor::Layout;
@@ -20,7 +21,40 @@ const MAX_SPLITS: usize = 16;
 const MIN_K_PER_SPLIT: usize = 256;
 
 impl MatmulBackend for CudaStorage {
-    fn matmul(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
+    fn matmul(
+        &self,
+        lhs_layout: &Layout,
+        rhs: &Self,
+        rhs_layout: &Layout,
+        bias: Option<(&Self, &Layout)>,
+    ) -> Result<Self> {
+        let out = self.gemm(lhs_layout, rhs, rhs_layout)?;
+        let Some((b, bl)) = bias else {
+            return Ok(out);
+        };
+        // The bias as a second kernel: the elementwise add over `[B, M, N]` with the bias
+        // broadcast along rows (an epilogue in the GEMM is issue 5's work).
+        let (l, r) = (lhs_layout.dims(), rhs_layout.dims());
+        let shape = crate::tensor::Shape::new(vec![l[0], l[1], r[2]]);
+        if bl.dims() != [r[2]] {
+            return Err(Error::ShapeMismatch {
+                op: "matmul (bias)",
+                lhs: rhs_layout.shape().clone(),
+                rhs: bl.shape().clone(),
+            });
+        }
+        out.binary(
+            BinaryOp::Add,
+            &Layout::contiguous(shape.clone()),
+            b,
+            &bl.broadcast_as(&shape)?,
+        )
+    }
+}
+
+impl CudaStorage {
+    /// `out[b] = lhs[b] @ rhs[b]`.
+    fn gemm(&self, lhs_layout: &Layout, rhs: &Self, rhs_layout: &Layout) -> Result<Self> {
         crate::backend::same_dtype(OP, self.dtype(), rhs.dtype())?;
         let (l, r) = (lhs_layout.dims(), rhs_layout.dims());
         if l.len() != 3 || r.len() != 3 || l[0] != r[0] || l[2] != r[1] {

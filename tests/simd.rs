@@ -58,6 +58,30 @@ fn run_all(dtype: DType) -> Result<Vec<(String, Vec<f64>)>> {
             &xg.grad().expect("grad"),
         )?;
     }
+    // Layer norm (67 channels: 8 lanes and a tail of 3) and group norm (the same values as one
+    // sample of 37 channels of 67, in one group), with weight and bias gradients.
+    for (name, channels) in [("layer_norm", 67usize), ("group_norm", 37)] {
+        let xg = if channels == 67 {
+            x.detach()
+        } else {
+            x.reshape((1, 37, 67))?
+        };
+        let wg = Tensor::randn_with_seed(channels, dtype, dev, 4, 0)?;
+        let bg = Tensor::randn_with_seed(channels, dtype, dev, 5, 0)?;
+        for t in [&xg, &wg, &bg] {
+            t.set_requires_grad(true)?;
+        }
+        let z = if channels == 67 {
+            xg.layer_norm(Some(&wg), Some(&bg), 1e-5)?
+        } else {
+            xg.group_norm(1, Some(&wg), Some(&bg), 1e-5)?
+        };
+        z.backward_with(&y.reshape(z.dims().to_vec())?)?;
+        push(name, &z)?;
+        push(&format!("{name} dx"), &xg.grad().expect("grad"))?;
+        push(&format!("{name} dweight"), &wg.grad().expect("grad"))?;
+        push(&format!("{name} dbias"), &bg.grad().expect("grad"))?;
+    }
     // Reductions: the row loop (lane accumulators) and the column loop (row adds).
     push("sum dim 1", &x.sum(1)?)?;
     push("sum dim 0", &x.sum(0)?)?;

@@ -3,7 +3,8 @@
 //! Unary ops are dispatched once per call (`with_unary_fn!`), not per element, so each op's
 //! loop is its own monomorphized, vectorizable function; f32 `exp` and `erf` (`float.rs`) are
 //! branch-free so GELU, SiLU, sigmoid and exp vectorize too. One read and one write per element
-//! (two reads for the backward).
+//! (two reads for the backward); outputs are written into uninitialised memory
+//! ([`written_vec`]), never zeroed first.
 
 use super::simd::vectorized;
 use super::{contiguous_cow, CpuData, CpuStorage, Float, PAR_CHUNK};
@@ -11,6 +12,7 @@ use crate::backend::elementwise::{BinaryOp, CmpOp, ElementwiseBackend, UnaryOp};
 use crate::tensor::{Layout, WithDType};
 use crate::{cpu_map_float, Error, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044715;
@@ -258,70 +260,88 @@ impl<const N: usize> Coalesced<N> {
     }
 }
 
+/// A `Vec` of `n` elements written by `fill` into the vector's uninitialised capacity, with no
+/// zeroing first: `vec![0.0; n]` on a block the caching allocator reuses is a single-threaded
+/// `memset`, one more pass over a 128 MiB output than the kernel itself makes.
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+pub(crate) unsafe fn written_vec<O>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<O>])) -> Vec<O> {
+    let mut out = Vec::with_capacity(n);
+    fill(&mut out.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's `fill` initialised all `n` elements.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// `o[i] = f(a[i])`: a plain indexed loop, always inlined, so that inside [`vectorized`] it is
 /// compiled for the wide instruction set (an iterator chain's `fold` may stay out of line).
+/// Writes every element of `o` (`a` is at least as long).
 #[inline(always)]
-fn apply1<A: Copy, O>(o: &mut [O], a: &[A], f: &impl Fn(A) -> O) {
-    let n = o.len().min(a.len());
-    let (o, a) = (&mut o[..n], &a[..n]);
+fn apply1<A: Copy, O>(o: &mut [MaybeUninit<O>], a: &[A], f: &impl Fn(A) -> O) {
+    let n = o.len();
+    let a = &a[..n];
     for i in 0..n {
-        o[i] = f(a[i]);
+        o[i] = MaybeUninit::new(f(a[i]));
     }
 }
 
 /// `out[i] = f(a[i])` over one strided view.
-pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync + Default>(
+pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync>(
     a: &[A],
     la: &Layout,
     f: impl Fn(A) -> O + Sync + Send,
 ) -> Vec<O> {
     let n = la.elem_count();
-    let mut out = vec![O::default(); n];
     if n == 0 {
-        return out;
+        return Vec::new();
     }
     if let Some((s, e)) = la.contiguous_range() {
-        out.par_chunks_mut(PAR_CHUNK)
-            .zip(a[s..e].par_chunks(PAR_CHUNK))
-            .for_each(|(o, a)| {
-                vectorized(
-                    #[inline(always)]
-                    || apply1(o, a, &f),
-                )
-            });
-        return out;
+        // SAFETY: the chunks cover the output and `apply1` writes each of them whole.
+        return unsafe {
+            written_vec(n, |out| {
+                out.par_chunks_mut(PAR_CHUNK)
+                    .zip(a[s..e].par_chunks(PAR_CHUNK))
+                    .for_each(|(o, a)| {
+                        vectorized(
+                            #[inline(always)]
+                            || apply1(o, a, &f),
+                        )
+                    })
+            })
+        };
     }
     let rows = Coalesced::new(la.dims(), [la.strides()]);
     let (inner, sa, a0) = (rows.inner(), rows.inner_stride(0), la.offset());
     let rows_per_task = (PAR_CHUNK / inner).max(1);
-    out.par_chunks_mut(inner * rows_per_task)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (r, o) in chunk.chunks_mut(inner).enumerate() {
-                        let oa = a0 + rows.row_offset(0, t * rows_per_task + r);
-                        if sa == 1 {
-                            apply1(o, &a[oa..oa + inner], &f);
-                        } else {
-                            for (i, o) in o.iter_mut().enumerate() {
-                                *o = f(a[oa + i * sa]);
+    // SAFETY: the tasks' chunks cover the output, split into whole rows, each written whole.
+    unsafe {
+        written_vec(n, |out| {
+            out.par_chunks_mut(inner * rows_per_task)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (r, o) in chunk.chunks_mut(inner).enumerate() {
+                                let oa = a0 + rows.row_offset(0, t * rows_per_task + r);
+                                if sa == 1 {
+                                    apply1(o, &a[oa..oa + inner], &f);
+                                } else {
+                                    for (i, o) in o.iter_mut().enumerate() {
+                                        *o = MaybeUninit::new(f(a[oa + i * sa]));
+                                    }
+                                }
                             }
-                        }
-                    }
-                },
-            )
-        });
-    out
+                        },
+                    )
+                })
+        })
+    }
 }
 
 /// `out[i] = f(a[i], b[i])` over two strided views of one shape.
-pub(crate) fn map2<
-    A: Copy + Send + Sync,
-    B: Copy + Send + Sync,
-    O: Copy + Send + Sync + Default,
->(
+pub(crate) fn map2<A: Copy + Send + Sync, B: Copy + Send + Sync, O: Copy + Send + Sync>(
     a: &[A],
     la: &Layout,
     b: &[B],
@@ -329,74 +349,85 @@ pub(crate) fn map2<
     f: impl Fn(A, B) -> O + Sync + Send,
 ) -> Vec<O> {
     let n = la.elem_count();
-    let mut out = vec![O::default(); n];
     if n == 0 {
-        return out;
+        return Vec::new();
     }
     if let (Some((sa, ea)), Some((sb, eb))) = (la.contiguous_range(), lb.contiguous_range()) {
-        out.par_chunks_mut(PAR_CHUNK)
-            .zip(
-                a[sa..ea]
-                    .par_chunks(PAR_CHUNK)
-                    .zip(b[sb..eb].par_chunks(PAR_CHUNK)),
-            )
-            .for_each(|(o, (a, b))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for i in 0..o.len() {
-                            o[i] = f(a[i], b[i]);
-                        }
-                    },
-                )
-            });
-        return out;
+        // SAFETY: the chunks cover the output and each is written whole (`a` and `b` have the
+        // output's length, so their chunks are as long as the output's).
+        return unsafe {
+            written_vec(n, |out| {
+                out.par_chunks_mut(PAR_CHUNK)
+                    .zip(
+                        a[sa..ea]
+                            .par_chunks(PAR_CHUNK)
+                            .zip(b[sb..eb].par_chunks(PAR_CHUNK)),
+                    )
+                    .for_each(|(o, (a, b))| {
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                let (a, b) = (&a[..o.len()], &b[..o.len()]);
+                                for i in 0..o.len() {
+                                    o[i] = MaybeUninit::new(f(a[i], b[i]));
+                                }
+                            },
+                        )
+                    })
+            })
+        };
     }
     let rows = Coalesced::new(la.dims(), [la.strides(), lb.strides()]);
     let inner = rows.inner();
     let (sa, sb) = (rows.inner_stride(0), rows.inner_stride(1));
     let (a0, b0) = (la.offset(), lb.offset());
     let rows_per_task = (PAR_CHUNK / inner).max(1);
-    out.par_chunks_mut(inner * rows_per_task)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (r, o) in chunk.chunks_mut(inner).enumerate() {
-                        let row = t * rows_per_task + r;
-                        let oa = a0 + rows.row_offset(0, row);
-                        let ob = b0 + rows.row_offset(1, row);
-                        match (sa, sb) {
-                            (1, 1) => {
-                                let (a, b) = (&a[oa..oa + inner], &b[ob..ob + inner]);
-                                for i in 0..inner {
-                                    o[i] = f(a[i], b[i]);
+    // SAFETY: the tasks' chunks cover the output, split into whole rows, each written whole.
+    unsafe {
+        written_vec(n, |out| {
+            out.par_chunks_mut(inner * rows_per_task)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (r, o) in chunk.chunks_mut(inner).enumerate() {
+                                let row = t * rows_per_task + r;
+                                let oa = a0 + rows.row_offset(0, row);
+                                let ob = b0 + rows.row_offset(1, row);
+                                let o = &mut o[..inner];
+                                match (sa, sb) {
+                                    (1, 1) => {
+                                        let (a, b) = (&a[oa..oa + inner], &b[ob..ob + inner]);
+                                        for i in 0..inner {
+                                            o[i] = MaybeUninit::new(f(a[i], b[i]));
+                                        }
+                                    }
+                                    (1, 0) => {
+                                        let (a, b) = (&a[oa..oa + inner], b[ob]);
+                                        for i in 0..inner {
+                                            o[i] = MaybeUninit::new(f(a[i], b));
+                                        }
+                                    }
+                                    (0, 1) => {
+                                        let (a, b) = (a[oa], &b[ob..ob + inner]);
+                                        for i in 0..inner {
+                                            o[i] = MaybeUninit::new(f(a, b[i]));
+                                        }
+                                    }
+                                    _ => {
+                                        for (i, o) in o.iter_mut().enumerate() {
+                                            *o =
+                                                MaybeUninit::new(f(a[oa + i * sa], b[ob + i * sb]));
+                                        }
+                                    }
                                 }
                             }
-                            (1, 0) => {
-                                let (a, b) = (&a[oa..oa + inner], b[ob]);
-                                for i in 0..inner {
-                                    o[i] = f(a[i], b);
-                                }
-                            }
-                            (0, 1) => {
-                                let (a, b) = (a[oa], &b[ob..ob + inner]);
-                                for i in 0..inner {
-                                    o[i] = f(a, b[i]);
-                                }
-                            }
-                            _ => {
-                                for (i, o) in o.iter_mut().enumerate() {
-                                    *o = f(a[oa + i * sa], b[ob + i * sb]);
-                                }
-                            }
-                        }
-                    }
-                },
-            )
-        });
-    out
+                        },
+                    )
+                })
+        })
+    }
 }
 
 fn cmp_fn<T: PartialOrd + Copy>(op: CmpOp) -> impl Fn(T, T) -> u8 + Sync + Send {

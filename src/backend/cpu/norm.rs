@@ -9,12 +9,18 @@
 //! vectorize. The output passes run in `T` over plain slices: `y = (x - mean)·(rstd·w) + b`
 //! with the scale hoisted per channel (or, when `S = 1`, zipped with the weight row), and an
 //! absent weight/bias replaced by a ones/zeros vector up front rather than tested per element.
-//! Memory traffic: forward reads x twice for the statistics (the row is in cache for the
-//! second pass) and once more for y; backward reads x and dy twice and writes dx once.
-//! The weight/bias partial sums of the group backward are produced per fixed run of rows and
-//! summed in a fixed order afterwards, so results do not depend on the thread count.
+//! The group kernels run per task inside `simd::vectorized` (AVX-512 or AVX2 where the CPU has
+//! them; the same bits on every instruction set, `tests/simd.rs`), and write their outputs
+//! into uninitialised memory (`written_vec`), never zeroed first.
+//! Memory traffic, from DRAM: the forward reads x once and writes y once (the statistics
+//! passes re-read a row from L1); the group backward reads x and dy once and writes dx once
+//! (its per-row passes after the first re-read the row from L1). The weight/bias partial
+//! sums are produced per fixed run of rows and summed in a fixed order afterwards, so results
+//! do not depend on the thread count.
 
+use super::elementwise::written_vec;
 use super::lanes::sum_by;
+use super::simd::vectorized;
 use super::{contiguous_cow, CpuStorage, Float};
 use crate::backend::norm::{NormBackend, NormDims, Param};
 use crate::backend::BackendStorage;
@@ -22,6 +28,7 @@ use crate::tensor::{DType, Layout, WithDType};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 fn view<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<Cow<'a, [T]>> {
     Ok(contiguous_cow(s.as_slice::<T>(op)?, l))
@@ -55,6 +62,7 @@ macro_rules! dispatch {
 
 /// Mean and biased variance over `runs` (one statistic set split into contiguous slices),
 /// two-pass in f64: the mean, then the centred squares.
+#[inline(always)]
 fn mean_var<'a, T: Float>(runs: impl Iterator<Item = &'a [T]> + Clone) -> (f64, f64) {
     let n: usize = runs.clone().map(<[T]>::len).sum();
     if n == 0 {
@@ -90,20 +98,29 @@ fn or_fill<'a, T: Float>(p: Option<&'a [T]>, c: usize, fill: T, buf: &'a mut Vec
 }
 
 /// `y = (x - mu) * (rs * w[c]) + b[c]` over `cg` channels of `s` contiguous elements each,
-/// in `T`. With `s == 1` (layer norm) the channel varies per element, so that case gets its
-/// own flat loop; otherwise scale and shift are hoisted per channel.
+/// in `T`, writing every element of `y`. With `s == 1` (layer norm) the channel varies per
+/// element, so that case gets its own flat loop; otherwise scale and shift are hoisted per
+/// channel.
 #[inline(always)]
-fn affine_rows<T: Float>(x: &[T], y: &mut [T], s: usize, mu: T, rs: T, w: &[T], b: &[T]) {
+fn affine_rows<T: Float>(
+    x: &[T],
+    y: &mut [MaybeUninit<T>],
+    s: usize,
+    mu: T,
+    rs: T,
+    w: &[T],
+    b: &[T],
+) {
     if s == 1 {
         for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-            *y = (x - mu) * (rs * w) + b;
+            *y = MaybeUninit::new((x - mu) * (rs * w) + b);
         }
         return;
     }
     for (((y, x), &w), &b) in y.chunks_exact_mut(s).zip(x.chunks_exact(s)).zip(w).zip(b) {
         let scale = rs * w;
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = (x - mu) * scale + b;
+            *y = MaybeUninit::new((x - mu) * scale + b);
         }
     }
 }
@@ -143,28 +160,38 @@ fn group_fwd<T: Float>(
     let cg = d.c / groups;
     let m = cg * d.s;
     let rows = d.n * groups;
-    let mut y = vec![T::ZERO; x.len()];
     let mut mean = vec![T::ZERO; rows];
     let mut rstd = vec![T::ZERO; rows];
     if m == 0 {
-        return (y, mean, rstd);
+        return (vec![T::ZERO; x.len()], mean, rstd);
     }
     let (mut wbuf, mut bbuf) = (Vec::new(), Vec::new());
     let w = or_fill(w, d.c, T::ONE, &mut wbuf);
     let b = or_fill(b, d.c, T::ZERO, &mut bbuf);
-    y.par_chunks_mut(m)
-        .zip(x.par_chunks(m))
-        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .enumerate()
-        .with_min_len((PAR_ROW_ELEMS / m).max(1))
-        .for_each(|(r, ((yr, xr), (mu, rs)))| {
-            let (mf, var) = mean_var(std::iter::once(xr));
-            *mu = T::from_f64(mf);
-            *rs = T::from_f64(1.0 / (var + eps).sqrt());
-            let c0 = (r % groups) * cg;
-            let (wg, bg) = (&w[c0..c0 + cg], &b[c0..c0 + cg]);
-            affine_rows(xr, yr, d.s, *mu, *rs, wg, bg);
-        });
+    // SAFETY: `x.len() == rows * m` (`check_args`), so the `rows` chunks of `m` cover `y`, and
+    // `affine_rows` writes each whole.
+    let y = unsafe {
+        written_vec(x.len(), |y| {
+            y.par_chunks_mut(m)
+                .zip(x.par_chunks(m))
+                .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+                .enumerate()
+                .with_min_len((PAR_ROW_ELEMS / m).max(1))
+                .for_each(|(r, ((yr, xr), (mu, rs)))| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let (mf, var) = mean_var(std::iter::once(xr));
+                            *mu = T::from_f64(mf);
+                            *rs = T::from_f64(1.0 / (var + eps).sqrt());
+                            let c0 = (r % groups) * cg;
+                            let (wg, bg) = (&w[c0..c0 + cg], &b[c0..c0 + cg]);
+                            affine_rows(xr, yr, d.s, *mu, *rs, wg, bg);
+                        },
+                    )
+                })
+        })
+    };
     (y, mean, rstd)
 }
 
@@ -174,6 +201,88 @@ const BWD_ROWS_PER_TASK: usize = 64;
 
 /// Elements below which consecutive rows share one Rayon task.
 const PAR_ROW_ELEMS: usize = 4096;
+
+/// One statistic row's saved state and its weight/bias slices for the group backward.
+struct BwdRow<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    /// The weight of the row's channels.
+    w: &'a [T],
+    mu: T,
+    rs: T,
+}
+
+/// The backward of one layer-norm row (`S = 1`: element `i` is channel `i`):
+/// `dx = rs (g w - mean(g w) - xhat mean(g w xhat))` with `xhat = (x - mu) rs`, and the
+/// partials `pw[i] += g xhat`, `pb[i] += g`, in f64. `gw` is scratch for `g w`.
+///
+/// Three simple loops over the row (it stays in L1), each of which LLVM vectorizes on its
+/// own (one loop doing the partials and both row sums was left scalar): the partials and
+/// `g w`; the two row sums `sum g w` and `sum g w x` (f64 lanes; products of two f32 are exact
+/// in f64, so `sum g w xhat = rs (sum g w x - mu sum g w)` loses nothing to the subtraction
+/// that f32 `xhat` would not); then `dx`.
+#[inline(always)]
+fn layer_row_bwd<T: Float>(
+    row: BwdRow<T>,
+    dx: &mut [MaybeUninit<T>],
+    gw: &mut [T],
+    pw: &mut [f64],
+    pb: &mut [f64],
+) {
+    let m = row.x.len();
+    let (x, g, w) = (&row.x[..m], &row.dy[..m], &row.w[..m]);
+    let (gw, pw, pb, dx) = (&mut gw[..m], &mut pw[..m], &mut pb[..m], &mut dx[..m]);
+    let (mu, rs) = (row.mu, row.rs);
+    for i in 0..m {
+        let gd = g[i].to_f64();
+        pw[i] += gd * ((x[i] - mu) * rs).to_f64();
+        pb[i] += gd;
+        gw[i] = g[i] * w[i];
+    }
+    let sum_gw = sum_by(gw, gw, |v, _| v.to_f64());
+    let sum_gwx = sum_by(gw, x, |v, x| v.to_f64() * x.to_f64());
+    let a = sum_gw / m as f64;
+    let bb = rs.to_f64() * (sum_gwx - mu.to_f64() * sum_gw) / m as f64;
+    let (a, bb) = (T::from_f64(a), T::from_f64(bb));
+    for i in 0..m {
+        let xh = (x[i] - mu) * rs;
+        dx[i] = MaybeUninit::new(rs * (gw[i] - a - xh * bb));
+    }
+}
+
+/// The backward of one group-norm row: `cg` channels of `s` contiguous elements, the same
+/// formulas as [`layer_row_bwd`] with the weight constant along each channel, so the row sums
+/// are `sum_c w[c] (channel sums)`.
+#[inline(always)]
+fn group_row_bwd<T: Float>(
+    row: BwdRow<T>,
+    s: usize,
+    dx: &mut [MaybeUninit<T>],
+    pw: &mut [f64],
+    pb: &mut [f64],
+) {
+    let (mu, rs) = (row.mu, row.rs);
+    let xhat = |x: T| ((x - mu) * rs).to_f64();
+    let (mut sum_gw, mut sum_gwx) = (0.0f64, 0.0f64);
+    let channels = row.dy.chunks_exact(s).zip(row.x.chunks_exact(s)).zip(row.w);
+    for (((g, xc), &wv), (pw, pb)) in channels.zip(pw.iter_mut().zip(pb.iter_mut())) {
+        let sg = sum_by(g, g, |g, _| g.to_f64());
+        let sgx = sum_by(g, xc, |g, x| g.to_f64() * xhat(x));
+        *pw += sgx;
+        *pb += sg;
+        sum_gw += wv.to_f64() * sg;
+        sum_gwx += wv.to_f64() * sgx;
+    }
+    let m = row.x.len() as f64;
+    let (a, bb) = (T::from_f64(sum_gw / m), T::from_f64(sum_gwx / m));
+    let channels = row.dy.chunks_exact(s).zip(row.x.chunks_exact(s)).zip(row.w);
+    for (dxc, ((g, xc), &wv)) in dx.chunks_exact_mut(s).zip(channels) {
+        for ((o, &gv), &xv) in dxc.iter_mut().zip(g).zip(xc) {
+            let xh = (xv - mu) * rs;
+            *o = MaybeUninit::new(rs * (gv * wv - a - xh * bb));
+        }
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn group_bwd<T: Float>(
@@ -187,71 +296,62 @@ fn group_bwd<T: Float>(
 ) -> Three<T> {
     let (cg, s) = (d.c / groups, d.s);
     let m = cg * s;
-    let mut dx = vec![T::ZERO; x.len()];
-    let mut dw = vec![0.0f64; d.c];
-    let mut db = vec![0.0f64; d.c];
-    if m > 0 {
-        let mut wbuf = Vec::new();
-        let w = or_fill(w, d.c, T::ONE, &mut wbuf);
-        let rows_per_task = BWD_ROWS_PER_TASK;
-        // Per task (a fixed run of statistic rows): dx, and partial sums for dw and db over
-        // all channels, accumulated in f64.
-        let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
-            .par_chunks_mut(m * rows_per_task)
-            .enumerate()
-            .map(|(t, dxt)| {
-                let (mut pw, mut pb) = (vec![0.0f64; d.c], vec![0.0f64; d.c]);
-                // g * w[c] for the current row, in T.
-                let mut gw = vec![T::ZERO; m];
-                for (k, dxr) in dxt.chunks_exact_mut(m).enumerate() {
-                    let r = t * rows_per_task + k;
-                    let (xr, dyr) = (&x[r * m..(r + 1) * m], &dy[r * m..(r + 1) * m]);
-                    let (mu, rs) = (mean[r], rstd[r]);
-                    let c0 = (r % groups) * cg;
-                    let (wg, pw, pb) =
-                        (&w[c0..c0 + cg], &mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
-                    let xhat = |x: T| ((x - mu) * rs).to_f64();
-                    if s == 1 {
-                        for ((((gw, &g), &wv), &xv), (pw, pb)) in gw
-                            .iter_mut()
-                            .zip(dyr)
-                            .zip(wg)
-                            .zip(xr)
-                            .zip(pw.iter_mut().zip(pb.iter_mut()))
-                        {
-                            *gw = g * wv;
-                            *pw += g.to_f64() * xhat(xv);
-                            *pb += g.to_f64();
-                        }
-                    } else {
-                        for ((((gw, g), xc), &wv), (pw, pb)) in gw
-                            .chunks_exact_mut(s)
-                            .zip(dyr.chunks_exact(s))
-                            .zip(xr.chunks_exact(s))
-                            .zip(wg)
-                            .zip(pw.iter_mut().zip(pb.iter_mut()))
-                        {
-                            gw.iter_mut().zip(g).for_each(|(o, &g)| *o = g * wv);
-                            *pw += sum_by(g, xc, |g, x| g.to_f64() * xhat(x));
-                            *pb += sum_by(g, g, |g, _| g.to_f64());
-                        }
-                    }
-                    let a = sum_by(&gw, &gw, |v, _| v.to_f64()) / m as f64;
-                    let bb = sum_by(&gw, xr, |v, x| v.to_f64() * xhat(x)) / m as f64;
-                    let (a, bb) = (T::from_f64(a), T::from_f64(bb));
-                    for ((o, &gw), &xv) in dxr.iter_mut().zip(&gw).zip(xr) {
-                        *o = rs * (gw - a - (xv - mu) * rs * bb);
-                    }
-                }
-                (pw, pb)
-            })
-            .collect();
-        for (pw, pb) in &partials {
-            dw.iter_mut().zip(pw).for_each(|(o, &p)| *o += p);
-            db.iter_mut().zip(pb).for_each(|(o, &p)| *o += p);
-        }
-    }
     let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect();
+    if m == 0 {
+        return (
+            vec![T::ZERO; x.len()],
+            cast(vec![0.0; d.c]),
+            cast(vec![0.0; d.c]),
+        );
+    }
+    let mut wbuf = Vec::new();
+    let w = or_fill(w, d.c, T::ONE, &mut wbuf);
+    let rows_per_task = BWD_ROWS_PER_TASK;
+    // Per task (a fixed run of statistic rows): dx, and partial sums for dw and db over all
+    // channels, accumulated in f64.
+    let mut partials: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    // SAFETY: `x.len()` is a whole number of rows of `m` (`check_args`), so the tasks' chunks
+    // cover dx in whole rows, and `layer_row_bwd` / `group_row_bwd` write each row whole.
+    let dx = unsafe {
+        written_vec(x.len(), |dx| {
+            partials = dx
+                .par_chunks_mut(m * rows_per_task)
+                .enumerate()
+                .map(|(t, dxt)| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            let (mut pw, mut pb) = (vec![0.0f64; d.c], vec![0.0f64; d.c]);
+                            let mut gw = if s == 1 { vec![T::ZERO; m] } else { Vec::new() };
+                            for (k, dxr) in dxt.chunks_exact_mut(m).enumerate() {
+                                let r = t * rows_per_task + k;
+                                let c0 = (r % groups) * cg;
+                                let row = BwdRow {
+                                    x: &x[r * m..(r + 1) * m],
+                                    dy: &dy[r * m..(r + 1) * m],
+                                    w: &w[c0..c0 + cg],
+                                    mu: mean[r],
+                                    rs: rstd[r],
+                                };
+                                let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
+                                if s == 1 {
+                                    layer_row_bwd(row, dxr, &mut gw, pw, pb);
+                                } else {
+                                    group_row_bwd(row, s, dxr, pw, pb);
+                                }
+                            }
+                            (pw, pb)
+                        },
+                    )
+                })
+                .collect();
+        })
+    };
+    let (mut dw, mut db) = (vec![0.0f64; d.c], vec![0.0f64; d.c]);
+    for (pw, pb) in &partials {
+        dw.iter_mut().zip(pw).for_each(|(o, &p)| *o += p);
+        db.iter_mut().zip(pb).for_each(|(o, &p)| *o += p);
+    }
     (dx, cast(dw), cast(db))
 }
 

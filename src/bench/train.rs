@@ -33,6 +33,10 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
 
 fn char_transformer(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<()> {
     let (layers, dim, heads, t, batch, vocab) = (6, 256, 8, 128, 32, 96);
+    let name = format!("char_transformer_l{layers}_d{dim}_t{t}_b{batch}");
+    if !opts.wants(&name) {
+        return Ok(());
+    }
     let config = CharTransformerConfig {
         vocab_size: vocab,
         block_size: t,
@@ -59,7 +63,7 @@ fn char_transformer(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -
     let x = Tensor::from_vec(x, (batch, t), opts.device)?;
     let y = Tensor::from_vec(y, (batch, t), opts.device)?;
     let case = Case {
-        name: format!("char_transformer_l{layers}_d{dim}_t{t}_b{batch}"),
+        name,
         sizes: sizes(&[
             ("model", json!("char_transformer")),
             ("layers", json!(layers)),

@@ -146,6 +146,24 @@ class CLIP(nn.Module):
         return (F.cross_entropy(logits.transpose(-2, -1), labels) + F.cross_entropy(logits, labels)) / 2
 
 
+def class_tables():
+    """The captions' tokens and masks, one row per class: ([10, 32] int, [10, 32] int)."""
+    toks = [tokenize(c) for c in CAPTIONS]
+    return torch.stack([t for t, _ in toks]), torch.stack([m for _, m in toks])
+
+
+def train_step(model, opt, images, labels, class_tokens, class_masks):
+    """One step of the article's training loop: every image's caption goes through the text
+    encoder. Returns the loss."""
+    # The article's dataset returns each key mask repeated over the query rows: [B, T, T].
+    mask = class_masks[labels].unsqueeze(1).repeat(1, 32, 1)
+    loss = model(images, class_tokens[labels], mask)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "../../../shared/data"))
@@ -164,9 +182,7 @@ def main():
     y_train = read_idx(os.path.join(d, "train-labels-idx1-ubyte.gz")).long()
     x_test = read_idx(os.path.join(d, "t10k-images-idx3-ubyte.gz")).float() / 255
     y_test = read_idx(os.path.join(d, "t10k-labels-idx1-ubyte.gz")).long()
-    toks = [tokenize(c) for c in CAPTIONS]
-    class_tokens = torch.stack([t for t, _ in toks])
-    class_masks = torch.stack([m for _, m in toks])  # [10, 32]
+    class_tokens, class_masks = class_tables()
 
     model = CLIP()
     print(f"parameters {sum(p.numel() for p in model.parameters())} "
@@ -177,14 +193,7 @@ def main():
     steps_per_epoch = math.ceil(n / batch)
 
     def step(idx):
-        labels = y_train[idx]
-        # The article's dataset returns each key mask repeated over the query rows: [B, T, T].
-        mask = class_masks[labels].unsqueeze(1).repeat(1, 32, 1)
-        loss = model(x_train[idx], class_tokens[labels], mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return train_step(model, opt, x_train[idx], y_train[idx], class_tokens, class_masks)
 
     def zero_shot():
         with torch.no_grad():

@@ -11,7 +11,10 @@ repeated runs for the same time budget, median), on the same number of threads:
   conv       torch.nn.functional.conv2d (+ backward)          `pip install torch`
   attention  torch.nn.functional.scaled_dot_product_attention (+ backward)
   norm       torch clone / add / softmax / gelu / layer_norm / AdamW
-  train      the same model in PyTorch eager, AdamW
+  train      the same model in PyTorch eager: the char transformer with AdamW; CLIP `seed` as the
+             article's code (clip_seed.py) with Adam, which encodes every caption, so the
+             `clip_seed_*_distinct_captions` row compares tessera's default with the article's way
+             and `clip_seed_*_each_caption` is like for like
 
 and prints one row per case: ours, theirs, and theirs/ours in time (> 1 means tessera is faster),
 plus peak memory (ours: bytes held by tensors; PyTorch: growth of the process's peak RSS while the
@@ -169,12 +172,44 @@ print(json.dumps({"ms": ts[len(ts) // 2] * 1e3, "rss_growth_bytes": (rss1 - rss0
 '''
 
 
+# CLIP `seed`: the article's model and training step from clip_seed.py (imported, not copied),
+# Adam 1e-3, on random 28x28 images with random Fashion-MNIST labels. The article encodes every
+# image's caption, so this is the reference of both tessera cases: like for like for
+# `each_caption`, and the article's way against tessera's default for `distinct_captions`.
+CLIP_CHILD = r'''
+import json, resource, sys, time, torch
+c = json.loads(sys.argv[1]); torch.set_num_threads(int(sys.argv[2])); torch.manual_seed(0)
+seconds, min_reps = float(sys.argv[3]), int(sys.argv[4]); sys.path.insert(0, sys.argv[5])
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from clip_seed import CLIP, class_tables, train_step
+m = CLIP(); opt = torch.optim.Adam(m.parameters(), lr=c["lr"])
+class_tokens, class_masks = class_tables()
+images = torch.randint(0, 256, (c["batch"], 1, 28, 28)).float() / 255
+labels = torch.randint(0, len(class_tokens), (c["batch"],))
+step = lambda: train_step(m, opt, images, labels, class_tokens, class_masks)
+step(); ts = []; t_start = time.perf_counter()
+while len(ts) < min_reps or (time.perf_counter() - t_start < seconds and len(ts) < 1000):
+    t0 = time.perf_counter(); step(); ts.append(time.perf_counter() - t0)
+ts.sort(); rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"ms": ts[len(ts) // 2] * 1e3, "rss_growth_bytes": (rss1 - rss0) * 1024,
+                  "ref": "torch " + torch.__version__ + ", article's code (every caption encoded)",
+                  "params": sum(p.numel() for p in m.parameters())}))
+'''
+
+
 def ref_train(c, threads, seconds, min_reps):
-    if c["model"] != "char_transformer":
+    """Runs the case's PyTorch model in a fresh process (so its peak RSS is the case's own)."""
+    if c["model"] == "char_transformer":
+        argv = [TRAIN_CHILD, json.dumps(c), str(threads), str(seconds), str(min_reps)]
+    elif c["model"] == "clip" and c["config"] == "seed":
+        argv = [CLIP_CHILD, json.dumps(c), str(threads), str(seconds), str(min_reps), HERE]
+    else:
         raise SystemExit(f"no reference for model {c['model']}")
-    out = subprocess.run([sys.executable, "-c", TRAIN_CHILD, json.dumps(c), str(threads),
-                          str(seconds), str(min_reps)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", *argv], check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if c["model"] == "clip" and r["params"] != c["params"]:
+        raise SystemExit(f"{c['case']}: the reference has {r['params']} parameters, tessera {c['params']}")
+    return r
 
 
 def main():

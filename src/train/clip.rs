@@ -12,7 +12,7 @@
 //! same loss and gradients as encoding every image's caption (the article's way, kept behind
 //! `encode_each_caption` for like-for-like timing) at a fraction of the text tower's cost.
 
-use crate::data::mnist::CaptionedImages;
+use crate::data::mnist::{CaptionedImages, DatasetName, FASHION_CAPTIONS};
 use crate::io::png::{grid, Image};
 use crate::io::Checkpoint;
 use crate::models::clip::{Clip, ClipConfig, ContrastiveTargets, TextBatch};
@@ -207,6 +207,81 @@ pub fn caption_batch(
     Ok((text, Tensor::from_vec(pairing, n, device)?))
 }
 
+/// One training batch: images `[B, C, H, W]`, the captions that go through the text encoder,
+/// and per image its row among them (see [`caption_batch`]).
+pub struct ClipBatch {
+    pub images: Tensor,
+    pub text: TextBatch,
+    pub pairing: Tensor,
+}
+
+impl ClipBatch {
+    /// `images` (already drawn, possibly shifted) with the captions of `data`'s images at
+    /// `indices`: every image's caption when `each`, else each distinct one once.
+    pub fn captioned(
+        images: Tensor,
+        data: &CaptionedImages,
+        indices: &[usize],
+        text_len: usize,
+        each: bool,
+    ) -> Result<ClipBatch> {
+        let (text, pairing) = caption_batch(data, indices, text_len, each, images.device())?;
+        Ok(ClipBatch {
+            images,
+            text,
+            pairing,
+        })
+    }
+}
+
+/// The optimizer [`train_clip`] uses: Adam at `lr` (the article's) over all of `model`.
+pub fn clip_optimizer(model: &Clip, lr: f64) -> Result<Adam> {
+    Adam::new(
+        model.named_parameters(),
+        AdamConfig {
+            lr,
+            ..Default::default()
+        },
+    )
+}
+
+/// One training step: the batch's contrastive loss, its gradients, the optimizer's update.
+/// Returns the loss, or `None` (and no update) when it is not finite.
+pub fn train_step(
+    model: &Clip,
+    opt: &mut Adam,
+    batch: &ClipBatch,
+    targets: ContrastiveTargets,
+) -> Result<Option<f64>> {
+    let loss = model.loss(&batch.images, &batch.text, Some(&batch.pairing), targets)?;
+    let lv = loss.item()?;
+    if !lv.is_finite() {
+        return Ok(None);
+    }
+    opt.zero_grad();
+    loss.backward()?;
+    drop(loss);
+    opt.step()?;
+    Ok(Some(lv))
+}
+
+/// `n` random images the shape of Fashion-MNIST's (1x28x28, uniform bytes) with random labels
+/// and the article's captions: a stand-in for the dataset where only the step's cost matters
+/// (`tessera bench --suite train`).
+pub fn synthetic_fashion(n: usize, seed: u64) -> Result<CaptionedImages> {
+    let mut rng = Rng::new(seed);
+    let pixels = (0..n * 28 * 28).map(|_| rng.below(256) as u8).collect();
+    let labels = (0..n).map(|_| rng.below(FASHION_CAPTIONS.len())).collect();
+    let captions = FASHION_CAPTIONS.iter().map(|s| s.to_string()).collect();
+    CaptionedImages::new(
+        DatasetName::FashionMnist,
+        (1, 28, 28),
+        pixels,
+        labels,
+        captions,
+    )
+}
+
 fn device_of(model: &Clip) -> Device {
     model.temperature.device()
 }
@@ -290,13 +365,7 @@ pub fn train_clip(
     let n = train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size) as u64;
     let total_steps = steps_per_epoch * cfg.epochs as u64;
-    let mut opt = Adam::new(
-        model.named_parameters(),
-        AdamConfig {
-            lr: cfg.lr,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = clip_optimizer(model, cfg.lr)?;
     let mut extra = cfg.extra.clone();
     extra.insert("model".to_string(), "clip".to_string());
     extra.insert("config".to_string(), model.config.to_json());
@@ -349,24 +418,16 @@ pub fn train_clip(
             } else {
                 train.images(idx, device)?
             };
-            let (text, pairing) = caption_batch(
+            let batch = ClipBatch::captioned(
+                images,
                 train,
                 idx,
                 model.config.text_len,
                 cfg.encode_each_caption,
-                device,
             )?;
-            let loss = model.loss(&images, &text, Some(&pairing), cfg.targets)?;
-            let lv = loss.item()?;
-            if !lv.is_finite() {
-                return Err(Error::msg(format!(
-                    "training diverged at step {step}: loss {lv}"
-                )));
-            }
-            opt.zero_grad();
-            loss.backward()?;
-            drop(loss);
-            opt.step()?;
+            let lv = train_step(model, &mut opt, &batch, cfg.targets)?.ok_or_else(|| {
+                Error::msg(format!("training diverged at step {step}: loss not finite"))
+            })?;
             step += 1;
             loss_sum += lv;
             images_seen += idx.len();

@@ -114,6 +114,15 @@ impl Masks<'_> {
         let (b, h) = (bhi / self.h, bhi % self.h);
         for &(data, st, off, attend_if_set) in &self.list {
             let row = off + b * st[0] + h * st[1] + i * st[2] + kb * st[3];
+            if st[3] == 1 {
+                // Keys side by side (a key padding mask, a dense mask): a select over two
+                // slices, which vectorizes, instead of a strided byte load per key.
+                let hidden = |m: u8| (m != 0) != attend_if_set;
+                for (sj, &m) in s[..nb].iter_mut().zip(&data[row..row + nb]) {
+                    *sj = if hidden(m) { T::NEG_INFINITY } else { *sj };
+                }
+                continue;
+            }
             for (jj, sj) in s[..nb].iter_mut().enumerate() {
                 if (data[row + jj * st[3]] != 0) != attend_if_set {
                     *sj = T::NEG_INFINITY;
@@ -492,6 +501,26 @@ fn tile_t_times_rows<T: Float, const BK: usize>(
     }
 }
 
+/// One forward task's scratch: the scaled query rows, the score tile, the running maximum
+/// and sum per row (allocated once per Rayon job, not once per tile).
+struct FwdScratch<T> {
+    qs: Vec<T>,
+    s: Vec<T>,
+    m: Vec<T>,
+    l: Vec<T>,
+}
+
+impl<T: Float> FwdScratch<T> {
+    fn new<const BK: usize>(d: usize) -> Self {
+        FwdScratch {
+            qs: vec![T::ZERO; BQ * d],
+            s: vec![T::ZERO; BQ * BK],
+            m: vec![T::ZERO; BQ],
+            l: vec![T::ZERO; BQ],
+        }
+    }
+}
+
 fn fwd<T: Float, const BK: usize>(
     q: &[T],
     k: &[T],
@@ -501,87 +530,118 @@ fn fwd<T: Float, const BK: usize>(
     p: AttnParams,
 ) -> (Vec<T>, Vec<T>) {
     let (tq, tk, d, dv) = (dm.tq, dm.tk, dm.d, dm.dv);
-    let scale = T::from_f64(p.scale);
-    let nqb = tq.div_ceil(BQ);
     let kt_all = blocked_transpose::<T, BK>(k, dm.bh, tk, d);
-    let blocks: Vec<(Vec<T>, Vec<T>)> = (0..dm.bh * nqb)
-        .into_par_iter()
-        .map(|task| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let (bhi, qb) = (task / nqb, task % nqb);
-                    let (i0, i1) = (qb * BQ, (qb * BQ + BQ).min(tq));
-                    let nr = i1 - i0;
-                    let (qo, vo) = (bhi * tq * d, bhi * tk * dv);
-                    let qs: Vec<T> = q[qo + i0 * d..qo + i1 * d]
-                        .iter()
-                        .map(|&x| x * scale)
-                        .collect();
-                    let mut m = vec![T::NEG_INFINITY; nr];
-                    let mut l = vec![T::ZERO; nr];
-                    let mut acc = vec![T::ZERO; nr * dv];
-                    let mut s = vec![T::ZERO; nr * BK];
-                    for kb in (0..tk).step_by(BK) {
-                        if p.causal && kb >= i1 {
-                            break;
-                        }
-                        let nb = BK.min(tk - kb);
-                        let kt = block_at::<T, BK>(&kt_all, bhi, tk, d, kb);
-                        tile_product::<T, BK>(&qs, nr, d, kt, &mut s);
-                        for r in 0..nr {
-                            let s_r = &mut s[r * BK..(r + 1) * BK];
-                            mk.apply::<T, BK>(bhi, i0 + r, kb, nb, s_r);
-                            let mloc = map_reduce(&s_r[..nb], T::NEG_INFINITY, |v| v, T::max);
-                            if mloc == T::NEG_INFINITY {
-                                s_r.fill(T::ZERO);
-                                continue;
-                            }
-                            let mnew = m[r].max(mloc);
-                            // Rescale what earlier key blocks summed; nothing to rescale on the
-                            // row's first block (l and acc are 0, and exp(-inf) would only
-                            // multiply them by 0): with one key block, no scalar exp per row.
-                            // (Also nothing when the maximum did not move: the factor would be
-                            // exp(0) = 1 exactly.)
-                            if m[r] != T::NEG_INFINITY && mnew != m[r] {
-                                let corr = (m[r] - mnew).exp();
-                                l[r] *= corr;
-                                acc[r * dv..(r + 1) * dv]
-                                    .iter_mut()
-                                    .for_each(|a| *a *= corr);
-                            }
-                            // p = exp(s - m); masked scores are -inf, so their p is exactly 0.
-                            for x in s_r[..nb].iter_mut() {
-                                *x = (*x - mnew).exp();
-                            }
-                            l[r] += sum(&s_r[..nb]);
-                            m[r] = mnew;
-                        }
-                        tile_times_rows::<T, BK>(&s, nr, nb, &v[vo + kb * dv..], dv, &mut acc);
-                    }
-                    let mut lse = vec![T::NEG_INFINITY; nr];
-                    for r in 0..nr {
-                        let acc_r = &mut acc[r * dv..(r + 1) * dv];
-                        if l[r] > T::ZERO {
-                            let inv = T::ONE / l[r];
-                            acc_r.iter_mut().for_each(|a| *a *= inv);
-                            lse[r] = m[r] + l[r].ln();
-                        } else {
-                            acc_r.fill(T::ZERO);
-                        }
-                    }
-                    (acc, lse)
-                },
-            )
-        })
-        .collect();
-    let mut o = Vec::with_capacity(dm.bh * tq * dv);
-    let mut lse = Vec::with_capacity(dm.bh * tq);
-    for (a, l) in blocks {
-        o.extend(a);
-        lse.extend(l);
+    let mut o = vec![T::ZERO; dm.bh * tq * dv];
+    let mut lse = vec![T::NEG_INFINITY; dm.bh * tq];
+    if o.is_empty() || lse.is_empty() {
+        return (o, lse);
     }
+    // One task per (batch·head, query block), each writing its rows of `o` and `lse` in place.
+    o.par_chunks_mut(tq * dv)
+        .zip(lse.par_chunks_mut(tq))
+        .enumerate()
+        .for_each(|(bhi, (o_bh, lse_bh))| {
+            o_bh.par_chunks_mut(BQ * dv)
+                .zip(lse_bh.par_chunks_mut(BQ))
+                .enumerate()
+                .for_each_init(
+                    || FwdScratch::new::<BK>(d),
+                    |sc, (qb, (acc, lse_r))| {
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                let args = (q, &kt_all[..], v, dm, mk, p);
+                                fwd_tile::<T, BK>(args, bhi, qb * BQ, acc, lse_r, sc)
+                            },
+                        )
+                    },
+                )
+        });
     (o, lse)
+}
+
+/// The output rows `i0..i0 + nr` (`nr = lse.len()`) of batch·head `bhi`: `acc` `[nr, Dv]`
+/// (zero on entry) and their log-sum-exp, the key blocks folded into an online softmax.
+#[inline(always)]
+fn fwd_tile<T: Float, const BK: usize>(
+    (q, kt_all, v, dm, mk, p): (&[T], &[T], &[T], Dims, &Masks, AttnParams),
+    bhi: usize,
+    i0: usize,
+    acc: &mut [T],
+    lse: &mut [T],
+    sc: &mut FwdScratch<T>,
+) {
+    let (tq, tk, d, dv) = (dm.tq, dm.tk, dm.d, dm.dv);
+    let scale = T::from_f64(p.scale);
+    let nr = lse.len();
+    let i1 = i0 + nr;
+    let (qo, vo) = (bhi * tq * d, bhi * tk * dv);
+    let qs = &mut sc.qs[..nr * d];
+    for (x, &qv) in qs.iter_mut().zip(&q[qo + i0 * d..qo + i1 * d]) {
+        *x = qv * scale;
+    }
+    let (m, l, s) = (&mut sc.m[..nr], &mut sc.l[..nr], &mut sc.s[..]);
+    m.fill(T::NEG_INFINITY);
+    l.fill(T::ZERO);
+    for kb in (0..tk).step_by(BK) {
+        if p.causal && kb >= i1 {
+            break;
+        }
+        let nb = BK.min(tk - kb);
+        let kt = block_at::<T, BK>(kt_all, bhi, tk, d, kb);
+        tile_product::<T, BK>(qs, nr, d, kt, s);
+        for r in 0..nr {
+            // Whole rows of `BK` (a constant, so the loops below unroll): the columns past
+            // the `nb` keys are -inf after `apply`, so they change neither the maximum nor
+            // the sum (their p is exactly 0).
+            let s_r: &mut [T; BK] = (&mut s[r * BK..(r + 1) * BK])
+                .try_into()
+                .expect("BK scores");
+            mk.apply::<T, BK>(bhi, i0 + r, kb, nb, s_r);
+            // `>` rather than `max`: one instruction per lane, and a NaN score is skipped
+            // all the same (the comparison is false).
+            let mloc = map_reduce(
+                s_r,
+                T::NEG_INFINITY,
+                |v| v,
+                |a, v| if v > a { v } else { a },
+            );
+            if mloc == T::NEG_INFINITY {
+                s_r.fill(T::ZERO);
+                continue;
+            }
+            let mnew = m[r].max(mloc);
+            // Rescale what earlier key blocks summed; nothing to rescale on the row's first
+            // block (l and acc are 0, and exp(-inf) would only multiply them by 0): with one
+            // key block, no scalar exp per row. (Also nothing when the maximum did not move:
+            // the factor would be exp(0) = 1 exactly.)
+            if m[r] != T::NEG_INFINITY && mnew != m[r] {
+                let corr = (m[r] - mnew).exp();
+                l[r] *= corr;
+                acc[r * dv..(r + 1) * dv]
+                    .iter_mut()
+                    .for_each(|a| *a *= corr);
+            }
+            // p = exp(s - m); masked scores are -inf, so their p is exactly 0.
+            for x in s_r.iter_mut() {
+                *x = (*x - mnew).exp();
+            }
+            l[r] += sum(s_r);
+            m[r] = mnew;
+        }
+        tile_times_rows::<T, BK>(s, nr, nb, &v[vo + kb * dv..], dv, acc);
+    }
+    for r in 0..nr {
+        let acc_r = &mut acc[r * dv..(r + 1) * dv];
+        if l[r] > T::ZERO {
+            let inv = T::ONE / l[r];
+            acc_r.iter_mut().for_each(|a| *a *= inv);
+            lse[r] = m[r] + l[r].ln();
+        } else {
+            acc_r.fill(T::ZERO);
+            lse[r] = T::NEG_INFINITY;
+        }
+    }
 }
 
 /// Everything the backward tiles read.
@@ -670,8 +730,13 @@ impl<T: Float> Bwd<'_, T> {
             }
             self.mk.apply::<T, BK>(bhi, i0 + r, kb, nb, p_r);
             let dd = self.big_d[row0 + r];
-            // Only the tile's `nb` real keys: the products below never read the columns past.
-            for (pv, dsv) in p_r[..nb].iter_mut().zip(ds_r[..nb].iter_mut()) {
+            // Whole rows of `BK` (a constant, so the loop unrolls): the columns past the `nb`
+            // keys are -inf after `apply` (p = 0, dS = 0), and the products never read them.
+            let (p_r, ds_r): (&mut [T; BK], &mut [T; BK]) = (
+                p_r.try_into().expect("BK scores"),
+                ds_r.try_into().expect("BK scores"),
+            );
+            for (pv, dsv) in p_r.iter_mut().zip(ds_r.iter_mut()) {
                 *pv = (*pv - l).exp();
                 *dsv = *pv * (*dsv - dd) * scale;
             }
@@ -725,30 +790,46 @@ fn bwd_one_pass<T: Float, const BK: usize>(b: &Bwd<T>) -> (Vec<T>, Vec<T>, Vec<T
         .zip(dk.par_chunks_mut(tk * d))
         .zip(dvv.par_chunks_mut(tk * dv))
         .enumerate()
-        .for_each(|(bhi, ((dq, dk), dvb))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let mut sc = TileScratch::new::<BK>(b.dm);
-                    let (qo, row0) = (bhi * tq * d, bhi * tq);
-                    for i0 in (0..tq).step_by(BQ_BWD) {
-                        let nr = BQ_BWD.min(tq - i0);
-                        for kb in (0..tk).step_by(BK) {
-                            if b.hidden(i0 + nr, kb) {
-                                break;
+        .for_each_init(
+            || TileScratch::new::<BK>(b.dm),
+            |sc, (bhi, ((dq, dk), dvb))| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let (qo, row0) = (bhi * tq * d, bhi * tq);
+                        for i0 in (0..tq).step_by(BQ_BWD) {
+                            let nr = BQ_BWD.min(tq - i0);
+                            for kb in (0..tk).step_by(BK) {
+                                if b.hidden(i0 + nr, kb) {
+                                    break;
+                                }
+                                let nb = BK.min(tk - kb);
+                                b.tile::<BK>(bhi, i0, nr, kb, nb, sc);
+                                let (kr, dvr) = (&b.k[(bhi * tk + kb) * d..], kb * dv);
+                                tile_times_rows::<T, BK>(&sc.ds, nr, nb, kr, d, &mut dq[i0 * d..]);
+                                let (qr, dor) = (&b.q[qo + i0 * d..], &b.dout[(row0 + i0) * dv..]);
+                                tile_t_times_rows::<T, BK>(
+                                    &sc.pm,
+                                    nr,
+                                    nb,
+                                    dor,
+                                    dv,
+                                    &mut dvb[dvr..],
+                                );
+                                tile_t_times_rows::<T, BK>(
+                                    &sc.ds,
+                                    nr,
+                                    nb,
+                                    qr,
+                                    d,
+                                    &mut dk[kb * d..],
+                                );
                             }
-                            let nb = BK.min(tk - kb);
-                            b.tile::<BK>(bhi, i0, nr, kb, nb, &mut sc);
-                            let (kr, dvr) = (&b.k[(bhi * tk + kb) * d..], kb * dv);
-                            tile_times_rows::<T, BK>(&sc.ds, nr, nb, kr, d, &mut dq[i0 * d..]);
-                            let (qr, dor) = (&b.q[qo + i0 * d..], &b.dout[(row0 + i0) * dv..]);
-                            tile_t_times_rows::<T, BK>(&sc.pm, nr, nb, dor, dv, &mut dvb[dvr..]);
-                            tile_t_times_rows::<T, BK>(&sc.ds, nr, nb, qr, d, &mut dk[kb * d..]);
                         }
-                    }
-                },
-            )
-        });
+                    },
+                )
+            },
+        );
     (dq, dk, dvv)
 }
 
@@ -840,8 +921,55 @@ macro_rules! dispatch {
     };
 }
 
+/// The operand as contiguous `[B, H, T, D]` values: borrowed when it already is, else gathered.
 fn view<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<std::borrow::Cow<'a, [T]>> {
-    Ok(contiguous_cow(s.as_slice::<T>(OP)?, l))
+    let src = s.as_slice::<T>(OP)?;
+    if l.contiguous_range().is_none() && l.dims().len() == 4 && l.strides()[3] == 1 {
+        return Ok(std::borrow::Cow::Owned(gather_heads(src, l)));
+    }
+    Ok(contiguous_cow(src, l))
+}
+
+/// A `[B, H, T, D]` view whose rows of `D` are contiguous (a `permute` of a `[B, T, H, D]`
+/// projection, or of the packed q/k/v) copied to contiguous memory: one task per batch·head,
+/// rows of the usual head widths copied as fixed-size arrays. The generic strided gather
+/// makes one `memcpy` call per row, which for heads of 4 values costs more than the copy.
+fn gather_heads<T: WithDType>(src: &[T], l: &Layout) -> Vec<T> {
+    let (d, st, off) = (l.dims(), l.strides(), l.offset());
+    let (h, t, w) = (d[1], d[2], d[3]);
+    let mut out = vec![T::zeroed(); l.elem_count()];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(t * w)
+        .enumerate()
+        .for_each(|(bhi, dst)| {
+            let base = off + (bhi / h) * st[0] + (bhi % h) * st[1];
+            match w {
+                4 => copy_rows::<T, 4>(src, base, st[2], dst),
+                8 => copy_rows::<T, 8>(src, base, st[2], dst),
+                16 => copy_rows::<T, 16>(src, base, st[2], dst),
+                32 => copy_rows::<T, 32>(src, base, st[2], dst),
+                _ => {
+                    for (i, row) in dst.chunks_exact_mut(w).enumerate() {
+                        let o = base + i * st[2];
+                        row.copy_from_slice(&src[o..o + w]);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// `dst`'s rows of `W` values from `src[base + i * stride..]`.
+#[inline(always)]
+fn copy_rows<T: Copy, const W: usize>(src: &[T], base: usize, stride: usize, dst: &mut [T]) {
+    for (i, row) in dst.chunks_exact_mut(W).enumerate() {
+        let o = base + i * stride;
+        let from: &[T; W] = src[o..o + W].try_into().expect("W values");
+        let to: &mut [T; W] = row.try_into().expect("W values");
+        *to = *from;
+    }
 }
 
 impl AttentionBackend for CpuStorage {
@@ -924,6 +1052,57 @@ impl AttentionBackend for CpuStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-head gather equals the generic strided gather, for the head widths it copies
+    /// as arrays and for others, from a `[B, T, H, D]` projection permuted to `[B, H, T, D]`
+    /// with an offset (as a narrowed packed q/k/v is).
+    #[test]
+    fn gather_heads_matches_the_strided_gather() {
+        for w in [1, 3, 4, 8, 16, 32] {
+            let (b, t, h) = (2, 5, 3);
+            let src: Vec<f32> = (0..7 + b * t * 2 * h * w).map(|i| i as f32).collect();
+            // [B, T, 2H, D] with the second half of the heads taken, permuted to [B, H, T, D].
+            let l = Layout::new(
+                crate::tensor::Shape::from(vec![b, h, t, w]),
+                vec![t * 2 * h * w, w, 2 * h * w, 1],
+                7 + h * w,
+            );
+            assert!(l.contiguous_range().is_none());
+            assert_eq!(
+                gather_heads(&src, &l),
+                super::super::gather_strided(&src, &l),
+                "w {w}"
+            );
+        }
+    }
+
+    /// A mask whose keys are side by side (the select path) hides the same scores as the
+    /// same mask read at a key stride of 2 (the strided path).
+    #[test]
+    fn contiguous_and_strided_masks_hide_the_same_keys() {
+        const BK: usize = 16;
+        let (tk, nb) = (13, 13);
+        let bits: Vec<u8> = (0..tk).map(|j| u8::from(j % 3 == 1)).collect();
+        let spread: Vec<u8> = bits.iter().flat_map(|&m| [m, 7]).collect();
+        for attend_if_set in [false, true] {
+            let run = |data: &[u8], key_stride: usize| {
+                let mk = Masks {
+                    list: vec![(data, [0, 0, 0, key_stride], 0, attend_if_set)],
+                    causal: false,
+                    h: 1,
+                };
+                let mut s: Vec<f32> = (0..BK).map(|j| j as f32).collect();
+                mk.apply::<f32, BK>(0, 0, 0, nb, &mut s);
+                s
+            };
+            let (a, b) = (run(&bits, 1), run(&spread, 2));
+            assert_eq!(a, b);
+            assert_eq!(
+                a.iter().filter(|x| x.is_finite()).count(),
+                if attend_if_set { 4 } else { 9 }
+            );
+        }
+    }
 
     /// The one-pass and two-pass backwards give bitwise the same gradients (the same sums in
     /// the same order), with a key padding mask, a causal mask, a fully masked batch, and

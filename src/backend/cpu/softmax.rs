@@ -8,8 +8,10 @@
 //! sum) go through `lanes::map_reduce` (independent accumulators) so they vectorize too. One pass finds the max,
 //! one writes `exp(x - max)` (the branch-free f32 `exp` of `float.rs`, which vectorizes), one
 //! sums it, one normalizes; a row is 2 KiB at `n = 512`, so all but the first stay in L1.
-//! Memory traffic: x read once from memory, y written once.
+//! Memory traffic: x read once from memory, y written once (into uninitialised memory: zeroing
+//! a reused 128 MiB output first was a single-threaded `memset` as long as the softmax).
 
+use super::elementwise::written_vec;
 use super::lanes::map_reduce;
 use super::simd::vectorized;
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
@@ -17,6 +19,7 @@ use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
 use crate::tensor::Layout;
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Slabs smaller than this many elements are grouped into one Rayon task.
 const MIN_ELEMS_PER_TASK: usize = 4096;
@@ -40,17 +43,30 @@ fn nan_max<T: Float>(m: T, v: T) -> T {
     }
 }
 
-/// One slab `[n, inner]` of the forward: `x` in, `y` out. Always inlined into the caller's
-/// [`vectorized`] closure, so its loops are compiled for the wide instruction set.
+/// `s` as initialised values.
+///
+/// # Safety
+/// Every element of `s` must have been written.
 #[inline(always)]
-fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [T], inner: usize) {
+unsafe fn assume_init<T>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and the caller wrote every element.
+    unsafe { &mut *(s as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// One slab `[n, inner]` of the forward: `x` in, `y` out (written whole by the exp loop before
+/// anything reads it). Always inlined into the caller's [`vectorized`] closure, so its loops are
+/// compiled for the wide instruction set.
+#[inline(always)]
+fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [MaybeUninit<T>], inner: usize) {
     if inner == 1 {
         // Three separate flat loops (max, exp, sum) so each vectorizes: a running sum fused
         // into the exp loop would be a serial dependency that keeps the whole loop scalar.
         let max = map_reduce(x, T::NEG_INFINITY, |v| v, nan_max);
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = (v - max).exp();
+            o.write((v - max).exp());
         }
+        // SAFETY: the loop above wrote all of `y` (as long as `x`, one slab).
+        let y = unsafe { assume_init(y) };
         let sum = map_reduce(y, T::ZERO, |v| v, |a, b| a + b);
         match kind {
             SoftmaxKind::Softmax => {
@@ -73,10 +89,13 @@ fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [T], inner: usize)
     let mut sum = vec![T::ZERO; inner];
     for (out_row, row) in y.chunks_exact_mut(inner).zip(x.chunks_exact(inner)) {
         for (((o, &v), &m), s) in out_row.iter_mut().zip(row).zip(&max).zip(&mut sum) {
-            *o = (v - m).exp();
-            *s += *o;
+            let e = (v - m).exp();
+            o.write(e);
+            *s += e;
         }
     }
+    // SAFETY: the loop above wrote every row of `y`.
+    let y = unsafe { assume_init(y) };
     match kind {
         SoftmaxKind::Softmax => {
             let inv: Vec<T> = sum.iter().map(|&s| T::ONE / s).collect();
@@ -95,9 +114,16 @@ fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [T], inner: usize)
     }
 }
 
-/// One slab `[n, inner]` of the backward: `y` (forward output) and `dy` in, `dx` out.
+/// One slab `[n, inner]` of the backward: `y` (forward output) and `dy` in, `dx` out (each
+/// element written before it is read).
 #[inline(always)]
-fn backward_slab<T: Float>(kind: SoftmaxKind, y: &[T], dy: &[T], dx: &mut [T], inner: usize) {
+fn backward_slab<T: Float>(
+    kind: SoftmaxKind,
+    y: &[T],
+    dy: &[T],
+    dx: &mut [MaybeUninit<T>],
+    inner: usize,
+) {
     // softmax: s = sum dy*y, dx = y (dy - s); log_softmax: s = sum dy, dx = dy - exp(y) s.
     let term = |y: T, dy: T| match kind {
         SoftmaxKind::Softmax => dy * y,
@@ -109,24 +135,28 @@ fn backward_slab<T: Float>(kind: SoftmaxKind, y: &[T], dy: &[T], dx: &mut [T], i
     };
     if inner == 1 {
         // One row: flat loops, the sum through `map_reduce` (dx doubles as scratch).
-        let s = match kind {
+        match kind {
             SoftmaxKind::Softmax => {
                 dx.iter_mut()
                     .zip(y.iter().zip(dy))
-                    .for_each(|(o, (&y, &d))| *o = d * y);
-                map_reduce(dx, T::ZERO, |v| v, |a, b| a + b)
+                    .for_each(|(o, (&y, &d))| {
+                        o.write(d * y);
+                    });
+                // SAFETY: the loop above wrote all of `dx` (one slab, as long as `y`).
+                let dx = unsafe { assume_init(dx) };
+                let s = map_reduce(dx, T::ZERO, |v| v, |a, b| a + b);
+                dx.iter_mut()
+                    .zip(y.iter().zip(dy))
+                    .for_each(|(o, (&y, &d))| *o = y * (d - s));
             }
-            SoftmaxKind::LogSoftmax => map_reduce(dy, T::ZERO, |v| v, |a, b| a + b),
-        };
-        match kind {
-            SoftmaxKind::Softmax => dx
-                .iter_mut()
-                .zip(y.iter().zip(dy))
-                .for_each(|(o, (&y, &d))| *o = y * (d - s)),
-            SoftmaxKind::LogSoftmax => dx
-                .iter_mut()
-                .zip(y.iter().zip(dy))
-                .for_each(|(o, (&y, &d))| *o = d - y.exp() * s),
+            SoftmaxKind::LogSoftmax => {
+                let s = map_reduce(dy, T::ZERO, |v| v, |a, b| a + b);
+                dx.iter_mut()
+                    .zip(y.iter().zip(dy))
+                    .for_each(|(o, (&y, &d))| {
+                        o.write(d - y.exp() * s);
+                    });
+            }
         }
         return;
     }
@@ -142,7 +172,7 @@ fn backward_slab<T: Float>(kind: SoftmaxKind, y: &[T], dy: &[T], dx: &mut [T], i
         .zip(dy.chunks_exact(inner))
     {
         for (((o, &y), &d), &s) in dxr.iter_mut().zip(yr).zip(dyr).zip(&sum) {
-            *o = grad(y, d, s);
+            o.write(grad(y, d, s));
         }
     }
 }
@@ -150,21 +180,24 @@ fn backward_slab<T: Float>(kind: SoftmaxKind, y: &[T], dy: &[T], dx: &mut [T], i
 fn forward_typed<T: Float>(kind: SoftmaxKind, x: &[T], layout: &Layout, dim: usize) -> Vec<T> {
     let (_, n, inner) = split_at_dim(layout.dims(), dim);
     let x = contiguous_cow(x, layout);
-    let mut y = vec![T::ZERO; x.len()];
     let slab = n * inner;
     if slab == 0 {
-        return y;
+        return vec![T::ZERO; x.len()];
     }
-    y.par_chunks_mut(slab)
-        .zip(x.par_chunks(slab))
-        .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
-        .for_each(|(y, x)| {
-            vectorized(
-                #[inline(always)]
-                || forward_slab(kind, x, y, inner),
-            )
-        });
-    y
+    // SAFETY: the slabs cover `x.len()` (a whole number of them) and each is written whole.
+    unsafe {
+        written_vec(x.len(), |y| {
+            y.par_chunks_mut(slab)
+                .zip(x.par_chunks(slab))
+                .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
+                .for_each(|(y, x)| {
+                    vectorized(
+                        #[inline(always)]
+                        || forward_slab(kind, x, y, inner),
+                    )
+                })
+        })
+    }
 }
 
 fn backward_typed<T: Float>(
@@ -177,21 +210,24 @@ fn backward_typed<T: Float>(
 ) -> Vec<T> {
     let (_, n, inner) = split_at_dim(y_layout.dims(), dim);
     let (y, dy) = (contiguous_cow(y, y_layout), contiguous_cow(dy, dy_layout));
-    let mut dx = vec![T::ZERO; y.len()];
     let slab = n * inner;
     if slab == 0 {
-        return dx;
+        return vec![T::ZERO; y.len()];
     }
-    dx.par_chunks_mut(slab)
-        .zip(y.par_chunks(slab).zip(dy.par_chunks(slab)))
-        .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
-        .for_each(|(dx, (y, dy))| {
-            vectorized(
-                #[inline(always)]
-                || backward_slab(kind, y, dy, dx, inner),
-            )
-        });
-    dx
+    // SAFETY: the slabs cover `y.len()` (a whole number of them) and each is written whole.
+    unsafe {
+        written_vec(y.len(), |dx| {
+            dx.par_chunks_mut(slab)
+                .zip(y.par_chunks(slab).zip(dy.par_chunks(slab)))
+                .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
+                .for_each(|(dx, (y, dy))| {
+                    vectorized(
+                        #[inline(always)]
+                        || backward_slab(kind, y, dy, dx, inner),
+                    )
+                })
+        })
+    }
 }
 
 fn check_dim(kind: SoftmaxKind, layout: &Layout, dim: usize) -> Result<()> {

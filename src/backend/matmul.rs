@@ -9,6 +9,7 @@ use crate::tensor::Layout;
 use crate::Result;
 
 pub trait MatmulBackend: Sized {
+    /// `bias`, when given, is `[N]` (checked by [`Storage::matmul`]).
     fn matmul(
         &self,
         lhs_layout: &Layout,
@@ -28,9 +29,17 @@ impl Storage {
     ) -> Result<Storage> {
         same_device("matmul", self, rhs)?;
         same_dtype("matmul", self.dtype(), rhs.dtype())?;
-        if let Some((b, _)) = bias {
+        if let Some((b, bl)) = bias {
             same_device("matmul", self, b)?;
             same_dtype("matmul", self.dtype(), b.dtype())?;
+            // One bias element per output column, `[N]` of `rhs: [B, K, N]`.
+            if rhs_layout.dims().get(2).is_none_or(|&n| bl.dims() != [n]) {
+                return Err(crate::Error::ShapeMismatch {
+                    op: "matmul (bias)",
+                    lhs: rhs_layout.shape().clone(),
+                    rhs: bl.shape().clone(),
+                });
+            }
         }
         let d = self.device();
         on_backend!(self, |a| {

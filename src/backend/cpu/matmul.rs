@@ -1385,15 +1385,6 @@ impl MatmulBackend for CpuStorage {
                 rhs: rhs_layout.shape().clone(),
             });
         }
-        if let Some((_, bl)) = bias {
-            if bl.dims() != [db[2]] {
-                return Err(Error::ShapeMismatch {
-                    op: "matmul (bias)",
-                    lhs: rhs_layout.shape().clone(),
-                    rhs: bl.shape().clone(),
-                });
-            }
-        }
         /// The bias as a dense slice of `T` (gathered if strided).
         fn dense<'a, T: crate::tensor::WithDType + Send + Sync>(
             bias: Option<(&'a CpuStorage, &Layout)>,

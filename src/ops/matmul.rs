@@ -43,12 +43,10 @@ impl Tensor {
         self.matmul_plus(&weight.t()?, bias)
     }
 
-    /// `self @ rhs`, plus `bias` (`[N]`, checked by the caller) on every row when given.
+    /// `self @ rhs`, plus `bias` on every row when given: then `rhs` is a matrix `[K, N]` and
+    /// `bias` `[N]` (both checked by [`Tensor::linear`], the only caller with a bias).
     fn matmul_plus(&self, rhs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        if let Some(b) = bias.filter(|_| rhs.rank() != 2) {
-            // Only a matrix on the right takes the bias into the GEMM.
-            return self.matmul(rhs)?.add(b);
-        }
+        debug_assert!(bias.is_none() || rhs.rank() == 2);
         self.check_same(rhs, "matmul")?;
         self.check_float("matmul")?;
         if self.rank() == 0 || rhs.rank() == 0 {

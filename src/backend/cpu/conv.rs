@@ -34,6 +34,7 @@
 //! micro-kernels. Non-contiguous inputs are gathered into a contiguous copy first
 //! (`contiguous_cow`).
 
+mod dense;
 mod dot_tile;
 mod live_taps;
 mod pack;
@@ -46,6 +47,7 @@ use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::conv::{Conv2dGeom, ConvBackend};
 use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
+use dense::Dense;
 use dot_tile::DotTile;
 use live_taps::LiveTaps;
 use pack::{
@@ -216,8 +218,11 @@ fn is_pointwise(g: &Conv2dGeom) -> bool {
 }
 
 /// The forward convolution, with the taps that only read padding dropped first
-/// (`conv/live_taps.rs`).
+/// (`conv/live_taps.rs`); a dense layer when what is left covers the input (`conv/dense.rs`).
 fn forward<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    if let Some(dense) = Dense::of(g) {
+        return dense.forward(x, &dense.weights(w, g), isa);
+    }
     match LiveTaps::of(g) {
         Some(live) => conv2d_fwd(x, &live.crop_weight(w, g), &live.geom, isa),
         None => conv2d_fwd(x, w, g, isa),
@@ -226,6 +231,9 @@ fn forward<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T>
 
 /// The input gradient, with the dead taps dropped (they only ever touch padding).
 fn backward_input<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    if let Some(dense) = Dense::of(g) {
+        return dense.backward_input(dy, &dense.weights(w, g), isa);
+    }
     match LiveTaps::of(g) {
         Some(live) => conv2d_bwd_input(dy, &live.crop_weight(w, g), &live.geom, isa),
         None => conv2d_bwd_input(dy, w, g, isa),
@@ -239,10 +247,13 @@ fn backward_weight<T: PackedFloat + DotTile>(
     g: &Conv2dGeom,
     isa: Isa,
 ) -> Vec<T> {
+    if let Some(dense) = Dense::of(g) {
+        return dense.backward_weight(x, dy, g, isa);
+    }
     match LiveTaps::of(g) {
         Some(live) => {
             let dw = conv2d_bwd_weight(x, dy, &live.geom, isa);
-            live.expand_weight_grad(&dw, g, T::ZERO)
+            live.expand_weight_grad(&dw, g)
         }
         None => conv2d_bwd_weight(x, dy, g, isa),
     }
@@ -253,13 +264,6 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
     let total = g.n * g.c_out * p;
     if total == 0 || k == 0 {
         return vec![T::ZERO; total];
-    }
-    if is_pointwise(g) && p == 1 {
-        // 1x1 maps: out [N, C_out] = x [N, C_in] @ W^T, one GEMM over the whole batch (per
-        // image it would be N matrix-vector products, each reading all of W).
-        let lx = Layout::contiguous([1, g.n, g.c_in]);
-        let lw = Layout::new(Shape::new(vec![1, g.c_in, g.c_out]), vec![0, 1, g.c_in], 0);
-        return T::gemm(x, &lx, w, &lw, None, isa);
     }
     if is_pointwise(g) {
         // out[n] = W [C_out, C_in] @ x[n] [C_in, H*W]: the GEMM with W broadcast over images.
@@ -496,22 +500,30 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
     dx
 }
 
-/// dW = dY x im2col(X)^T, by whichever path suits the shape. Stride 1, no dilation, up to
-/// 64 output channels per group: shifted dot products over padded rows, no im2col
-/// (`weight_grad_shifted.rs`). Otherwise, with few output channels per group (the small
-/// U-Net's 16 and 32) the GEMM's `mr`-row panels are mostly padding and transposing both
-/// operands into them dominates, so dot-product tiles along the pixels (`weight_grad.rs`)
-/// win; with more channels the packed GEMM wins (docs/PERF.md, session 4: the tiles alone
-/// made ResNet-18's backward 1.5-2x slower).
+/// dW = dY x im2col(X)^T, by whichever path suits the shape (docs/PERF.md, sessions 6 and
+/// 10, for the measurements behind the thresholds):
+/// - stride 1, no dilation, up to 64 output channels per group, maps at least 16 wide:
+///   shifted dot products over padded rows, no im2col (`weight_grad_shifted.rs`); on narrower
+///   maps the padding columns and the register flushes at every row end make them lose to
+///   both other paths (64 -> 64 channels at 8 px: 2.5-2.8 ms against 1.1-1.2 for the GEMM);
+/// - few output channels per group (the small U-Net's 16 and 32) or a short reduction (`K`:
+///   a 7x7 stem on RGB is 147, a 1x1 shortcut its input channels): dot-product tiles along
+///   the pixels (`weight_grad.rs`), where the GEMM's `mr`-row panels would be mostly padding
+///   or its packing would cost more than its arithmetic;
+/// - otherwise the packed GEMM (the tiles alone made ResNet-18's backward 1.5-2x slower).
 fn conv2d_bwd_weight<T: PackedFloat + DotTile>(
     x: &[T],
     dy: &[T],
     g: &Conv2dGeom,
     isa: Isa,
 ) -> Vec<T> {
-    if g.cout_g() <= WEIGHT_GRAD_SHIFTED_MAX_COUT && weight_grad_shifted::applies(g) {
+    let cout_g = g.cout_g();
+    if cout_g <= WEIGHT_GRAD_SHIFTED_MAX_COUT
+        && g.ow >= WEIGHT_GRAD_SHIFTED_MIN_WIDTH
+        && weight_grad_shifted::applies(g)
+    {
         conv2d_bwd_weight_shifted(x, dy, g, isa)
-    } else if g.cout_g() <= WEIGHT_GRAD_TILES_MAX_COUT {
+    } else if cout_g <= WEIGHT_GRAD_TILES_MAX_COUT || g.k() <= WEIGHT_GRAD_TILES_MAX_K {
         conv2d_bwd_weight_tiles(x, dy, g, isa)
     } else {
         conv2d_bwd_weight_gemm(x, dy, g, isa)
@@ -522,8 +534,14 @@ fn conv2d_bwd_weight<T: PackedFloat + DotTile>(
 /// dots: at 64 they beat the packed GEMM by 1.2-1.4x (16 to 56 px maps), at 128 they tie at
 /// 28 px and lose at 16 and 8 px (docs/PERF.md, session 6).
 const WEIGHT_GRAD_SHIFTED_MAX_COUT: usize = 64;
-/// Up to this many output channels per group, other weight gradients use the pixel tiles.
+/// ... and only on output maps at least this wide (docs/PERF.md, session 10).
+const WEIGHT_GRAD_SHIFTED_MIN_WIDTH: usize = 16;
+/// Up to this many output channels per group, other weight gradients use the pixel tiles...
 const WEIGHT_GRAD_TILES_MAX_COUT: usize = 32;
+/// ... and so do those whose reduction is at most this long: ResNet's 7x7 stem on RGB
+/// (`K` = 147: 6.8 against 8.2 ms at 64 px) and 1x1 shortcuts (`K` = 64: 0.47-0.71 against
+/// 0.87-0.90 ms); at `K` = 256 (a 1x1 shortcut on 2x2 maps) the GEMM is 10x faster.
+const WEIGHT_GRAD_TILES_MAX_K: usize = 160;
 
 fn conv2d_bwd_weight_gemm<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
     let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
@@ -797,7 +815,7 @@ mod tests {
             (1, 3, 9, 40, 6, 3, 3, (2, 1), (1, 1), (1, 2), 1),
             (1, 2, 5, 37, 4, 3, 3, (1, 2), (1, 1), (1, 1), 1),
             (2, 4, 4, 33, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2),
-            // 1x1 output map.
+            // 1x1 output map, kernel the size of the input: a dense layer with every tap live.
             (5, 6, 3, 3, 7, 3, 3, (1, 1), (0, 0), (1, 1), 1),
             // The small diffusion U-Net's shapes: RGB in (C_in = 3), 16 channels at 32x32 (runs
             // of one panel row), the stride-2 downsample, and 8x8 maps (several runs a panel).
@@ -806,12 +824,16 @@ mod tests {
             (2, 16, 32, 32, 16, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             (3, 16, 8, 8, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             // Dead taps (`live_taps.rs`): ResNet-18's layer4 on 32 px pictures (1x1 maps, the
-            // centre tap alone: the batched pointwise GEMM) and its stride-2 entry (2x2 -> 1x1,
-            // taps 1..=2), a 7x7 stem on a 2x3 picture, and a dilated 1-row map.
+            // centre tap alone: a dense layer on the weights in place) and its stride-2 entry
+            // (2x2 -> 1x1, taps 1..=2: a dense layer on a copy of the live taps), a 7x7 stem on a 2x3 picture, and a dilated 1-row map.
             (5, 40, 1, 1, 36, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (4, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             (2, 3, 2, 3, 8, 7, 7, (2, 2), (3, 3), (1, 1), 1),
             (2, 6, 1, 9, 4, 3, 3, (1, 1), (2, 1), (2, 1), 2),
+            // Dense layers (`dense.rs`) reading the weights in place through one live tap
+            // that is not the centre one: tap (1, 1) of 2x2 and of 3x2.
+            (3, 10, 1, 1, 12, 2, 2, (2, 2), (1, 1), (1, 1), 1),
+            (3, 10, 1, 1, 12, 3, 2, (1, 2), (1, 1), (1, 1), 1),
             // Weights read in place (`conv/weight_rows.rs`): rows tiled 4x12 + 2x8 on 4-pixel
             // runs; 12 + 8 rows on 2-pixel runs with 16 columns in all (the 16-wide tile);
             // 8 tiled rows and 3 packed ones on a non-square map (10-pixel runs); groups of 12

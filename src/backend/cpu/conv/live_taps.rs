@@ -22,17 +22,23 @@
 //! The crop is taken only when it is a valid geometry (padding stays >= 0 and symmetric
 //! padding still gives the same output size); otherwise the convolution runs as it is.
 //! Cost: one copy of the live part of the weights (forward, input gradient), one scatter of
-//! the weight gradient into zeros.
+//! the weight gradient into zeros; both parallel, one pass each. A convolution left with one
+//! output pixel per image and taps covering its whole input skips the copy when a single tap
+//! is live (`dense.rs`).
 
 use crate::backend::conv::Conv2dGeom;
+use crate::backend::cpu::elementwise::written_vec;
+use crate::backend::cpu::Float;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A convolution whose dead taps are cropped away: `geom` is the cropped geometry, the live
 /// taps start at (`y0`, `x0`) of the original kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct LiveTaps {
     pub geom: Conv2dGeom,
-    y0: usize,
-    x0: usize,
+    pub y0: usize,
+    pub x0: usize,
 }
 
 /// The run `lo..=hi` of live taps along one axis, if any tap is live.
@@ -78,36 +84,113 @@ impl LiveTaps {
         Some(LiveTaps { geom, y0, x0 })
     }
 
-    /// The live taps of `w [C_out, C_in/G, KH, KW]`: `[C_out, C_in/G, kh, kw]`.
-    pub fn crop_weight<T: Copy>(&self, w: &[T], g: &Conv2dGeom) -> Vec<T> {
+    /// Offsets of the live taps inside one `KH x KW` plane of the full kernel, in the
+    /// cropped kernel's order.
+    fn tap_offsets(&self, g: &Conv2dGeom) -> Vec<usize> {
         let (kh, kw) = (self.geom.kh, self.geom.kw);
-        let mut out = Vec::with_capacity(g.c_out * g.cin_g() * kh * kw);
-        for plane in w.chunks_exact(g.kh * g.kw) {
-            for ky in 0..kh {
-                let row = (self.y0 + ky) * g.kw + self.x0;
-                out.extend_from_slice(&plane[row..row + kw]);
-            }
-        }
-        out
+        (0..kh * kw)
+            .map(|j| (self.y0 + j / kw) * g.kw + self.x0 + j % kw)
+            .collect()
+    }
+
+    /// The live taps of `w [C_out, C_in/G, KH, KW]`: `[C_out, C_in/G, kh, kw]`.
+    pub fn crop_weight<T: Float>(&self, w: &[T], g: &Conv2dGeom) -> Vec<T> {
+        let (taps, khw) = (self.tap_offsets(g), g.kh * g.kw);
+        let planes = g.c_out * g.cin_g();
+        let per_task = TAPS_PER_TASK.div_ceil(khw);
+        let fill = |out: &mut [MaybeUninit<T>]| {
+            out.par_chunks_mut(per_task * taps.len())
+                .zip(w.par_chunks(per_task * khw))
+                .for_each(|(live, full)| match taps.len() {
+                    1 => gather_planes::<T, 1>(live, full, khw, &taps),
+                    2 => gather_planes::<T, 2>(live, full, khw, &taps),
+                    4 => gather_planes::<T, 4>(live, full, khw, &taps),
+                    6 => gather_planes::<T, 6>(live, full, khw, &taps),
+                    _ => {
+                        for (live, full) in live
+                            .chunks_exact_mut(taps.len())
+                            .zip(full.chunks_exact(khw))
+                        {
+                            for (l, &t) in live.iter_mut().zip(&taps) {
+                                *l = MaybeUninit::new(full[t]);
+                            }
+                        }
+                    }
+                })
+        };
+        // SAFETY: each of the `planes` output planes gets its `taps.len()` taps written.
+        unsafe { written_vec(planes * taps.len(), fill) }
     }
 
     /// The weight gradient of the full kernel from the cropped one: the live taps' values,
     /// zeros at the dead taps.
-    pub fn expand_weight_grad<T: Copy>(&self, dw: &[T], g: &Conv2dGeom, zero: T) -> Vec<T> {
-        let (kh, kw) = (self.geom.kh, self.geom.kw);
-        let mut out = vec![zero; g.c_out * g.cin_g() * g.kh * g.kw];
-        for (full, live) in out
-            .chunks_exact_mut(g.kh * g.kw)
-            .zip(dw.chunks_exact(kh * kw))
-        {
-            for ky in 0..kh {
-                let row = (self.y0 + ky) * g.kw + self.x0;
-                full[row..row + kw].copy_from_slice(&live[ky * kw..(ky + 1) * kw]);
-            }
-        }
-        out
+    pub fn expand_weight_grad<T: Float>(&self, dw: &[T], g: &Conv2dGeom) -> Vec<T> {
+        let (taps, khw) = (self.tap_offsets(g), g.kh * g.kw);
+        let total = g.c_out * g.cin_g() * khw;
+        let per_task = TAPS_PER_TASK.div_ceil(khw);
+        let fill = |out: &mut [MaybeUninit<T>]| {
+            out.par_chunks_mut(per_task * khw)
+                .zip(dw.par_chunks(per_task * taps.len()))
+                .for_each(|(full, live)| match taps.len() {
+                    1 => scatter_planes::<T, 1>(full, live, khw, &taps),
+                    2 => scatter_planes::<T, 2>(full, live, khw, &taps),
+                    4 => scatter_planes::<T, 4>(full, live, khw, &taps),
+                    6 => scatter_planes::<T, 6>(full, live, khw, &taps),
+                    _ => {
+                        for (full, live) in full
+                            .chunks_exact_mut(khw)
+                            .zip(live.chunks_exact(taps.len()))
+                        {
+                            full.fill(MaybeUninit::new(T::ZERO));
+                            for (&v, &t) in live.iter().zip(&taps) {
+                                full[t] = MaybeUninit::new(v);
+                            }
+                        }
+                    }
+                })
+        };
+        // SAFETY: every plane of `khw` taps is filled with zeros, then its live taps written.
+        unsafe { written_vec(total, fill) }
     }
 }
+
+/// `live[p][j] = full[p][taps[j]]` for every plane `p` (`M` live taps out of `khw`): the tap
+/// count fixed at compile time, so the loop over it unrolls (the copy is memory-bound only
+/// once the per-element loop overhead is gone).
+fn gather_planes<T: Float, const M: usize>(
+    live: &mut [MaybeUninit<T>],
+    full: &[T],
+    khw: usize,
+    taps: &[usize],
+) {
+    let taps: [usize; M] = taps.try_into().expect("M live taps");
+    for (live, full) in live.chunks_exact_mut(M).zip(full.chunks_exact(khw)) {
+        for j in 0..M {
+            live[j] = MaybeUninit::new(full[taps[j]]);
+        }
+    }
+}
+
+/// `full[p] = 0` then `full[p][taps[j]] = live[p][j]` for every plane `p`; see
+/// [`gather_planes`].
+fn scatter_planes<T: Float, const M: usize>(
+    full: &mut [MaybeUninit<T>],
+    live: &[T],
+    khw: usize,
+    taps: &[usize],
+) {
+    let taps: [usize; M] = taps.try_into().expect("M live taps");
+    for (full, live) in full.chunks_exact_mut(khw).zip(live.chunks_exact(M)) {
+        full.fill(MaybeUninit::new(T::ZERO));
+        for j in 0..M {
+            full[taps[j]] = MaybeUninit::new(live[j]);
+        }
+    }
+}
+
+/// Elements of the full kernel per parallel task when cropping or expanding weights: the
+/// copy is memory-bound (9.4 MB for a 512-channel 3x3 kernel).
+const TAPS_PER_TASK: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {
@@ -162,7 +245,7 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, &v)| v == (9 * i + 4) as f64));
-        let back = c.expand_weight_grad(&live, &g, 0.0);
+        let back = c.expand_weight_grad(&live, &g);
         for (i, &v) in back.iter().enumerate() {
             assert_eq!(v, if i % 9 == 4 { w[i] } else { 0.0 });
         }

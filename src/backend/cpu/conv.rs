@@ -378,23 +378,75 @@ fn conv2d_bwd_input<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa)
     if let Some(tg) = transposed_geometry(g) {
         // W'[gi*C_in/G + ci, co, ky, kx] = W[gi*C_out/G + co, ci, KH-1-ky, KW-1-kx].
         let (cin_g, cout_g, khw) = (g.cin_g(), g.cout_g(), g.kh * g.kw);
-        // One task per row of W' (the flip-transpose of all of W is memory-bound: 9.4 MB at
-        // 512 channels).
+        // Tasks of FLIP_ROWS rows of W' (the flip-transpose of all of W is memory-bound: 9.4
+        // MB at 512 channels). Inside one, output channel by output channel: the task's input
+        // channels of `W[co]` are one contiguous read, written as one plane into each of its
+        // rows, so both sides stream; row by row, every plane read was a cache miss.
         let mut wt = vec![T::ZERO; w.len()];
-        wt.par_chunks_mut(cout_g * khw)
+        wt.par_chunks_mut(cin_g * cout_g * khw)
             .enumerate()
-            .for_each(|(row, dst)| {
-                let (gi, ci) = (row / cin_g, row % cin_g);
-                for (co, taps) in dst.chunks_exact_mut(khw).enumerate() {
-                    let src = ((gi * cout_g + co) * cin_g + ci) * khw;
-                    for (t, &v) in taps.iter_mut().rev().zip(&w[src..src + khw]) {
-                        *t = v;
-                    }
-                }
+            .for_each(|(gi, wt_g)| {
+                wt_g.par_chunks_mut(FLIP_ROWS * cout_g * khw)
+                    .enumerate()
+                    .for_each(|(bi, rows)| {
+                        let ci0 = bi * FLIP_ROWS;
+                        let src = |co: usize| &w[((gi * cout_g + co) * cin_g + ci0) * khw..];
+                        match khw {
+                            9 => flip_block::<T, 9>(rows, cout_g, src),
+                            1 => flip_block::<T, 1>(rows, cout_g, src),
+                            _ => flip_block_any(rows, cout_g, khw, src),
+                        }
+                    })
             });
         return conv2d_fwd(dy, &wt, &tg, isa);
     }
     conv2d_bwd_input_col2im(dy, w, g, isa)
+}
+
+/// Rows of `W'` per task of the flip-transpose.
+const FLIP_ROWS: usize = 16;
+
+/// `rows[r][co][t] = src(co)[r][KHW - 1 - t]` for the `rows.len() / (cout_g*KHW)` rows of a
+/// block of `W'`: `src(co)` is `W[co]` from the block's first input channel. The plane size
+/// fixed at compile time (3x3, 1x1) so the reversed copy unrolls.
+#[inline(always)]
+fn flip_block<'w, T: Copy + 'w, const KHW: usize>(
+    rows: &mut [T],
+    cout_g: usize,
+    src: impl Fn(usize) -> &'w [T],
+) {
+    let nrows = rows.len() / (cout_g * KHW);
+    for co in 0..cout_g {
+        let planes = &src(co)[..nrows * KHW];
+        for (r, plane) in planes.chunks_exact(KHW).enumerate() {
+            let plane: &[T; KHW] = plane.try_into().unwrap();
+            let dst: &mut [T; KHW] = (&mut rows[(r * cout_g + co) * KHW..][..KHW])
+                .try_into()
+                .unwrap();
+            for t in 0..KHW {
+                dst[t] = plane[KHW - 1 - t];
+            }
+        }
+    }
+}
+
+/// [`flip_block`] for any kernel size.
+fn flip_block_any<'w, T: Copy + 'w>(
+    rows: &mut [T],
+    cout_g: usize,
+    khw: usize,
+    src: impl Fn(usize) -> &'w [T],
+) {
+    let nrows = rows.len() / (cout_g * khw);
+    for co in 0..cout_g {
+        let planes = &src(co)[..nrows * khw];
+        for (r, plane) in planes.chunks_exact(khw).enumerate() {
+            let dst = &mut rows[(r * cout_g + co) * khw..][..khw];
+            for (d, &v) in dst.iter_mut().rev().zip(plane) {
+                *d = v;
+            }
+        }
+    }
 }
 
 /// The input gradient of a strided convolution: per task (block of images, group, block of

@@ -243,7 +243,7 @@ fn pack_b<T: Float, const NR: usize>(
 /// columns). f32 goes through 4 x 4 SSE transposes (x86-64's baseline), 3-4x faster than the
 /// element loop, which is what packing cost next to the small products' arithmetic.
 #[inline(always)]
-fn transpose_panel<T: Float>(
+pub(super) fn transpose_panel<T: Float>(
     src: &[T],
     base: usize,
     stride: usize,

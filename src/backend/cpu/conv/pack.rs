@@ -9,7 +9,7 @@
 //! input with its padding written out ([`PaddedInput`]), so each (tap, run) is one copy of an
 //! input row segment (strided for stride > 1), with no border cases.
 
-use super::super::matmul::Isa;
+use super::super::matmul::{transpose_panel, Isa};
 use super::super::simd;
 use super::super::Float;
 use crate::backend::conv::Conv2dGeom;
@@ -271,6 +271,12 @@ pub(super) fn pack_im2col<T: Float>(
                     copy_run(&mut buf[kk * nr + c.dst..][..c.len], &x[c.src + tap..]);
                 }
             }
+            (2, _) => {
+                for (kk, &tap) in taps.iter().enumerate() {
+                    let dst = &mut buf[kk * nr + c.dst..][..c.len];
+                    copy_run_strided::<T, 2>(dst, &x[c.src + tap..][..(c.len - 1) * 2 + 1]);
+                }
+            }
             _ => {
                 for (kk, &tap) in taps.iter().enumerate() {
                     let dst = &mut buf[kk * nr + c.dst..][..c.len];
@@ -321,6 +327,26 @@ fn copy_rows_strided<T: Copy, const L: usize, const S: usize>(
         for (i, d) in dst.iter_mut().enumerate() {
             *d = src[i * S];
         }
+    }
+}
+
+/// `dst[i] = src[i*S]` for runs of any length: blocks of 16 (vector permutes, as in
+/// [`copy_rows_strided`]), then the tail element by element.
+#[inline(always)]
+fn copy_run_strided<T: Copy, const S: usize>(dst: &mut [T], src: &[T]) {
+    const BLOCK: usize = 16;
+    let n = dst.len();
+    let mut i = 0;
+    while n - i >= BLOCK {
+        let s = &src[i * S..][..(BLOCK - 1) * S + 1];
+        let d: &mut [T; BLOCK] = (&mut dst[i..i + BLOCK]).try_into().unwrap();
+        for (j, d) in d.iter_mut().enumerate() {
+            *d = s[j * S];
+        }
+        i += BLOCK;
+    }
+    for (j, d) in dst.iter_mut().enumerate().skip(i) {
+        *d = src[j * S];
     }
 }
 
@@ -405,32 +431,23 @@ pub(super) fn pack_im2col_transposed<T: Float>(
     }
 }
 
-/// `panel[t*nr + j] = rows[j*kc + t]` for `j < live`, 0 for `live <= j < nr`: blocks of
-/// [`TRANSPOSE_BLOCK`] depth, so the panel rows being written stay in L1 while the source
-/// rows stream through.
+/// `panel[t*nr + j] = rows[j*kc + t]` for `j < live`, 0 for `live <= j < nr`, by the GEMM's
+/// 4 x 4 block transposes (`matmul::transpose_panel`; element by element, this and
+/// [`pack_dy_rows`] were half of a stride-2 weight gradient).
 #[inline(always)]
 fn transpose_into_panel<T: Float>(rows: &[T], live: usize, kc: usize, nr: usize, panel: &mut [T]) {
-    const TRANSPOSE_BLOCK: usize = 16;
     if live < nr {
         for prow in panel.chunks_exact_mut(nr) {
             prow[live..].fill(T::ZERO);
         }
     }
-    for t0 in (0..kc).step_by(TRANSPOSE_BLOCK) {
-        let b = TRANSPOSE_BLOCK.min(kc - t0);
-        let block = &mut panel[t0 * nr..(t0 + b) * nr];
-        for j in 0..live {
-            let src = &rows[j * kc + t0..][..b];
-            for (t, &v) in src.iter().enumerate() {
-                block[t * nr + j] = v;
-            }
-        }
-    }
+    transpose_panel(rows, 0, kc, live, kc, panel, nr);
 }
 
 /// The A operand of the weight-gradient GEMM: rows `co0..co0+rows` of the output gradient
 /// `dy` `[N, C_out, P]`, depth = the pixels in `runs` (`kc` of them), as `mr`-row panels
-/// `buf[(q*kc + kk)*mr + r]`; rows past `rows` are zero.
+/// `buf[(q*kc + kk)*mr + r]`; rows past `rows` are zero. Each (panel, run) is one block
+/// transpose of `live` rows of `dy` (`P` apart) by `run.len` pixels.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn pack_dy_rows<T: Float>(
@@ -450,14 +467,10 @@ pub(super) fn pack_dy_rows<T: Float>(
         if live < mr {
             panel.fill(T::ZERO);
         }
-        for r in 0..live {
-            let co = co0 + q * mr + r;
-            for run in runs {
-                let src = &dy[(run.n * g.c_out + co) * p + run.oy * g.ow + run.ox..][..run.len];
-                for (t, &v) in src.iter().enumerate() {
-                    panel[(run.at + t) * mr + r] = v;
-                }
-            }
+        for run in runs {
+            let base = (run.n * g.c_out + co0 + q * mr) * p + run.oy * g.ow + run.ox;
+            let dst = &mut panel[run.at * mr..];
+            transpose_panel(dy, base, p, live, run.len, dst, mr);
         }
     }
 }

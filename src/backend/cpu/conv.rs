@@ -16,12 +16,15 @@
 //!   same fast path, no scatter. Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
 //!   per block of pixels, then col2im adds it into `dx`; tasks = (image, group, input-channel
 //!   block), each owning its `dx` planes.
-//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`; stride 1 with at most 64
-//!   output channels per group: shifted dot products over padded rows, no im2col
-//!   (`conv/weight_grad_shifted.rs`); else with few channels, a product whose depth
-//!   runs over every pixel of the batch, contiguous in both operands: dot-product register
-//!   tiles along the pixels, no transposes (`conv/weight_grad.rs`); tasks = (group, block of
-//!   K, fixed chunk of pixels), the chunks' partial sums added in chunk order.
+//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`; stride 1 with at most 32
+//!   output channels per group on maps at least 16 wide: shifted dot products over padded
+//!   rows, no im2col (`conv/weight_grad_shifted.rs`); else with few channels or a short `K`, a
+//!   product whose depth runs over every pixel of the batch, contiguous in both operands:
+//!   dot-product register tiles along the pixels, no transposes (`conv/weight_grad.rs`);
+//!   tasks = (group, block of K, fixed chunk of pixels), the chunks' partial sums added in
+//!   chunk order; else the packed GEMM (`conv2d_bwd_weight_gemm`).
+//! - 1-pixel outputs whose live taps cover the input: all three passes as plain GEMMs
+//!   (`conv/dense.rs`).
 //!
 //! Determinism: every output element is `((0 + blk_0) + blk_1) + ...` over fixed depth blocks
 //! of [`KC`], each summed in order by the micro-kernel, col2im adds in a fixed order inside
@@ -567,10 +570,11 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
 
 /// dW = dY x im2col(X)^T, by whichever path suits the shape (docs/PERF.md, sessions 6 and
 /// 10, for the measurements behind the thresholds):
-/// - stride 1, no dilation, up to 64 output channels per group, maps at least 16 wide:
+/// - stride 1, no dilation, up to 32 output channels per group, maps at least 16 wide:
 ///   shifted dot products over padded rows, no im2col (`weight_grad_shifted.rs`); on narrower
 ///   maps the padding columns and the register flushes at every row end make them lose to
-///   both other paths (64 -> 64 channels at 8 px: 2.5-2.8 ms against 1.1-1.2 for the GEMM);
+///   the tiles, and at 64 channels the GEMM (since its packing went through block transposes)
+///   beats them at every width (16 px: 2.7-4.0 against 4.2-6.2 ms; 32 px: 5.0 against 8.5);
 /// - few output channels per group (the small U-Net's 16 and 32) or a short reduction (`K`:
 ///   a 7x7 stem on RGB is 147, a 1x1 shortcut its input channels): dot-product tiles along
 ///   the pixels (`weight_grad.rs`), where the GEMM's `mr`-row panels would be mostly padding
@@ -596,9 +600,10 @@ fn conv2d_bwd_weight<T: PackedFloat + DotTile>(
 }
 
 /// Up to this many output channels per group, a stride-1 weight gradient uses the shifted
-/// dots: at 64 they beat the packed GEMM by 1.2-1.4x (16 to 56 px maps), at 128 they tie at
-/// 28 px and lose at 16 and 8 px (docs/PERF.md, session 6).
-const WEIGHT_GRAD_SHIFTED_MAX_COUT: usize = 64;
+/// dots: at 32 they beat the packed GEMM by 1.15x at 16 px and at 16 channels 2x at 32 px; at
+/// 64 the GEMM wins (docs/PERF.md, session 10; in session 6, before the GEMM's packing was
+/// vectorized, the shifted dots won at 64).
+const WEIGHT_GRAD_SHIFTED_MAX_COUT: usize = 32;
 /// ... and only on output maps at least this wide (docs/PERF.md, session 10).
 const WEIGHT_GRAD_SHIFTED_MIN_WIDTH: usize = 16;
 /// Up to this many output channels per group, other weight gradients use the pixel tiles...

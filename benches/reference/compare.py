@@ -212,6 +212,24 @@ def ref_train(c, threads, seconds, min_reps):
     return r
 
 
+def cpu_ticks():
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None off Linux. On a shared
+    virtual machine the host takes cores away in bursts; the steal share of each side's run
+    says whether its timings can be trusted (a run with one side stolen from is noise)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return v[7] if len(v) > 7 else 0, sum(v[:8])
+
+
+def steal_share(before, after):
+    if before is None or after is None or after[1] == before[1]:
+        return "n/a"
+    return f"{100 * (after[0] - before[0]) / (after[1] - before[1]):.1f}%"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="gemm", choices=["gemm", "conv", "attention", "norm", "train"])
@@ -229,8 +247,10 @@ def main():
            "--seconds", str(a.seconds), "--min-reps", str(a.min_reps)]
     if a.filter:
         cmd += ["--filter", a.filter]
+    t0 = cpu_ticks()
     ours = [json.loads(l) for l in subprocess.run(cmd, check=True, capture_output=True,
                                                    text=True).stdout.splitlines() if l.startswith("{")]
+    t1 = cpu_ticks()
     try:
         import torch
         torch.set_num_threads(a.threads)
@@ -248,6 +268,7 @@ def main():
             fn, ref = refs[a.suite](c)
             theirs, their_mem = timed(fn, a.seconds, a.min_reps), None
         rows.append((c, theirs, ref, their_mem))
+    t2 = cpu_ticks()
 
     unit = next((u for u in ("gflops", "gbps", "steps_per_s") if ours and u in ours[0]), "gflops")
     label = {"gflops": "GFLOP/s", "gbps": "GB/s", "steps_per_s": "steps/s"}[unit]
@@ -275,6 +296,8 @@ def main():
         ratios = [theirs / c["ms"] for c, theirs, _, _ in rows]
         print(f"# {a.suite}: {len(rows)} cases, {a.threads} threads; ref/tessera time ratio "
               f"min {min(ratios):.2f}, median {sorted(ratios)[len(ratios) // 2]:.2f}")
+    print(f"# CPU time stolen by the host (/proc/stat steal) while each side ran: tessera "
+          f"{steal_share(t0, t1)}, reference {steal_share(t1, t2)}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ fn cases() -> Vec<ConvCase> {
         ("resnet64_layer3", 16, 256, 256, 4, 4, 3, 1, 1),
         ("resnet64_layer4", 16, 512, 512, 2, 2, 3, 1, 1),
         ("resnet64_shortcut_1x1", 16, 64, 128, 16, 16, 1, 2, 0),
-        // ResNet-18 on 224x224 images, batch 2.
         // The demo's judge: ResNet-18 on 32x32 pictures (maps 8, 4, 2, 1 after the stem).
         ("resnet32_conv1", 16, 3, 64, 32, 32, 7, 2, 3),
         ("resnet32_layer1", 16, 64, 64, 8, 8, 3, 1, 1),
@@ -42,6 +41,7 @@ fn cases() -> Vec<ConvCase> {
         ("resnet32_layer4_down", 16, 256, 512, 2, 2, 3, 2, 1),
         ("resnet32_layer4", 16, 512, 512, 1, 1, 3, 1, 1),
         ("resnet32_shortcut4_1x1", 16, 256, 512, 2, 2, 1, 2, 0),
+        // ResNet-18 on 224x224 images, batch 2.
         ("resnet224_conv1", 2, 3, 64, 224, 224, 7, 2, 3),
         ("resnet224_layer1", 2, 64, 64, 56, 56, 3, 1, 1),
         ("resnet224_layer2_down", 2, 64, 128, 56, 56, 3, 2, 1),

@@ -257,15 +257,15 @@ pub(super) fn pack_im2col<T: Float>(
         // Run by run, every row: the length is then fixed through the inner loop, and the
         // common ones (a small map's whole row, a panel's width) are one fixed-size move.
         match (sw, c.len) {
-            (1, 32) => copy_rows::<T, 32>(x, c, &taps, nr, buf),
-            (1, 16) => copy_rows::<T, 16>(x, c, &taps, nr, buf),
-            (1, 8) => copy_rows::<T, 8>(x, c, &taps, nr, buf),
-            (1, 4) => copy_rows::<T, 4>(x, c, &taps, nr, buf),
-            (1, 2) => copy_rows::<T, 2>(x, c, &taps, nr, buf),
-            (2, 32) => copy_rows_strided::<T, 32, 2>(x, c, &taps, nr, buf),
-            (2, 16) => copy_rows_strided::<T, 16, 2>(x, c, &taps, nr, buf),
-            (2, 8) => copy_rows_strided::<T, 8, 2>(x, c, &taps, nr, buf),
-            (2, 4) => copy_rows_strided::<T, 4, 2>(x, c, &taps, nr, buf),
+            (1, 32) => copy_rows::<T, 32, 1>(x, c, &taps, nr, buf),
+            (1, 16) => copy_rows::<T, 16, 1>(x, c, &taps, nr, buf),
+            (1, 8) => copy_rows::<T, 8, 1>(x, c, &taps, nr, buf),
+            (1, 4) => copy_rows::<T, 4, 1>(x, c, &taps, nr, buf),
+            (1, 2) => copy_rows::<T, 2, 1>(x, c, &taps, nr, buf),
+            (2, 32) => copy_rows::<T, 32, 2>(x, c, &taps, nr, buf),
+            (2, 16) => copy_rows::<T, 16, 2>(x, c, &taps, nr, buf),
+            (2, 8) => copy_rows::<T, 8, 2>(x, c, &taps, nr, buf),
+            (2, 4) => copy_rows::<T, 4, 2>(x, c, &taps, nr, buf),
             (1, _) => {
                 for (kk, &tap) in taps.iter().enumerate() {
                     copy_run(&mut buf[kk * nr + c.dst..][..c.len], &x[c.src + tap..]);
@@ -290,30 +290,14 @@ pub(super) fn pack_im2col<T: Float>(
     }
 }
 
-/// `buf[kk*stride + c.dst ..][..L] = x[c.src + taps[kk] ..][..L]` for every `kk`: one run of
-/// `L` pixels (`c.len == L`) through every tap of a depth block.
+/// `buf[kk*stride + c.dst + i] = x[c.src + taps[kk] + i*S]`, `i < L`, for every `kk`: one run
+/// of `L` pixels (`c.len == L`) at input stride `S` through every tap of a depth block. With
+/// both fixed at compile time the copy is a few vector moves at stride 1 and vector shuffles
+/// at stride 2 (two 16-lane loads and one two-source permute per 16 outputs on AVX-512)
+/// instead of one scalar move per element, which had the packing of ResNet's stride-2 stem
+/// cost more than its GEMM.
 #[inline(always)]
-fn copy_rows<T: Copy, const L: usize>(
-    x: &[T],
-    c: RunCopy,
-    taps: &[usize],
-    stride: usize,
-    buf: &mut [T],
-) {
-    debug_assert_eq!(c.len, L);
-    for (kk, &tap) in taps.iter().enumerate() {
-        let src: &[T; L] = x[c.src + tap..][..L].try_into().unwrap();
-        let dst: &mut [T; L] = (&mut buf[kk * stride + c.dst..][..L]).try_into().unwrap();
-        *dst = *src;
-    }
-}
-
-/// [`copy_rows`] for stride `S`: `buf[kk*stride + c.dst + i] = x[c.src + taps[kk] + i*S]`,
-/// `i < L`. With both fixed, LLVM turns the loop into vector shuffles (two 16-lane loads and
-/// one two-source permute per 16 outputs at stride 2 on AVX-512) instead of one scalar move
-/// per element, which had the packing of ResNet's stride-2 stem cost more than its GEMM.
-#[inline(always)]
-fn copy_rows_strided<T: Copy, const L: usize, const S: usize>(
+fn copy_rows<T: Copy, const L: usize, const S: usize>(
     x: &[T],
     c: RunCopy,
     taps: &[usize],
@@ -331,7 +315,7 @@ fn copy_rows_strided<T: Copy, const L: usize, const S: usize>(
 }
 
 /// `dst[i] = src[i*S]` for runs of any length: blocks of 16 (vector permutes, as in
-/// [`copy_rows_strided`]), then the tail element by element.
+/// [`copy_rows`]), then the tail element by element.
 #[inline(always)]
 fn copy_run_strided<T: Copy, const S: usize>(dst: &mut [T], src: &[T]) {
     const BLOCK: usize = 16;

@@ -97,6 +97,28 @@ const CASES: &[Case] = &[
     case("small_unet_skip1x1_48to32_16px", 16, 48, 32, 16, 1, 1, 0),
     case("small_unet_32to32_8px", 16, 32, 32, 8, 3, 1, 1),
     case("small_unet_up_64to32_8px", 16, 64, 32, 8, 3, 1, 1),
+    // The demo's U-Net (`DiffusionDemoConfig`: 2x2 patches, so 16, 8 and 4 px; 16, 32, 32
+    // channels; batch 8): every distinct convolution of one training step.
+    case("demo_in_12to16_16px", 8, 12, 16, 16, 3, 1, 1),
+    case("demo_16to16_16px", 8, 16, 16, 16, 3, 1, 1),
+    case("demo_down_16_16px_s2", 8, 16, 16, 16, 3, 2, 1),
+    case("demo_16to32_8px", 8, 16, 32, 8, 3, 1, 1),
+    case("demo_skip1x1_16to32_8px", 8, 16, 32, 8, 1, 1, 0),
+    case("demo_32to32_8px", 8, 32, 32, 8, 3, 1, 1),
+    case("demo_down_32_8px_s2", 8, 32, 32, 8, 3, 2, 1),
+    case("demo_32to32_4px", 8, 32, 32, 4, 3, 1, 1),
+    case("demo_64to32_4px", 8, 64, 32, 4, 3, 1, 1),
+    case("demo_skip1x1_64to32_4px", 8, 64, 32, 4, 1, 1, 0),
+    case("demo_64to32_8px", 8, 64, 32, 8, 3, 1, 1),
+    case("demo_skip1x1_64to32_8px", 8, 64, 32, 8, 1, 1, 0),
+    case("demo_48to32_8px", 8, 48, 32, 8, 3, 1, 1),
+    case("demo_skip1x1_48to32_8px", 8, 48, 32, 8, 1, 1, 0),
+    case("demo_32to32_16px", 8, 32, 32, 16, 3, 1, 1),
+    case("demo_48to16_16px", 8, 48, 16, 16, 3, 1, 1),
+    case("demo_skip1x1_48to16_16px", 8, 48, 16, 16, 1, 1, 0),
+    case("demo_32to16_16px", 8, 32, 16, 16, 3, 1, 1),
+    case("demo_skip1x1_32to16_16px", 8, 32, 16, 16, 1, 1, 0),
+    case("demo_out_16to12_16px", 8, 16, 12, 16, 3, 1, 1),
 ];
 
 /// Uniform in [-0.5, 0.5) from a xorshift stream: fresh, non-zero inputs per case.

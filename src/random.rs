@@ -101,8 +101,20 @@ pub fn rng_state() -> RngState {
 pub fn set_rng_state(s: RngState) {
     *GLOBAL.lock().unwrap_or_else(|e| e.into_inner()) = s;
 }
+thread_local! {
+    static DRAWS_ON_THIS_THREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many draws from the global stream this thread has taken. Code that runs a closure on
+/// the pool and must know whether *that closure* drew (the data-parallel step) compares it
+/// before and after: unlike the global state, other threads' draws do not move it.
+pub fn draws_on_this_thread() -> u64 {
+    DRAWS_ON_THIS_THREAD.with(|d| d.get())
+}
+
 /// Takes the next subsequence for one draw.
 pub fn next_draw() -> (u64, u64) {
+    DRAWS_ON_THIS_THREAD.with(|d| d.set(d.get() + 1));
     let mut g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = (g.seed, g.offset);
     g.offset += 1;

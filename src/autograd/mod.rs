@@ -150,6 +150,26 @@ impl Tensor {
     /// Every leaf reached that requires grad has the result added to its `.grad()`, and the
     /// gradients of this call are also returned, keyed by leaf.
     pub fn backward_with(&self, grad: &Tensor) -> Result<Gradients> {
+        self.backprop(grad, true)
+    }
+
+    /// The gradients of this scalar with respect to every leaf that requires grad, returned
+    /// and *not* added to the leaves' `.grad()` (PyTorch's `torch.autograd.grad`). Threads
+    /// back-propagating separate graphs over the same parameters (see
+    /// [`crate::train::data_parallel`]) use this, then add the results in a fixed order.
+    pub fn gradients(&self) -> Result<Gradients> {
+        if self.elem_count() != 1 {
+            return Err(Error::Autograd(format!(
+                "gradients() needs a one-element output, got shape {}",
+                self.shape()
+            )));
+        }
+        let one = Tensor::ones(self.shape().clone(), self.dtype(), self.device())?;
+        self.backprop(&one, false)
+    }
+
+    /// The backward pass; `accumulate` adds each leaf's gradient to its `.grad()`.
+    fn backprop(&self, grad: &Tensor, accumulate: bool) -> Result<Gradients> {
         if !self.requires_grad() {
             return Err(Error::Autograd("this tensor does not require grad (no input of its graph requires grad, or it was computed under no_grad)".into()));
         }
@@ -166,7 +186,7 @@ impl Tensor {
             None => {
                 // Backward from a leaf: its gradient is the seed itself.
                 accumulate_leaf(&mut leaf_grads, self, grad.clone())?;
-                return finish(leaf_grads);
+                return finish(leaf_grads, accumulate);
             }
             Some(n) => n.clone(),
         };
@@ -243,7 +263,7 @@ impl Tensor {
                 }
             }
         }
-        finish(leaf_grads)
+        finish(leaf_grads, accumulate)
     }
 }
 
@@ -260,15 +280,17 @@ fn accumulate_leaf(
     Ok(())
 }
 
-fn finish(leaf_grads: HashMap<TensorId, (Tensor, Tensor)>) -> Result<Gradients> {
+fn finish(leaf_grads: HashMap<TensorId, (Tensor, Tensor)>, accumulate: bool) -> Result<Gradients> {
     let mut out = HashMap::new();
     for (id, (leaf, g)) in leaf_grads {
         let g = g.contiguous()?;
-        let acc = match leaf.grad() {
-            Some(prev) => prev.add(&g)?,
-            None => g.clone(),
-        };
-        leaf.set_grad(Some(acc));
+        if accumulate {
+            let acc = match leaf.grad() {
+                Some(prev) => prev.add(&g)?,
+                None => g.clone(),
+            };
+            leaf.set_grad(Some(acc));
+        }
         out.insert(id, g);
     }
     Ok(Gradients(out))

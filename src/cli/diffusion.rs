@@ -69,6 +69,12 @@ pub struct TrainDiffusionArgs {
     pub timestep_std: f64,
     #[arg(long, default_value_t = 250)]
     pub checkpoint_every: u64,
+    /// Parts each batch is cut into and run side by side, one forward and backward each,
+    /// their gradients added (data parallelism inside a step; default 2 on the CPU, where a
+    /// small U-Net's ops are too short to split between cores, and 1 on a GPU). The results
+    /// depend on this, not on `--threads`.
+    #[arg(long)]
+    pub micro_batches: Option<usize>,
     /// Continue from the checkpoint in `--out` if it exists.
     #[arg(long)]
     pub resume: bool,
@@ -259,6 +265,7 @@ pub fn train(a: &TrainDiffusionArgs) -> anyhow::Result<()> {
         stop_at: None,
         progress: !a.json,
         timesteps: TimestepSampling::from_name(&a.timesteps, a.timestep_mean, a.timestep_std)?,
+        micro_batches: a.micro_batches,
     };
     let r = train_diffusion_on(&model, &data, &cfg)?;
     let samples = if a.no_samples {

@@ -4,6 +4,7 @@ pub mod captioner;
 pub mod char_lm;
 pub mod classifier;
 pub mod clip;
+pub mod data_parallel;
 pub mod diffusion;
 pub mod diffusion_data;
 pub mod diffusion_demo;

@@ -11,6 +11,9 @@
 //!   block of <= 256 columns), each packing its own columns (im2col panel by panel, run by
 //!   run through every tap) and writing its tile of `out`.
 //!   1x1 convolutions with stride 1 and no padding are the batched GEMM `W @ x[n]` itself.
+//!   f32 on AVX-512 with enough channels, pixels and row width instead runs the direct
+//!   convolution (`conv/direct.rs`: output channels in the vector lanes, the padded input
+//!   broadcast where it lies, no panel packed).
 //! - input gradient, stride 1: the forward convolution of `dy` with the flipped, transposed
 //!   weights (`W'[ci, co, ky, kx] = W[co, ci, KH-1-ky, KW-1-kx]`, padding `d(k-1) - p`), so the
 //!   same fast path, no scatter. Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
@@ -38,6 +41,7 @@
 //! (`contiguous_cow`).
 
 mod dense;
+mod direct;
 mod dot_tile;
 mod live_taps;
 mod pack;
@@ -51,6 +55,7 @@ use crate::backend::conv::{Conv2dGeom, ConvBackend};
 use crate::tensor::{Layout, Shape};
 use crate::{Error, Result};
 use dense::Dense;
+use direct::DirectConv;
 use dot_tile::DotTile;
 use live_taps::LiveTaps;
 use pack::{
@@ -222,7 +227,7 @@ fn is_pointwise(g: &Conv2dGeom) -> bool {
 
 /// The forward convolution, with the taps that only read padding dropped first
 /// (`conv/live_taps.rs`); a dense layer when what is left covers the input (`conv/dense.rs`).
-fn forward<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+fn forward<T: PackedFloat + DirectConv>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
     if let Some(dense) = Dense::of(g) {
         return dense.forward(x, &dense.weights(w, g), isa);
     }
@@ -233,7 +238,12 @@ fn forward<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T>
 }
 
 /// The input gradient, with the dead taps dropped (they only ever touch padding).
-fn backward_input<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+fn backward_input<T: PackedFloat + DirectConv>(
+    dy: &[T],
+    w: &[T],
+    g: &Conv2dGeom,
+    isa: Isa,
+) -> Vec<T> {
     if let Some(dense) = Dense::of(g) {
         return dense.backward_input(dy, &dense.weights(w, g), isa);
     }
@@ -262,7 +272,7 @@ fn backward_weight<T: PackedFloat + DotTile>(
     }
 }
 
-fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+fn conv2d_fwd<T: PackedFloat + DirectConv>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
     let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
     let total = g.n * g.c_out * p;
     if total == 0 || k == 0 {
@@ -277,6 +287,9 @@ fn conv2d_fwd<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec
         );
         let lx = Layout::contiguous([g.n, g.c_in, p]);
         return T::gemm(w, &lw, x, &lx, None, isa);
+    }
+    if let Some(out) = T::direct_forward(x, w, g, isa) {
+        return out;
     }
     let kern = T::micro_kernel(isa);
     let (mr, nr) = (kern.mr, kern.nr);
@@ -373,7 +386,12 @@ fn transposed_geometry(g: &Conv2dGeom) -> Option<Conv2dGeom> {
     })
 }
 
-fn conv2d_bwd_input<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+fn conv2d_bwd_input<T: PackedFloat + DirectConv>(
+    dy: &[T],
+    w: &[T],
+    g: &Conv2dGeom,
+    isa: Isa,
+) -> Vec<T> {
     let hw = g.h * g.w;
     if g.n * g.c_in * hw == 0 || g.p() == 0 || g.cout_g() == 0 {
         return vec![T::ZERO; g.n * g.c_in * hw];
@@ -914,6 +932,17 @@ mod tests {
             (3, 6, 16, 10, 11, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (2, 8, 9, 16, 24, 3, 3, (2, 1), (1, 1), (1, 1), 2),
             (2, 64, 5, 7, 44, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // For the direct forward (`conv/direct.rs`, f32 on AVX-512, checked on every
+            // case it supports): 40 channels (a block of 32 and one of 8 live lanes), K = 180
+            // in two chunks, 13-pixel rows; stride 2 on 15-pixel rows (tiles of 8 and 7);
+            // groups of 33 channels with a vertical dilation and a 3x2 kernel; a 7x7 stem,
+            // stride 2; a row stride of 3; 40 input channels (a stride-1 input gradient).
+            (2, 20, 9, 13, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (1, 6, 11, 30, 64, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            (2, 8, 10, 20, 66, 3, 2, (1, 1), (2, 1), (2, 1), 2),
+            (1, 3, 12, 40, 32, 7, 7, (2, 2), (3, 3), (1, 1), 1),
+            (1, 5, 7, 12, 32, 1, 3, (3, 1), (0, 1), (1, 1), 1),
+            (2, 40, 6, 9, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ]
     }
 
@@ -931,7 +960,7 @@ mod tests {
         }
     }
 
-    fn check<T: PackedFloat + DotTile>(tol: f64) {
+    fn check<T: PackedFloat + DotTile + DirectConv>(tol: f64) {
         for (ci, &case) in cases().iter().enumerate() {
             let g = geom(case);
             let seed = 17 * ci as u64;
@@ -953,6 +982,12 @@ mod tests {
                     .zip(&refs)
                 {
                     assert_close(&format!("{name} {isa:?} {case:?}"), got, want, mag, tol);
+                }
+                // The direct forward on every shape it can take, not only those the dispatch
+                // gives it (f32 on AVX-512).
+                if let Some(got) = T::direct_forward_anyway(&xt, &wt, &g, isa) {
+                    let (want, mag) = &refs[0];
+                    assert_close(&format!("direct {case:?}"), &got, want, mag, tol);
                 }
             }
         }
@@ -1062,6 +1097,9 @@ mod tests {
             // Dead taps cropped: 1x1 and 2x2 -> 1x1 maps.
             (6, 40, 1, 1, 72, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (6, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            // The direct forward, two chunks of taps, on rows cut into bands; stride 2.
+            (4, 20, 24, 20, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (4, 6, 48, 40, 33, 3, 3, (2, 2), (1, 1), (1, 1), 1),
         ] {
             let g = geom(case);
             let x: Vec<f32> = random(g.n * g.c_in * g.h * g.w, 1)

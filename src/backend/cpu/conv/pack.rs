@@ -109,9 +109,10 @@ const PAD_TASK_ELEMS: usize = 1 << 14;
 /// so that every tap of every output pixel reads inside it: packing is then a plain copy per
 /// (tap, run of pixels), with no border tests. Borrowed when there is no padding.
 pub(super) struct PaddedInput<'a, T: Clone> {
-    data: Cow<'a, [T]>,
-    h: usize,
-    w: usize,
+    pub(super) data: Cow<'a, [T]>,
+    /// Padded height and width.
+    pub(super) h: usize,
+    pub(super) w: usize,
 }
 
 impl<'a, T: Float> PaddedInput<'a, T> {

@@ -26,6 +26,8 @@
 //!   dot-product register tiles along the pixels, no transposes (`conv/weight_grad.rs`);
 //!   tasks = (group, block of K, fixed chunk of pixels), the chunks' partial sums added in
 //!   chunk order; else the packed GEMM (`conv2d_bwd_weight_gemm`).
+//!   f32 on AVX-512 with 3-wide kernels and enough channels and pixels: computed directly,
+//!   channels in the vector lanes (`conv/weight_grad_direct.rs`), before all of the above.
 //! - 1-pixel outputs whose live taps cover the input: all three passes as plain GEMMs
 //!   (`conv/dense.rs`).
 //!
@@ -46,6 +48,7 @@ mod dot_tile;
 mod live_taps;
 mod pack;
 mod weight_grad;
+mod weight_grad_direct;
 mod weight_grad_shifted;
 mod weight_rows;
 
@@ -254,7 +257,7 @@ fn backward_input<T: PackedFloat + DirectConv>(
 }
 
 /// The weight gradient, computed for the live taps only; the dead taps' gradients are zero.
-fn backward_weight<T: PackedFloat + DotTile>(
+fn backward_weight<T: PackedFloat + DotTile + DirectConv>(
     x: &[T],
     dy: &[T],
     g: &Conv2dGeom,
@@ -586,8 +589,11 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
     dx
 }
 
-/// dW = dY x im2col(X)^T, by whichever path suits the shape (docs/PERF.md, sessions 6 and
-/// 10, for the measurements behind the thresholds):
+/// dW = dY x im2col(X)^T, by whichever path suits the shape (docs/PERF.md, sessions 6, 10
+/// and 12, for the measurements behind the thresholds):
+/// - f32 on AVX-512, kernels 3 wide, at least 32 output channels per group and 1536 output
+///   pixels: the direct weight gradient, output channels in the vector lanes, the input
+///   broadcast where it lies (`weight_grad_direct.rs`; 1.3-1.9x the packed GEMM at 16-64 px);
 /// - stride 1, no dilation, up to 32 output channels per group, maps at least 16 wide:
 ///   shifted dot products over padded rows, no im2col (`weight_grad_shifted.rs`); on narrower
 ///   maps the padding columns and the register flushes at every row end make them lose to
@@ -598,13 +604,16 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
 ///   the pixels (`weight_grad.rs`), where the GEMM's `mr`-row panels would be mostly padding
 ///   or its packing would cost more than its arithmetic;
 /// - otherwise the packed GEMM (the tiles alone made ResNet-18's backward 1.5-2x slower).
-fn conv2d_bwd_weight<T: PackedFloat + DotTile>(
+fn conv2d_bwd_weight<T: PackedFloat + DotTile + DirectConv>(
     x: &[T],
     dy: &[T],
     g: &Conv2dGeom,
     isa: Isa,
 ) -> Vec<T> {
     let cout_g = g.cout_g();
+    if let Some(dw) = T::direct_backward_weight(x, dy, g, isa) {
+        return dw;
+    }
     if cout_g <= WEIGHT_GRAD_SHIFTED_MAX_COUT
         && g.ow >= WEIGHT_GRAD_SHIFTED_MIN_WIDTH
         && weight_grad_shifted::applies(g)
@@ -943,6 +952,9 @@ mod tests {
             (1, 3, 12, 40, 32, 7, 7, (2, 2), (3, 3), (1, 1), 1),
             (1, 5, 7, 12, 32, 1, 3, (3, 1), (0, 1), (1, 1), 1),
             (2, 40, 6, 9, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // Large enough for the dispatch to take both direct paths: the weight gradient's
+            // pixels in 3 splits of several sub-chunks, 6 groups of input-row pairs.
+            (3, 8, 40, 40, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ]
     }
 
@@ -989,6 +1001,10 @@ mod tests {
                     let (want, mag) = &refs[0];
                     assert_close(&format!("direct {case:?}"), &got, want, mag, tol);
                 }
+                if let Some(got) = T::direct_backward_weight_anyway(&xt, &dyt, &g, isa) {
+                    let (want, mag) = &refs[2];
+                    assert_close(&format!("direct dW {case:?}"), &got, want, mag, tol);
+                }
             }
         }
     }
@@ -1022,7 +1038,7 @@ mod tests {
 
     /// Each weight-gradient path on its own, against the direct loops in f64, on every
     /// instruction set: the shifted dots (stride 1), the general tiles, the packed GEMM.
-    fn check_weight_grad_paths<T: PackedFloat + DotTile>(tol: f64) {
+    fn check_weight_grad_paths<T: PackedFloat + DotTile + DirectConv>(tol: f64) {
         let general = cases().into_iter().step_by(2);
         for (ci, case) in shifted_cases().into_iter().chain(general).enumerate() {
             let g = geom(case);
@@ -1040,6 +1056,9 @@ mod tests {
                 ];
                 if weight_grad_shifted::applies(&g) {
                     paths.push(("shifted", conv2d_bwd_weight_shifted(&xt, &dyt, &g, isa)));
+                }
+                if let Some(dw) = T::direct_backward_weight_anyway(&xt, &dyt, &g, isa) {
+                    paths.push(("direct", dw));
                 }
                 for (name, got) in paths {
                     assert_close(&format!("{name} {isa:?} {case:?}"), &got, &want, &mag, tol);
@@ -1100,6 +1119,7 @@ mod tests {
             // The direct forward, two chunks of taps, on rows cut into bands; stride 2.
             (4, 20, 24, 20, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (4, 6, 48, 40, 33, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            (3, 8, 40, 40, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ] {
             let g = geom(case);
             let x: Vec<f32> = random(g.n * g.c_in * g.h * g.w, 1)

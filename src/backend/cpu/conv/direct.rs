@@ -39,7 +39,7 @@ use crate::backend::conv::Conv2dGeom;
 use rayon::prelude::*;
 
 /// Output channels per register tile (two AVX-512 vectors).
-const LANES: usize = 32;
+pub(super) const LANES: usize = 32;
 /// Most pixels per register tile: 2 x 12 accumulators, 2 weight vectors, 1 broadcast.
 const MAX_PW: usize = 12;
 /// Most taps per chunk: `160 * 32 * 4` bytes = 20 KB of packed weights, kept in L1.
@@ -67,6 +67,22 @@ pub(in crate::backend::cpu) trait DirectConv: Float {
     #[cfg(test)]
     fn direct_forward_anyway(x: &[Self], w: &[Self], g: &Conv2dGeom, isa: Isa)
         -> Option<Vec<Self>>;
+    /// The weight gradient of the convolution of `x` with output gradient `dy`, computed
+    /// directly (`weight_grad_direct.rs`) if that is the faster path here.
+    fn direct_backward_weight(
+        x: &[Self],
+        dy: &[Self],
+        g: &Conv2dGeom,
+        isa: Isa,
+    ) -> Option<Vec<Self>>;
+    /// The same wherever it can compute the shape at all (for tests).
+    #[cfg(test)]
+    fn direct_backward_weight_anyway(
+        x: &[Self],
+        dy: &[Self],
+        g: &Conv2dGeom,
+        isa: Isa,
+    ) -> Option<Vec<Self>>;
 }
 
 impl DirectConv for f64 {
@@ -75,6 +91,18 @@ impl DirectConv for f64 {
     }
     #[cfg(test)]
     fn direct_forward_anyway(_: &[f64], _: &[f64], _: &Conv2dGeom, _: Isa) -> Option<Vec<f64>> {
+        None
+    }
+    fn direct_backward_weight(_: &[f64], _: &[f64], _: &Conv2dGeom, _: Isa) -> Option<Vec<f64>> {
+        None
+    }
+    #[cfg(test)]
+    fn direct_backward_weight_anyway(
+        _: &[f64],
+        _: &[f64],
+        _: &Conv2dGeom,
+        _: Isa,
+    ) -> Option<Vec<f64>> {
         None
     }
 }
@@ -86,6 +114,20 @@ impl DirectConv for f32 {
     #[cfg(test)]
     fn direct_forward_anyway(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Option<Vec<f32>> {
         supports(g, isa).then(|| forward(x, w, g, isa))
+    }
+    fn direct_backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom, isa: Isa) -> Option<Vec<f32>> {
+        use super::weight_grad_direct as wgd;
+        wgd::applies(g, isa).then(|| wgd::backward_weight(x, dy, g, isa))
+    }
+    #[cfg(test)]
+    fn direct_backward_weight_anyway(
+        x: &[f32],
+        dy: &[f32],
+        g: &Conv2dGeom,
+        isa: Isa,
+    ) -> Option<Vec<f32>> {
+        use super::weight_grad_direct as wgd;
+        wgd::supports(g, isa).then(|| wgd::backward_weight(x, dy, g, isa))
     }
 }
 
@@ -106,7 +148,7 @@ fn applies(g: &Conv2dGeom, isa: Isa) -> bool {
 }
 
 /// The 32-channel blocks of every group: `(group, first channel in the group, channels)`.
-fn channel_blocks(g: &Conv2dGeom) -> Vec<(usize, usize, usize)> {
+pub(super) fn channel_blocks(g: &Conv2dGeom) -> Vec<(usize, usize, usize)> {
     let cout_g = g.cout_g();
     (0..g.groups)
         .flat_map(|gi| {
@@ -411,7 +453,7 @@ unsafe fn tile_avx512<const PW: usize, const SW: usize>(_: &Chunk, _: *const f32
 /// The CPU has AVX-512F; `t.len() >= 32 * stride`, `stride >= span` a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_band(acc: &[f32], t: &mut [f32], stride: usize) {
+pub(super) unsafe fn transpose_band(acc: &[f32], t: &mut [f32], stride: usize) {
     use std::arch::x86_64::*;
     let span = acc.len() / LANES;
     assert!(stride >= span && stride.is_multiple_of(16) && t.len() >= LANES * stride);
@@ -435,7 +477,7 @@ unsafe fn transpose_band(acc: &[f32], t: &mut [f32], stride: usize) {
 
 /// Without x86-64 there is no AVX-512 ([`applies`] is false everywhere).
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn transpose_band(_: &[f32], _: &mut [f32], _: usize) {
+pub(super) unsafe fn transpose_band(_: &[f32], _: &mut [f32], _: usize) {
     unreachable!("AVX-512 transposes on a CPU without AVX-512")
 }
 
@@ -444,7 +486,9 @@ unsafe fn transpose_band(_: &[f32], _: &mut [f32], _: usize) {
 /// lanes gathered across rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn transpose_16x16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+pub(super) fn transpose_16x16(
+    r: [std::arch::x86_64::__m512; 16],
+) -> [std::arch::x86_64::__m512; 16] {
     use std::arch::x86_64::*;
     let mut a = [_mm512_setzero_ps(); 16];
     for i in 0..8 {

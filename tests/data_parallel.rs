@@ -198,3 +198,23 @@ fn gradients_returns_without_touching_grad() {
     let err = x.sqr().unwrap().gradients().unwrap_err();
     assert!(err.to_string().contains("[3, 4]"), "{err}");
 }
+
+#[test]
+fn parts_run_with_the_callers_grad_mode_whatever_the_workers_was() {
+    let (model, b) = model_and_batch(14);
+    let params = model.named_parameters();
+    let (loss, reference) = whole_batch(&model, &b);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    // Leave both workers in no_grad, as a worker is while a job it runs waits inside one.
+    pool.broadcast(|_| std::mem::forget(tessera::autograd::no_grad_guard()));
+    zero_grads(&model);
+    let got = pool.install(|| {
+        let _mode = tessera::autograd::grad_mode_guard(true);
+        step(&params, 5, 2, |r| loss_of(&model, &b, r))
+    });
+    assert!((got.unwrap() - loss).abs() <= 1e-6 * loss.abs());
+    assert_eq!(grads(&model).len(), reference.len());
+}

@@ -40,6 +40,15 @@ pub fn no_grad_guard() -> GradModeGuard {
     GradModeGuard(prev)
 }
 
+/// Sets this thread's grad mode to `enabled` until the guard is dropped (PyTorch's
+/// `torch.set_grad_enabled`). Code that runs a closure on a pool thread and needs the
+/// caller's mode there uses it: the mode is per thread, and a pool worker may take the
+/// closure while one of its earlier jobs waits, inside that job's `no_grad`.
+pub fn grad_mode_guard(enabled: bool) -> GradModeGuard {
+    let prev = GRAD_ENABLED.with(|g| g.replace(enabled));
+    GradModeGuard(prev)
+}
+
 /// Runs `f` without recording a graph (inference, optimizer updates, metrics).
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     let _g = no_grad_guard();

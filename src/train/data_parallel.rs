@@ -25,8 +25,12 @@
 //! order the threads reach them; [`step`] refuses such a loss instead of giving results that
 //! change from run to run. It counts the draws of the thread that runs each part's closure
 //! ([`draws_on_this_thread`]), so other threads drawing at the same time (another training
-//! loop, a test beside this one) are not mistaken for the loss's own.
+//! loop, a test beside this one) are not mistaken for the loss's own. Each part runs with
+//! the caller's grad mode: the mode is per thread, and a pool worker can take a part while one
+//! of its earlier jobs waits inside a `no_grad` (a test beside this one sampling, say), which
+//! made the part record no graph.
 
+use crate::autograd::{grad_mode_guard, is_grad_enabled};
 use crate::random::draws_on_this_thread;
 use crate::{Error, Result, Tensor};
 use rayon::prelude::*;
@@ -70,9 +74,12 @@ pub fn step(
         loss.backward()?;
         return Ok(value);
     }
+    let mode = is_grad_enabled();
     let results: Vec<(f64, crate::autograd::Gradients)> = ranges
         .par_iter()
         .map(|r| {
+            // The caller's grad mode, whatever the worker was doing when it took this part.
+            let _mode = grad_mode_guard(mode);
             let draws = draws_on_this_thread();
             let loss = loss_of(r.clone())?;
             if draws_on_this_thread() != draws {

@@ -82,8 +82,7 @@ fn synthetic(count: usize, seed: u64) -> CaptionedImages {
 fn trained_judge(ckpt: Option<PathBuf>) -> (ResNet18, CaptionedImages, f64, f64, f64) {
     let train = synthetic(400, 1);
     let test = synthetic(200, 2);
-    tessera::random::manual_seed(0);
-    let model = classifier_for(&train, CPU).unwrap();
+    let model = common::seeded(0, || classifier_for(&train, CPU).unwrap());
     assert_eq!(model.config.in_channels, 1);
     assert_eq!(model.config.num_classes, CLASSES);
     let cfg = ClassifierTrainConfig {
@@ -361,8 +360,7 @@ fn tiny_model(channels: usize) -> TextToImage {
         text_layers: 1,
     };
     let tokenizer = PromptTokenizer::new("word", &FASHION_CAPTIONS.join("\n")).unwrap();
-    tessera::random::manual_seed(5);
-    TextToImage::new(config, tokenizer, CPU).unwrap()
+    common::seeded(5, || TextToImage::new(config, tokenizer, CPU).unwrap())
 }
 
 /// The diffusion model itself through the measure (untrained: only the plumbing is checked),
@@ -370,8 +368,7 @@ fn tiny_model(channels: usize) -> TextToImage {
 #[test]
 fn a_diffusion_model_is_judged_and_a_mismatched_one_refused() {
     let test = synthetic(80, 4);
-    tessera::random::manual_seed(1);
-    let judge = classifier_for(&test, CPU).unwrap();
+    let judge = common::seeded(1, || classifier_for(&test, CPU).unwrap());
     judge.eval();
     let opts = SampleOpts {
         steps: 2,
@@ -422,15 +419,17 @@ fn cli_refuses_a_judge_of_another_dataset_and_names_missing_files() {
     tessera::train::diffusion::save_diffusion_on(&model, "fashion-mnist", &opt, &ema, 1, &ckpt)
         .unwrap();
     // A shapes judge: 11 logits, RGB (untrained; only its metadata matters here).
-    let shapes_judge = ResNet18::new(
-        tessera::models::resnet::ResNetConfig {
-            num_classes: 11,
-            small_input: false,
-            in_channels: 3,
-        },
-        CPU,
-    )
-    .unwrap();
+    let shapes_judge = common::seeded(2, || {
+        ResNet18::new(
+            tessera::models::resnet::ResNetConfig {
+                num_classes: 11,
+                small_input: false,
+                in_channels: 3,
+            },
+            CPU,
+        )
+        .unwrap()
+    });
     let judge_path = dir.join("shapes_resnet18.safetensors");
     let judge_opt = AdamW::new(shapes_judge.named_parameters(), AdamWConfig::default()).unwrap();
     save_classifier(&shapes_judge, &judge_opt, 0, 32, "shapes", &judge_path).unwrap();
@@ -490,8 +489,7 @@ fn classifier_learns_real_fashion_mnist() {
     let test = load_dataset(DatasetName::FashionMnist, &dir, Split::Test)
         .unwrap()
         .per_class_subset(40);
-    tessera::random::manual_seed(0);
-    let model = classifier_for(&train, CPU).unwrap();
+    let model = common::seeded(0, || classifier_for(&train, CPU).unwrap());
     let cfg = ClassifierTrainConfig {
         steps: 120,
         progress: false,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use tessera::diffusion::{BetaSchedule, DiffusionConfig, Prediction};
 use tessera::models::unet::UNetConfig;
 
@@ -42,4 +43,15 @@ pub fn fashion_mnist_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
     d.join("fashion-mnist").is_dir().then_some(d)
+}
+
+/// Runs `f` (which builds a model from the global generator) right after `manual_seed(seed)`,
+/// with no other caller of `seeded` in this test binary drawing in between: the tests of a
+/// binary run in parallel and share the generator, and a draw of another test between the
+/// seed and the model's initialisation gave a test another model now and then.
+pub fn seeded<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _only_us = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tessera::random::manual_seed(seed);
+    f()
 }

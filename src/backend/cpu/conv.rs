@@ -276,7 +276,7 @@ fn backward_weight<T: PackedFloat + DotTile + DirectConv>(
 }
 
 fn conv2d_fwd<T: PackedFloat + DirectConv>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
-    let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
+    let (p, k) = (g.p(), g.k());
     let total = g.n * g.c_out * p;
     if total == 0 || k == 0 {
         return vec![T::ZERO; total];
@@ -294,6 +294,13 @@ fn conv2d_fwd<T: PackedFloat + DirectConv>(x: &[T], w: &[T], g: &Conv2dGeom, isa
     if let Some(out) = T::direct_forward(x, w, g, isa) {
         return out;
     }
+    conv2d_fwd_gemm(x, w, g, isa)
+}
+
+/// The forward convolution as an implicit GEMM (see the module docs).
+fn conv2d_fwd_gemm<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
+    let total = g.n * g.c_out * p;
     let kern = T::micro_kernel(isa);
     let (mr, nr) = (kern.mr, kern.nr);
     // W_g [C_out/G, K] per group, read in place or packed once for every task.
@@ -1000,6 +1007,12 @@ mod tests {
                 if let Some(got) = T::direct_forward_anyway(&xt, &wt, &g, isa) {
                     let (want, mag) = &refs[0];
                     assert_close(&format!("direct {case:?}"), &got, want, mag, tol);
+                    // The implicit GEMM's bits, so the dispatch (which looks at the batch
+                    // size) never changes a result.
+                    if !is_pointwise(&g) && LiveTaps::of(&g).is_none() {
+                        let gemm = conv2d_fwd_gemm(&xt, &wt, &g, isa);
+                        assert!(got == gemm, "direct forward bits differ {case:?}");
+                    }
                 }
                 if let Some(got) = T::direct_backward_weight_anyway(&xt, &dyt, &g, isa) {
                     let (want, mag) = &refs[2];

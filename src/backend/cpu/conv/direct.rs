@@ -11,16 +11,18 @@
 //! lie `sw` apart in the padded input ([`PaddedInput`]): 2 vector loads and `PW` broadcasts
 //! for `2 PW` FMAs. The implicit GEMM instead copies every (tap, pixel) into a panel first (9
 //! copies of the input for a 3x3 kernel), then reads the panel; here the input is read where
-//! it lies, and so are the weights: the taps are taken in chunks of at most [`CHUNK`] (20 KB
-//! of packed weights, which stay in L1), each chunk running over every tile of a task before
-//! the next, its sums kept in a channel-last buffer (`[pixel][32]`) between chunks. A task
+//! it lies, and so are the weights: the taps are taken in the GEMM's depth blocks of [`KC`]
+//! (32 KB of packed weights, which stay in L1), each block running over every tile of a task
+//! before the next, its sums added to a channel-last buffer (`[pixel][32]`). A task
 //! (image, block of 32 channels, band of output rows) finally transposes that buffer into its
 //! NCHW planes, 16 x 16 at a time in registers. How a band is cut into tiles: [`TileLayout`]
 //! (at stride 1 the tiles run along the padded width, across row ends).
 //!
-//! Sums: every output element is `((0 + chunk_0) + chunk_1) + ...`, each chunk one chain of
-//! FMAs in tap order; chunks, tiles and bands never change that order, so the results do not
-//! depend on the thread count. Traffic: the input is read once per block of 32 output
+//! Sums: every output element is `(blk_0 + blk_1) + ...` over depth blocks of [`KC`] taps,
+//! each block one chain of FMAs from zero in tap order: exactly the implicit GEMM's sums, so
+//! the same bits whichever path the dispatch takes (it looks at the batch size: pictures
+//! sampled one by one or in a batch stay identical), and tiles, bands and threads never
+//! change them. Traffic: the input is read once per block of 32 output
 //! channels (from L2), the weights once per task; the output written once.
 //!
 //! It computes stride 1 or 2 along the row, any kernel, padding, dilation, row stride and
@@ -35,6 +37,7 @@
 use super::super::matmul::Isa;
 use super::super::Float;
 use super::pack::{vectorized, PaddedInput};
+use super::KC;
 use crate::backend::conv::Conv2dGeom;
 use rayon::prelude::*;
 
@@ -42,8 +45,6 @@ use rayon::prelude::*;
 pub(super) const LANES: usize = 32;
 /// Most pixels per register tile: 2 x 12 accumulators, 2 weight vectors, 1 broadcast.
 const MAX_PW: usize = 12;
-/// Most taps per chunk: `160 * 32 * 4` bytes = 20 KB of packed weights, kept in L1.
-const CHUNK: usize = 160;
 /// Fewest output channels per group (the weights of a block beyond them are zero lanes).
 pub(super) const MIN_COUT: usize = 32;
 /// Narrowest output rows.
@@ -216,8 +217,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
     // Increasing (a tap's kx*dw < the padded width, its ky*dh < the padded height), so a
     // tile's last tap reads furthest.
     assert!(taps.windows(2).all(|t| t[0] < t[1]));
-    let chunks = k.div_ceil(CHUNK);
-    let chunk = k.div_ceil(chunks);
+    let chunk = KC;
     let layout = TileLayout::of(g, wp);
     // Bands of output rows: about PIXELS_PER_TASK pixels, fewer if that leaves threads idle.
     let threads = rayon::current_num_threads().max(1);
@@ -412,12 +412,6 @@ unsafe fn tile_avx512<const PW: usize, const SW: usize>(c: &Chunk, x: *const f32
     unsafe {
         let mut lo = [_mm512_setzero_ps(); PW];
         let mut hi = [_mm512_setzero_ps(); PW];
-        if !c.first {
-            for p in 0..PW {
-                lo[p] = _mm512_loadu_ps(acc.add(p * LANES));
-                hi[p] = _mm512_loadu_ps(acc.add(p * LANES + 16));
-            }
-        }
         // One tap per step, its offset loaded from the table: written as loops over
         // (ci, ky, kx), LLVM reused the broadcasts of neighbouring kx across steps and spilled
         // the accumulators (the tile ran at 60% of this speed).
@@ -432,9 +426,16 @@ unsafe fn tile_avx512<const PW: usize, const SW: usize>(c: &Chunk, x: *const f32
                 hi[p] = _mm512_fmadd_ps(v, w1, hi[p]);
             }
         }
+        // The chunk's sums, from zero, added to the earlier chunks' (the GEMM's order).
         for p in 0..PW {
-            _mm512_storeu_ps(acc.add(p * LANES), lo[p]);
-            _mm512_storeu_ps(acc.add(p * LANES + 16), hi[p]);
+            let (a0, a1) = (acc.add(p * LANES), acc.add(p * LANES + 16));
+            if c.first {
+                _mm512_storeu_ps(a0, lo[p]);
+                _mm512_storeu_ps(a1, hi[p]);
+            } else {
+                _mm512_storeu_ps(a0, _mm512_add_ps(_mm512_loadu_ps(a0), lo[p]));
+                _mm512_storeu_ps(a1, _mm512_add_ps(_mm512_loadu_ps(a1), hi[p]));
+            }
         }
     }
 }

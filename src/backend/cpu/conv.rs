@@ -596,11 +596,13 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
     dx
 }
 
-/// dW = dY x im2col(X)^T, by whichever path suits the shape (docs/PERF.md, sessions 6, 10
-/// and 12, for the measurements behind the thresholds):
+/// dW = dY x im2col(X)^T, by whichever path suits the shape (docs/PERF.md, sessions 6, 10,
+/// 12 and 13, for the measurements behind the thresholds):
 /// - f32 on AVX-512, kernels 3 wide, at least 32 output channels per group and 1536 output
-///   pixels: the direct weight gradient, output channels in the vector lanes, the input
-///   broadcast where it lies (`weight_grad_direct.rs`; 1.3-1.9x the packed GEMM at 16-64 px);
+///   pixels (256 when each channel reduces over at most 64 input channels of 3x3): the direct
+///   weight gradient, output channels in the vector lanes, the input broadcast where it lies
+///   (`weight_grad_direct.rs`; 1.3-1.9x the packed GEMM at 16-64 px, 1.2-1.7x on shallow
+///   layers at 4-8 px);
 /// - stride 1, no dilation, up to 32 output channels per group, maps at least 16 wide:
 ///   shifted dot products over padded rows, no im2col (`weight_grad_shifted.rs`); on narrower
 ///   maps the padding columns and the register flushes at every row end make them lose to

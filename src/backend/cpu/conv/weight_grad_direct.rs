@@ -36,10 +36,24 @@ const MAX_TASKS: usize = 16;
 /// Input-row pairs `(ci, ky)` per register tile: 4 x 3 taps.
 const PAIRS: usize = 4;
 
+/// Shallowest reductions per output channel (`C_in/G * KH * KW`, 64 channels of 3x3) that
+/// take the direct path from [`MIN_PIXELS_SHALLOW`] pixels on, not [`MIN_PIXELS`].
+const SHALLOW_K: usize = 64 * 9;
+/// Fewest output pixels in the batch for a shallow reduction.
+const MIN_PIXELS_SHALLOW: usize = 256;
+
 /// Whether the direct weight gradient takes this shape on this instruction set (the
-/// dispatch's choice; [`supports`] is what it can compute).
+/// dispatch's choice; [`supports`] is what it can compute). Measured against the packed GEMM
+/// (docs/PERF.md, sessions 12 and 13): from [`MIN_PIXELS`] pixels on it wins at every depth;
+/// below that it still wins while each output channel reduces over at most 64 input
+/// channels of 3x3 (1.2-1.7x on 4x4 and 8x8 maps at batch 16: ResNet-18 on 32 px, the demo's
+/// U-Net), but loses on deeper ones (256 channels on 4x4 to 14x14 maps: 0.6-0.8x), where each
+/// tile's few pixels no longer pay for its setup and its input reads.
 pub(super) fn applies(g: &Conv2dGeom, isa: Isa) -> bool {
-    supports(g, isa) && g.cout_g() >= MIN_COUT && g.n * g.p() >= MIN_PIXELS
+    let pixels = g.n * g.p();
+    supports(g, isa)
+        && g.cout_g() >= MIN_COUT
+        && (pixels >= MIN_PIXELS || (g.k() <= SHALLOW_K && pixels >= MIN_PIXELS_SHALLOW))
 }
 
 /// Whether [`backward_weight`] can compute this shape: kernels 3 taps wide, undilated along

@@ -183,12 +183,54 @@ macro_rules! with_unary_fn {
 /// per element on one core, 20x a vector add on data in L2.)
 fn binary_map<T: Float>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
     match op {
-        BinaryOp::Add => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| x + y),
-        BinaryOp::Sub => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| x - y),
-        BinaryOp::Mul => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| x * y),
-        BinaryOp::Div => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| x / y),
-        BinaryOp::Maximum => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| maximum(x, y)),
-        BinaryOp::Minimum => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| minimum(x, y)),
+        BinaryOp::Add => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| x + y,
+        ),
+        BinaryOp::Sub => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| x - y,
+        ),
+        BinaryOp::Mul => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| x * y,
+        ),
+        BinaryOp::Div => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| x / y,
+        ),
+        BinaryOp::Maximum => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| maximum(x, y),
+        ),
+        BinaryOp::Minimum => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| minimum(x, y),
+        ),
     }
 }
 
@@ -450,12 +492,54 @@ fn cmp_map<T: PartialOrd + Copy + Send + Sync>(
     lb: &Layout,
 ) -> Vec<u8> {
     match op {
-        CmpOp::Eq => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| u8::from(x == y)),
-        CmpOp::Ne => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| u8::from(x != y)),
-        CmpOp::Lt => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| u8::from(x < y)),
-        CmpOp::Le => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| u8::from(x <= y)),
-        CmpOp::Gt => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| u8::from(x > y)),
-        CmpOp::Ge => map2(a, la, b, lb, #[inline(always)] |x: T, y: T| u8::from(x >= y)),
+        CmpOp::Eq => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| u8::from(x == y),
+        ),
+        CmpOp::Ne => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| u8::from(x != y),
+        ),
+        CmpOp::Lt => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| u8::from(x < y),
+        ),
+        CmpOp::Le => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| u8::from(x <= y),
+        ),
+        CmpOp::Gt => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| u8::from(x > y),
+        ),
+        CmpOp::Ge => map2(
+            a,
+            la,
+            b,
+            lb,
+            #[inline(always)]
+            |x: T, y: T| u8::from(x >= y),
+        ),
     }
 }
 

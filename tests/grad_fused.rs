@@ -505,6 +505,46 @@ fn attention_matches_decomposition() {
 }
 
 #[test]
+fn attention_skips_key_blocks_a_row_cannot_see() {
+    // 150 keys are three CPU key blocks (64, 64, 22). Batch 0 hides the whole middle block,
+    // batch 1 everything from the second block on: rows whose earlier blocks were live then
+    // meet a block with no visible key, which must leave their running maximum, sum and
+    // output alone (and must not turn its zeros into probabilities).
+    let (b, h, tq, tk, d, dv) = (2, 2, 20, 150, 8, 6);
+    let hidden = |bi: usize, j: usize| {
+        if bi == 0 {
+            (64..128).contains(&j)
+        } else {
+            j >= 64
+        }
+    };
+    let kpm: Vec<u8> = (0..b)
+        .flat_map(|bi| (0..tk).map(move |j| hidden(bi, j) as u8))
+        .collect();
+    let mut allowed = Vec::new();
+    for bi in 0..b {
+        for _ in 0..h * tq {
+            allowed.extend((0..tk).map(|j| !hidden(bi, j) as u8));
+        }
+    }
+    let allowed = u8_tensor(allowed, &[b, h, tq, tk]);
+    let opts = AttentionOpts {
+        key_padding_mask: Some(u8_tensor(kpm, &[b, tk])),
+        ..Default::default()
+    };
+    compare_with_reference(
+        |x| scaled_dot_product_attention(&x[0], &x[1], &x[2], &opts),
+        |x| attention_ref(&x[0], &x[1], &x[2], &allowed),
+        &[
+            randn(&[b, h, tq, d], 83),
+            randn(&[b, h, tk, d], 84),
+            randn(&[b, h, tk, dv], 85),
+        ],
+        "attention with whole key blocks hidden",
+    );
+}
+
+#[test]
 fn attention_fully_masked_rows_give_zeros() {
     let (b, h, tq, tk, d) = (2, 1, 3, 4, 2);
     // Batch 1 has every key padded; batch 0's attn_mask hides all keys from query row 1.

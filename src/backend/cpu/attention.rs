@@ -12,7 +12,9 @@
 //! over 4 rows (or keys) and a chunk of columns. For f32 on AVX-512 all five products run on
 //! the `4 x 64` (or `x 32`, `x 16`) register tile of `attention_tile.rs`, written with
 //! intrinsics, whose sums are bit for bit those of the portable loops here (which serve f64,
-//! AVX2, the baseline and the last `w mod 16` columns).
+//! AVX2, the baseline and the last `w mod 16` columns). Every product term is one fused
+//! multiply-add (`Float::fused_mul_add`): a hardware FMA under `vectorized` on AVX2 and
+//! AVX-512, and libm's `fmaf`/`fma` on the baseline instruction set (slower there, same bits).
 //!
 //! Forward: one Rayon task per (batch·head, query block) walks the key blocks, folding each
 //! `BQ x BK` tile into its rows' online softmax; scratch is one tile and the `BQ x Dv`
@@ -196,7 +198,7 @@ fn rows_times_block<T: Float, const R: usize, const BK: usize>(
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let av = a[r * w + c];
             for (y, &xv) in acc_r.iter_mut().zip(xr) {
-                *y = av.mul_add(xv, *y);
+                *y = av.fused_mul_add(xv, *y);
             }
         }
     }
@@ -346,7 +348,7 @@ fn rows_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
         for (a, p_r) in acc.iter_mut().zip(&p_rows) {
             let pj = p_r[jj];
             for (av, &xv) in a.iter_mut().zip(xs) {
-                *av = pj.mul_add(xv, *av);
+                *av = pj.fused_mul_add(xv, *av);
             }
         }
     }
@@ -377,7 +379,7 @@ fn keys_chunk<T: Float, const R: usize, const N: usize, const BK: usize>(
         let p_q: &[T; R] = p_r[jj0..jj0 + R].try_into().expect("R values");
         for (a, &pj) in acc.iter_mut().zip(p_q) {
             for (av, &xv) in a.iter_mut().zip(xs) {
-                *av = pj.mul_add(xv, *av);
+                *av = pj.fused_mul_add(xv, *av);
             }
         }
     }
@@ -508,6 +510,8 @@ struct FwdScratch<T> {
     s: Vec<T>,
     m: Vec<T>,
     l: Vec<T>,
+    /// Each row's maximum after the current key block.
+    mnew: Vec<T>,
 }
 
 impl<T: Float> FwdScratch<T> {
@@ -517,6 +521,7 @@ impl<T: Float> FwdScratch<T> {
             s: vec![T::ZERO; BQ * BK],
             m: vec![T::ZERO; BQ],
             l: vec![T::ZERO; BQ],
+            mnew: vec![T::ZERO; BQ],
         }
     }
 }
@@ -590,44 +595,66 @@ fn fwd_tile<T: Float, const BK: usize>(
         let nb = BK.min(tk - kb);
         let kt = block_at::<T, BK>(kt_all, bhi, tk, d, kb);
         tile_product::<T, BK>(qs, nr, d, kt, s);
-        for r in 0..nr {
+        // The online softmax in phases, each a loop over the tile's rows: every row's step is
+        // a short chain of dependent vector operations (a lane fold, then its horizontal
+        // reduction), so one row after another left the pipes waiting on latency (a third
+        // of the forward's time at BK = 64); rows side by side overlap. Per row the
+        // arithmetic is exactly what it was.
+        let mnew = &mut sc.mnew[..nr];
+        for (r, s_r) in s.chunks_exact_mut(BK).take(nr).enumerate() {
             // Whole rows of `BK` (a constant, so the loops below unroll): the columns past
             // the `nb` keys are -inf after `apply`, so they change neither the maximum nor
             // the sum (their p is exactly 0).
-            let s_r: &mut [T; BK] = (&mut s[r * BK..(r + 1) * BK])
-                .try_into()
-                .expect("BK scores");
+            let s_r: &mut [T; BK] = s_r.try_into().expect("BK scores");
             mk.apply::<T, BK>(bhi, i0 + r, kb, nb, s_r);
             // `>` rather than `max`: one instruction per lane, and a NaN score is skipped
             // all the same (the comparison is false).
-            let mloc = map_reduce(
+            mnew[r] = map_reduce(
                 s_r,
                 T::NEG_INFINITY,
                 |v| v,
                 |a, v| if v > a { v } else { a },
             );
+        }
+        // Rows with an unmasked key in this block.
+        let mut live = [false; BQ];
+        for r in 0..nr {
+            let mloc = mnew[r];
             if mloc == T::NEG_INFINITY {
-                s_r.fill(T::ZERO);
+                // Every key of this block is masked for this row: its p are 0, and its m, l
+                // and accumulator stay as they were.
+                s[r * BK..(r + 1) * BK].fill(T::ZERO);
                 continue;
             }
-            let mnew = m[r].max(mloc);
+            live[r] = true;
+            mnew[r] = m[r].max(mloc);
             // Rescale what earlier key blocks summed; nothing to rescale on the row's first
             // block (l and acc are 0, and exp(-inf) would only multiply them by 0): with one
             // key block, no scalar exp per row. (Also nothing when the maximum did not move:
             // the factor would be exp(0) = 1 exactly.)
-            if m[r] != T::NEG_INFINITY && mnew != m[r] {
-                let corr = (m[r] - mnew).exp();
+            if m[r] != T::NEG_INFINITY && mnew[r] != m[r] {
+                let corr = (m[r] - mnew[r]).exp();
                 l[r] *= corr;
                 acc[r * dv..(r + 1) * dv]
                     .iter_mut()
                     .for_each(|a| *a *= corr);
             }
-            // p = exp(s - m); masked scores are -inf, so their p is exactly 0.
-            for x in s_r.iter_mut() {
-                *x = (*x - mnew).exp();
+        }
+        for (r, s_r) in s.chunks_exact_mut(BK).take(nr).enumerate() {
+            if !live[r] {
+                continue;
             }
-            l[r] += sum(s_r);
-            m[r] = mnew;
+            // p = exp(s - m); masked scores are -inf, so their p is exactly 0.
+            let mr = mnew[r];
+            for x in s_r.iter_mut() {
+                *x = (*x - mr).exp();
+            }
+        }
+        for (r, s_r) in s.chunks_exact(BK).take(nr).enumerate() {
+            if live[r] {
+                l[r] += sum(s_r);
+                m[r] = mnew[r];
+            }
         }
         tile_times_rows::<T, BK>(s, nr, nb, &v[vo + kb * dv..], dv, acc);
     }

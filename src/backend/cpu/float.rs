@@ -39,8 +39,10 @@ pub trait Float:
     /// (the portable x86-64 baseline) that is a call into software libm, ~20x slower. Fused
     /// multiply-adds come from the runtime-dispatched SIMD kernels instead.
     fn mul_add(self, a: Self, b: Self) -> Self;
-    /// `self * a + b` with one rounding (a hardware FMA). Only for code compiled with the
-    /// `fma` target feature (the runtime-dispatched kernels): elsewhere it is a libm call.
+    /// `self * a + b` with one rounding (a hardware FMA). Meant for code compiled with the
+    /// `fma` target feature (the runtime-dispatched kernels): elsewhere it is a libm call
+    /// (the attention's portable loops on the baseline instruction set take that cost to
+    /// keep the same bits as the AVX-512 tile).
     fn fused_mul_add(self, a: Self, b: Self) -> Self;
     fn is_nan(self) -> bool;
 }

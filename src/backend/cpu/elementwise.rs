@@ -182,55 +182,25 @@ macro_rules! with_unary_fn {
 /// `op` per element compiled to a scalar loop with a jump table in it: an f32 add ran at ~1 ns
 /// per element on one core, 20x a vector add on data in L2.)
 fn binary_map<T: Float>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    macro_rules! each {
+        (|$x:ident, $y:ident| $e:expr) => {
+            map2(
+                a,
+                la,
+                b,
+                lb,
+                #[inline(always)]
+                |$x: T, $y: T| $e,
+            )
+        };
+    }
     match op {
-        BinaryOp::Add => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| x + y,
-        ),
-        BinaryOp::Sub => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| x - y,
-        ),
-        BinaryOp::Mul => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| x * y,
-        ),
-        BinaryOp::Div => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| x / y,
-        ),
-        BinaryOp::Maximum => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| maximum(x, y),
-        ),
-        BinaryOp::Minimum => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| minimum(x, y),
-        ),
+        BinaryOp::Add => each!(|x, y| x + y),
+        BinaryOp::Sub => each!(|x, y| x - y),
+        BinaryOp::Mul => each!(|x, y| x * y),
+        BinaryOp::Div => each!(|x, y| x / y),
+        BinaryOp::Maximum => each!(|x, y| maximum(x, y)),
+        BinaryOp::Minimum => each!(|x, y| minimum(x, y)),
     }
 }
 
@@ -491,55 +461,25 @@ fn cmp_map<T: PartialOrd + Copy + Send + Sync>(
     b: &[T],
     lb: &Layout,
 ) -> Vec<u8> {
+    macro_rules! each {
+        (|$x:ident, $y:ident| $e:expr) => {
+            map2(
+                a,
+                la,
+                b,
+                lb,
+                #[inline(always)]
+                |$x: T, $y: T| u8::from($e),
+            )
+        };
+    }
     match op {
-        CmpOp::Eq => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| u8::from(x == y),
-        ),
-        CmpOp::Ne => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| u8::from(x != y),
-        ),
-        CmpOp::Lt => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| u8::from(x < y),
-        ),
-        CmpOp::Le => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| u8::from(x <= y),
-        ),
-        CmpOp::Gt => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| u8::from(x > y),
-        ),
-        CmpOp::Ge => map2(
-            a,
-            la,
-            b,
-            lb,
-            #[inline(always)]
-            |x: T, y: T| u8::from(x >= y),
-        ),
+        CmpOp::Eq => each!(|x, y| x == y),
+        CmpOp::Ne => each!(|x, y| x != y),
+        CmpOp::Lt => each!(|x, y| x < y),
+        CmpOp::Le => each!(|x, y| x <= y),
+        CmpOp::Gt => each!(|x, y| x > y),
+        CmpOp::Ge => each!(|x, y| x >= y),
     }
 }
 

@@ -18,25 +18,52 @@ pub(crate) fn map_reduce2<A: Copy, B: Copy, R: Copy>(
     map: impl Fn(A, B) -> R,
     combine: impl Fn(R, R) -> R,
 ) -> R {
+    fold_lanes::<LANES, A, B, R>(a, b, init, map, combine)
+}
+
+/// Accumulators of [`max_reduce`]: four AVX-512 registers of f32.
+pub(crate) const WIDE_LANES: usize = 64;
+
+/// The maximum of `a` by `combine` (a max in any of its NaN conventions), over
+/// [`WIDE_LANES`] accumulators. A max gives the same value in any order (up to the sign of a
+/// zero maximum, which no caller's `x - max` can tell apart), so it can take more lanes than
+/// a sum, whose bits follow [`LANES`]: eight lanes over a 1024-wide softmax row were a chain
+/// of 128 dependent vector maxes, waiting on latency; 64 cut it to 16.
+#[inline(always)]
+pub(crate) fn max_reduce<T: Copy>(a: &[T], init: T, combine: impl Fn(T, T) -> T) -> T {
+    fold_lanes::<WIDE_LANES, T, T, T>(a, a, init, |x, _| x, combine)
+}
+
+/// `combine` over `map(a[i], b[i])` in `N` lanes: lane `j` folds elements `j, j + N, ...` of
+/// the whole chunks, the lanes are combined pairwise (`N` a power of two), then the remainder
+/// is folded in order.
+#[inline(always)]
+fn fold_lanes<const N: usize, A: Copy, B: Copy, R: Copy>(
+    a: &[A],
+    b: &[B],
+    init: R,
+    map: impl Fn(A, B) -> R,
+    combine: impl Fn(R, R) -> R,
+) -> R {
     debug_assert_eq!(a.len(), b.len());
-    if a.len() < LANES {
+    if a.len() < N {
         // Rows shorter than the lanes (attention heads of 3 or 4 values): the lane
         // accumulators would stay at `init` and the result is the plain fold of the remainder
-        // from `init`, so fold directly, without combining LANES idle accumulators.
+        // from `init`, so fold directly, without combining N idle accumulators.
         return a
             .iter()
             .zip(b)
             .fold(init, |s, (&x, &y)| combine(s, map(x, y)));
     }
-    let mut acc = [init; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let mut acc = [init; N];
+    let (ca, cb) = (a.chunks_exact(N), b.chunks_exact(N));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for j in 0..LANES {
+        for j in 0..N {
             acc[j] = combine(acc[j], map(x[j], y[j]));
         }
     }
-    let mut w = LANES;
+    let mut w = N;
     while w > 1 {
         w /= 2;
         for j in 0..w {
@@ -94,6 +121,39 @@ mod tests {
                 a.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
                 "max n={n}"
             );
+        }
+    }
+
+    #[test]
+    fn the_wide_max_is_the_plain_max() {
+        let gt = |m: f32, v: f32| if v > m { v } else { m };
+        let nan_wins = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
+        for n in [0usize, 1, 63, 64, 65, 127, 200, 1024, 1031] {
+            for at in [0, n / 3, n.saturating_sub(1)] {
+                // The maximum at `at`, in a whole chunk of lanes or in the remainder.
+                let mut a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin()).collect();
+                if n > 0 {
+                    a[at] = 3.0;
+                }
+                let plain = a.iter().cloned().fold(f32::NEG_INFINITY, gt);
+                assert_eq!(
+                    max_reduce(&a, f32::NEG_INFINITY, gt),
+                    plain,
+                    "n={n} at={at}"
+                );
+                if n > 0 {
+                    a[at] = f32::NAN;
+                    assert!(
+                        max_reduce(&a, f32::NEG_INFINITY, nan_wins).is_nan(),
+                        "n={n}"
+                    );
+                    assert_eq!(
+                        max_reduce(&a, f32::NEG_INFINITY, gt),
+                        a.iter().cloned().fold(f32::NEG_INFINITY, gt),
+                        "NaN skipped, n={n} at={at}"
+                    );
+                }
+            }
         }
     }
 }

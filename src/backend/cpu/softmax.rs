@@ -12,7 +12,7 @@
 //! a reused 128 MiB output first was a single-threaded `memset` as long as the softmax).
 
 use super::elementwise::written_vec;
-use super::lanes::map_reduce;
+use super::lanes::{map_reduce, max_reduce};
 use super::simd::vectorized;
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
@@ -61,7 +61,7 @@ fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [MaybeUninit<T>], 
     if inner == 1 {
         // Three separate flat loops (max, exp, sum) so each vectorizes: a running sum fused
         // into the exp loop would be a serial dependency that keeps the whole loop scalar.
-        let max = map_reduce(x, T::NEG_INFINITY, |v| v, nan_max);
+        let max = max_reduce(x, T::NEG_INFINITY, nan_max);
         for (o, &v) in y.iter_mut().zip(x) {
             o.write((v - max).exp());
         }

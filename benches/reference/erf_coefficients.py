@@ -1,6 +1,7 @@
 """Derives the coefficients of `erf_f32` (src/backend/cpu/float.rs) and checks them.
 
 Usage: python3 benches/reference/erf_coefficients.py [--split 0.921875] [--small 5] [--large 6] [--exp2 5]
+(float.rs uses `--large 5`.)
 Needs numpy only (the reference erf is Python's `math.erf` / `math.erfc`, double precision).
 
 The f32 erf has two branch-free pieces; both are evaluated and one is selected:
@@ -16,8 +17,10 @@ Each is a near-minimax fit: least squares on a dense grid, reweighted by the err
 algorithm), in double precision; the coefficients are then rounded to f32.
 
 The script then replays the Rust evaluation in numpy float32 arithmetic, operation by
-operation (Rust never contracts `a * b + c` into an FMA, so each product and each sum rounds
-to f32 just as numpy's do), and reports the worst relative error against math.erf with the
+operation: plain products and sums round to f32 as numpy's do, and each Horner step (and the
+small branch's `x * p + x`) is a fused multiply-add in Rust (`f32::mul_add`), replayed as
+`a * b + c` in float64 (the product of two f32 is exact there) rounded once to f32 (a double
+rounding that can differ from a true FMA only in the last bit of rare ties), and reports the worst relative error against math.erf with the
 metric of the Rust tests (denominator max(|erf|, 1e-3)) over a dense grid of [0, 4] and every
 f32 near the split. Paste the printed constants into float.rs.
 """
@@ -86,10 +89,16 @@ cs32, cl32, ce32 = (c.astype(np.float32) for c in (cs, cl, ce))
 f32 = np.float32
 
 
+def fma(a, b, c):
+    """`a.mul_add(b, c)` for f32 arrays: exact product and sum in float64, one rounding."""
+    return (a.astype(np.float64) * b.astype(np.float64) + np.float64(c) if np.isscalar(c)
+            else a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(f32)
+
+
 def horner(c, v):
     acc = np.full_like(v, c[-1])
     for k in c[-2::-1]:
-        acc = (acc * v + k).astype(f32)
+        acc = fma(acc, v, k)
     return acc
 
 
@@ -107,7 +116,7 @@ def exp2_f32(u):
 def erf_f32(x):
     x = x.astype(f32)
     ax = np.abs(x)
-    small = (x + (x * horner(cs32, (x * x).astype(f32))).astype(f32)).astype(f32)
+    small = fma(x, horner(cs32, (x * x).astype(f32)), x)
     t = np.clip(ax, f32(a.split), f32(a.top))
     large = np.copysign((f32(1.0) - exp2_f32(horner(cl32, t))).astype(f32), x)
     return np.where(ax < f32(a.split), small, large)

@@ -157,7 +157,7 @@ pub fn exp_f32(x: f32) -> f32 {
 }
 
 /// erf(x) for f32, branch-free f32 arithmetic (no f64, no divide) so that loops over it
-/// vectorize: both pieces below are computed and one is selected. About 45 vector operations
+/// vectorize: both pieces below are computed and one is selected. About 35 vector operations
 /// per 16 values with AVX-512.
 ///
 /// - `|x| < 0.921875`: `erf(x) = x + x (P(x^2) - 1)`, P of degree 5 in `x^2` (near-minimax,
@@ -168,11 +168,15 @@ pub fn exp_f32(x: f32) -> f32 {
 ///   [`exp2_normal`] for the power. `erfc(4) = 1.5e-8` is below half an ulp of 1, so the
 ///   clamp gives exactly +-1 beyond 4.
 ///
-/// Coefficients from `benches/reference/erf_coefficients.py`, which also replays this
-/// evaluation in float32 and finds a worst relative error of 1.3e-7 (about 2 ulp) on [-4, 4].
-/// Every operation is a plain f32 multiply or add (Rust never contracts them into an FMA), so
-/// the result is bit-identical whatever instruction set runs the loop. NaN propagates (the
-/// clamp keeps it, and so does the arithmetic).
+/// Coefficients from `benches/reference/erf_coefficients.py --large 5`, which also replays
+/// this evaluation in float32 and finds a worst relative error of 1.2e-7 (about 2 ulp) on
+/// [-4, 4]. Each Horner step (and `x p + x`) is one fused multiply-add (`f32::mul_add`: a
+/// hardware FMA inside `simd::vectorized` on AVX2 and AVX-512, libm's `fmaf` on the baseline,
+/// one rounding either way), so the result is bit-identical whatever instruction set runs the
+/// loop. Fused steps halve the operations and the dependent chain of the polynomials: GELU
+/// over [32768, 1024] on one core 40.3 -> 19.5 ms (docs/PERF.md, session 13), where the
+/// unfused version was compute-bound at half the copy bandwidth. NaN propagates (the clamp
+/// keeps it, and so does the arithmetic).
 #[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
     const SPLIT: f32 = 0.921875;
@@ -193,9 +197,9 @@ pub fn erf_f32(x: f32) -> f32 {
         -0.0017731659,
     ];
     let ax = x.abs();
-    let small = x + x * horner(&SMALL_MINUS_X, x * x);
+    let small = x.mul_add(horner_fused(&SMALL_MINUS_X, x * x), x);
     let t = ax.clamp(SPLIT, 4.0);
-    let large = (1.0 - exp2_normal(horner(&LOG2_ERFC, t))).copysign(x);
+    let large = (1.0 - exp2_normal(horner_fused(&LOG2_ERFC, t))).copysign(x);
     if ax < SPLIT {
         small
     } else {
@@ -223,15 +227,15 @@ fn exp2_normal(u: f32) -> f32 {
     let t = u + ROUND;
     let nf = t - ROUND;
     let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
-    horner(&EXP2, u - nf) * f32::from_bits(((n + 127) as u32) << 23)
+    horner_fused(&EXP2, u - nf) * f32::from_bits(((n + 127) as u32) << 23)
 }
 
-/// `c[0] + c[1] v + c[2] v^2 + ...` by Horner's rule, in plain (unfused) f32 operations.
+/// `c[0] + c[1] v + c[2] v^2 + ...` by Horner's rule, one fused multiply-add per step.
 #[inline(always)]
-fn horner<const N: usize>(c: &[f32; N], v: f32) -> f32 {
+fn horner_fused<const N: usize>(c: &[f32; N], v: f32) -> f32 {
     let mut acc = c[N - 1];
     for k in (0..N - 1).rev() {
-        acc = acc * v + c[k];
+        acc = acc.mul_add(v, c[k]);
     }
     acc
 }

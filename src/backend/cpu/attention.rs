@@ -510,7 +510,7 @@ struct FwdScratch<T> {
     s: Vec<T>,
     m: Vec<T>,
     l: Vec<T>,
-    /// Each row's maximum after the current key block.
+    /// Each row's maximum over the current key block, then its running maximum after it.
     mnew: Vec<T>,
 }
 

@@ -36,8 +36,7 @@ impl Drop for GradModeGuard {
 
 /// Disables graph recording until the guard is dropped.
 pub fn no_grad_guard() -> GradModeGuard {
-    let prev = GRAD_ENABLED.with(|g| g.replace(false));
-    GradModeGuard(prev)
+    grad_mode_guard(false)
 }
 
 /// Sets this thread's grad mode to `enabled` until the guard is dropped (PyTorch's

@@ -136,6 +136,14 @@ fn layer_norm_matches_decomposition() {
         &[randn(&[6, 5], 13), randn(&[6], 14), randn(&[6], 15)],
         "layer_norm (strided)",
     );
+    // Rows of 200 (three blocks of 64 lanes and a tail of 8) and 70 of them (past the 64
+    // rows of one backward task): every phase of the row sums and of the weight partials.
+    compare_with_reference(
+        |x| x[0].layer_norm(Some(&x[1]), Some(&x[2]), eps),
+        |x| layer_norm_ref(&x[0], &x[1], &x[2], eps),
+        &[randn(&[70, 200], 16), randn(&[200], 17), randn(&[200], 18)],
+        "layer_norm (rows of 200)",
+    );
 }
 
 #[test]
@@ -739,6 +747,11 @@ fn f32_agrees_with_f64() {
             "layer_norm",
             Box::new(|x: &[Tensor]| x[0].layer_norm(Some(&x[1]), Some(&x[2]), 1e-5)),
             vec![randn(&[4, 6], 1), randn(&[6], 2), randn(&[6], 3)],
+        ),
+        (
+            "layer_norm, rows of 200",
+            Box::new(|x: &[Tensor]| x[0].layer_norm(Some(&x[1]), Some(&x[2]), 1e-5)),
+            vec![randn(&[70, 200], 21), randn(&[200], 22), randn(&[200], 23)],
         ),
         (
             "group_norm",

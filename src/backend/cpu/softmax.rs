@@ -5,14 +5,15 @@
 //! elements is independent, so slabs run in parallel. Within a slab the reductions run over the
 //! `n` rows for all `inner` columns at once (contiguous inner loops the compiler vectorizes);
 //! when `dim` is the last dimension (`inner == 1`) a slab is one row, whose reductions (max,
-//! sum) go through `lanes::map_reduce` (independent accumulators) so they vectorize too. One pass finds the max,
+//! sum) go through `lanes::max_reduce` and `lanes::sum_wide` (64 independent accumulators)
+//! so they vectorize and do not wait on one accumulator's add latency. One pass finds the max,
 //! one writes `exp(x - max)` (the branch-free f32 `exp` of `float.rs`, which vectorizes), one
 //! sums it, one normalizes; a row is 2 KiB at `n = 512`, so all but the first stay in L1.
 //! Memory traffic: x read once from memory, y written once (into uninitialised memory: zeroing
 //! a reused 128 MiB output first was a single-threaded `memset` as long as the softmax).
 
 use super::elementwise::written_vec;
-use super::lanes::{map_reduce, max_reduce};
+use super::lanes::{map_reduce2_wide, max_reduce, sum_wide};
 use super::simd::vectorized;
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
@@ -67,7 +68,7 @@ fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [MaybeUninit<T>], 
         }
         // SAFETY: the loop above wrote all of `y` (as long as `x`, one slab).
         let y = unsafe { assume_init(y) };
-        let sum = map_reduce(y, T::ZERO, |v| v, |a, b| a + b);
+        let sum = sum_wide(y);
         match kind {
             SoftmaxKind::Softmax => {
                 let inv = T::ONE / sum;
@@ -134,23 +135,18 @@ fn backward_slab<T: Float>(
         SoftmaxKind::LogSoftmax => dy - y.exp() * s,
     };
     if inner == 1 {
-        // One row: flat loops, the sum through `map_reduce` (dx doubles as scratch).
+        // One row: flat loops, each sum a wide lane fold.
         match kind {
             SoftmaxKind::Softmax => {
+                let s = map_reduce2_wide(y, dy, T::ZERO, |y, d| d * y, |a, b| a + b);
                 dx.iter_mut()
                     .zip(y.iter().zip(dy))
                     .for_each(|(o, (&y, &d))| {
-                        o.write(d * y);
+                        o.write(y * (d - s));
                     });
-                // SAFETY: the loop above wrote all of `dx` (one slab, as long as `y`).
-                let dx = unsafe { assume_init(dx) };
-                let s = map_reduce(dx, T::ZERO, |v| v, |a, b| a + b);
-                dx.iter_mut()
-                    .zip(y.iter().zip(dy))
-                    .for_each(|(o, (&y, &d))| *o = y * (d - s));
             }
             SoftmaxKind::LogSoftmax => {
-                let s = map_reduce(dy, T::ZERO, |v| v, |a, b| a + b);
+                let s = sum_wide(dy);
                 dx.iter_mut()
                     .zip(y.iter().zip(dy))
                     .for_each(|(o, (&y, &d))| {

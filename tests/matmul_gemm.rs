@@ -68,6 +68,20 @@ fn large_k_crosses_cache_blocks() {
     let a = randn(&[150, 700], 5, DType::F64);
     let b = randn(&[700, 300], 6, DType::F64);
     assert_close(&a.matmul(&b).unwrap(), &naive(&a, &b), 1e-12, "150x700x300");
+    // The same with A read transposed (packed depth by depth from its rows), in both
+    // dtypes: whole and partial panels on both sides, three K blocks.
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-3 };
+        let a = randn(&[700, 150], 7, dtype).t().unwrap();
+        let b = randn(&[700, 300], 8, dtype);
+        let want = naive(&a.contiguous().unwrap(), &b);
+        assert_close(
+            &a.matmul(&b).unwrap(),
+            &want,
+            tol,
+            "transposed A 150x700x300",
+        );
+    }
 }
 
 #[test]

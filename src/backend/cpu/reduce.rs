@@ -76,28 +76,59 @@ fn sub_offsets(layout: &Layout, dims: &[usize]) -> Vec<usize> {
     Layout::new(shape, strides, 0).offsets()
 }
 
-/// The fold of a value reduction: its identity and how two partial results combine.
-#[derive(Clone, Copy)]
-struct Fold {
-    op: ReduceOp,
+/// The fold of a value reduction: its identity and how two partial results combine. One type
+/// per op, so that each loop is compiled for its op: with the op a run-time value, its `match`
+/// sat inside the element loop, which LLVM left scalar (the op reloaded and branched on per
+/// element; a bias gradient's column sums ran at ~5 GB/s).
+trait Fold: Copy + Send + Sync {
+    fn init<T: Float>(self) -> T;
+    fn combine<T: Float>(self, acc: T, v: T) -> T;
 }
 
-impl Fold {
+#[derive(Clone, Copy)]
+struct SumFold;
+#[derive(Clone, Copy)]
+struct MaxFold;
+#[derive(Clone, Copy)]
+struct MinFold;
+
+impl Fold for SumFold {
     #[inline(always)]
     fn init<T: Float>(self) -> T {
-        match self.op {
-            ReduceOp::Sum => T::ZERO,
-            ReduceOp::Max => T::NEG_INFINITY,
-            _ => T::INFINITY,
-        }
+        T::ZERO
     }
     #[inline(always)]
     fn combine<T: Float>(self, acc: T, v: T) -> T {
-        match self.op {
-            ReduceOp::Sum => acc + v,
-            ReduceOp::Max if v > acc || v.is_nan() => v,
-            ReduceOp::Min if v < acc || v.is_nan() => v,
-            _ => acc,
+        acc + v
+    }
+}
+
+impl Fold for MaxFold {
+    #[inline(always)]
+    fn init<T: Float>(self) -> T {
+        T::NEG_INFINITY
+    }
+    #[inline(always)]
+    fn combine<T: Float>(self, acc: T, v: T) -> T {
+        if v > acc || v.is_nan() {
+            v
+        } else {
+            acc
+        }
+    }
+}
+
+impl Fold for MinFold {
+    #[inline(always)]
+    fn init<T: Float>(self) -> T {
+        T::INFINITY
+    }
+    #[inline(always)]
+    fn combine<T: Float>(self, acc: T, v: T) -> T {
+        if v < acc || v.is_nan() {
+            v
+        } else {
+            acc
         }
     }
 }
@@ -124,66 +155,93 @@ where
 {
     let rank = layout.dims().len();
     let kept_dims: Vec<usize> = (0..rank).filter(|d| !dims.contains(d)).collect();
-    let empty = layout.dims().contains(&0);
-    if matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) && !empty {
-        let fold = Fold { op };
-        let kept = merged_axes(layout, kept_dims.iter().copied());
-        let reduced = merged_axes(layout, dims.iter().copied());
-        let x = &x[layout.offset()..];
-        match path(&kept, &reduced) {
-            Path::Rows => {
-                let (run, outer) = reduced.split_last().expect("rows have a reduced axis");
-                let out = reduce_rows(
-                    x,
-                    &axis_offsets(&kept),
-                    &axis_offsets(outer),
-                    run.size,
-                    fold,
-                );
-                return out.into_cpu_data();
-            }
-            Path::Columns => {
-                let (width, outer) = kept.split_last().expect("columns have a kept axis");
-                let out = reduce_columns(
-                    x,
-                    &axis_offsets(outer),
-                    width.size,
-                    &axis_offsets(&reduced),
-                    fold,
-                );
-                return out.into_cpu_data();
-            }
-            Path::Gather => {}
+    if !layout.dims().contains(&0) {
+        let fast = match op {
+            ReduceOp::Sum => reduce_merged(x, layout, &kept_dims, dims, SumFold),
+            ReduceOp::Max => reduce_merged(x, layout, &kept_dims, dims, MaxFold),
+            ReduceOp::Min => reduce_merged(x, layout, &kept_dims, dims, MinFold),
+            _ => None,
+        };
+        if let Some(out) = fast {
+            return out.into_cpu_data();
         }
     }
     reduce_gather(x, layout, &kept_dims, dims, op)
 }
 
+/// The rows or columns loop of a value reduction, or `None` when the merged view takes
+/// neither (then the offset-table loop runs).
+fn reduce_merged<T: Float, F: Fold>(
+    x: &[T],
+    layout: &Layout,
+    kept_dims: &[usize],
+    dims: &[usize],
+    fold: F,
+) -> Option<Vec<T>> {
+    let kept = merged_axes(layout, kept_dims.iter().copied());
+    let reduced = merged_axes(layout, dims.iter().copied());
+    let x = &x[layout.offset()..];
+    match path(&kept, &reduced) {
+        Path::Rows => {
+            let (run, outer) = reduced.split_last().expect("rows have a reduced axis");
+            Some(reduce_rows(
+                x,
+                &axis_offsets(&kept),
+                &axis_offsets(outer),
+                run.size,
+                fold,
+            ))
+        }
+        Path::Columns => {
+            let (width, outer) = kept.split_last().expect("columns have a kept axis");
+            Some(reduce_columns(
+                x,
+                &axis_offsets(outer),
+                width.size,
+                &axis_offsets(&reduced),
+                fold,
+            ))
+        }
+        Path::Gather => None,
+    }
+}
+
 /// `out[i] = fold over o in outer, j < run of x[kept[i] + o + j]`: contiguous runs.
-fn reduce_rows<T: Float>(x: &[T], kept: &[usize], outer: &[usize], run: usize, f: Fold) -> Vec<T> {
+fn reduce_rows<T: Float, F: Fold>(
+    x: &[T],
+    kept: &[usize],
+    outer: &[usize],
+    run: usize,
+    f: F,
+) -> Vec<T> {
     let per_output = outer.len() * run;
     kept.par_iter()
         .with_min_len((ELEMS_PER_TASK / per_output).max(1))
         .map(|&k| {
-            vectorized(|| {
-                outer.iter().fold(f.init(), |acc, &o| {
-                    let row = &x[k + o..k + o + run];
-                    let v = lanes::map_reduce(row, f.init(), |v| v, |a, b| f.combine(a, b));
-                    f.combine(acc, v)
-                })
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut acc = f.init();
+                    for &o in outer {
+                        let row = &x[k + o..k + o + run];
+                        let v = lanes::map_reduce(row, f.init(), |v| v, |a, b| f.combine(a, b));
+                        acc = f.combine(acc, v);
+                    }
+                    acc
+                },
+            )
         })
         .collect()
 }
 
 /// `out[i * width + j] = fold over r in rows of x[outer[i] + r + j]`: whole rows added into an
 /// accumulator row, in blocks of [`ROWS_PER_BLOCK`] rows whose partials combine in order.
-fn reduce_columns<T: Float>(
+fn reduce_columns<T: Float, F: Fold>(
     x: &[T],
     outer: &[usize],
     width: usize,
     rows: &[usize],
-    f: Fold,
+    f: F,
 ) -> Vec<T> {
     let chunk = width.min(COLS_PER_TASK);
     let blocks = rows.len().div_ceil(ROWS_PER_BLOCK);
@@ -217,22 +275,25 @@ fn reduce_columns<T: Float>(
 /// `acc[j] = fold over s in starts (in order) of src[s + j]`: the first slice copied, the rest
 /// combined in, element by element (vector adds, or max/min, over contiguous memory).
 #[inline(always)]
-fn fold_slices_into<T: Float>(
+fn fold_slices_into<T: Float, F: Fold>(
     acc: &mut [T],
     mut starts: impl Iterator<Item = usize>,
     src: &[T],
-    f: Fold,
+    f: F,
 ) {
     let n = acc.len();
     let first = starts.next().expect("at least one slice to fold");
-    vectorized(|| {
-        acc.copy_from_slice(&src[first..first + n]);
-        for s in starts {
-            for (a, &v) in acc.iter_mut().zip(&src[s..s + n]) {
-                *a = f.combine(*a, v);
+    vectorized(
+        #[inline(always)]
+        || {
+            acc.copy_from_slice(&src[first..first + n]);
+            for s in starts {
+                for (a, &v) in acc.iter_mut().zip(&src[s..s + n]) {
+                    *a = f.combine(*a, v);
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// `buf` (rows of `width`) cut into tasks of at most `chunk` columns: `(row, first column,
@@ -284,18 +345,32 @@ where
             .collect();
         return CpuData::I64(out);
     }
-    let f = Fold { op };
-    let out: Vec<T> = kept_offsets
-        .par_iter()
+    let out: Vec<T> = match op {
+        ReduceOp::Sum => gather_fold(x, base, &kept_offsets, &red_offsets, SumFold),
+        ReduceOp::Max => gather_fold(x, base, &kept_offsets, &red_offsets, MaxFold),
+        ReduceOp::Min => gather_fold(x, base, &kept_offsets, &red_offsets, MinFold),
+        ReduceOp::ArgMax | ReduceOp::ArgMin => unreachable!("the index reductions returned above"),
+    };
+    out.into_cpu_data()
+}
+
+/// `out[i] = fold over r of x[base + kept[i] + r]`, the offset-table loop.
+fn gather_fold<T: Float, F: Fold>(
+    x: &[T],
+    base: usize,
+    kept: &[usize],
+    reduced: &[usize],
+    f: F,
+) -> Vec<T> {
+    kept.par_iter()
         .with_min_len(64)
         .map(|&k| {
             let p = &x[base + k..];
-            red_offsets
+            reduced
                 .iter()
                 .fold(f.init(), |acc, &r| f.combine(acc, p[r]))
         })
-        .collect();
-    out.into_cpu_data()
+        .collect()
 }
 
 pub(crate) trait IntoCpuData {

@@ -19,7 +19,8 @@
 use std::sync::{Mutex, MutexGuard};
 use tessera::backend::cuda::test_device;
 use tessera::ops::{
-    cross_entropy, scaled_dot_product_attention, AttentionOpts, Conv2dParams, CrossEntropyOpts,
+    cross_entropy, scaled_dot_product_attention, scaled_dot_product_attention_packed,
+    AttentionOpts, Conv2dParams, CrossEntropyOpts,
 };
 use tessera::{DType, Device, Result, Tensor};
 
@@ -430,6 +431,29 @@ fn attention_matches_cpu() {
         attention_case(gpu, dt, (1, 2, 20, 40, 200, 33), false, true, false, 62);
         attention_case(gpu, dt, (2, 1, 17, 17, 64, 64), false, false, true, 65);
         attention_case(gpu, dt, (1, 1, 70, 17, 256, 256), true, true, false, 68);
+    }
+}
+
+#[test]
+fn packed_attention_matches_cpu() {
+    let Some((gpu, _lock)) = gpu() else {
+        return;
+    };
+    for dt in DTYPES {
+        // A fused qkv projection's output [B, T, 3*H*D] viewed as [3, B, H, T, D], causal.
+        let (b, t, h, d) = (2, 37, 3, 16);
+        let x = randn(&[b, t, 3 * h * d], dt, 80);
+        let what = format!("packed attention {dt:?} B{b} T{t} H{h} D{d}");
+        parity(gpu, &[x], tol(dt), &what, |x| {
+            let qkv = x[0]
+                .reshape(vec![b, t, 3, h, d])?
+                .permute(&[2, 0, 3, 1, 4])?;
+            let opts = AttentionOpts {
+                causal: true,
+                ..Default::default()
+            };
+            scaled_dot_product_attention_packed(&qkv, &opts)
+        });
     }
 }
 

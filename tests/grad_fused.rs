@@ -5,7 +5,8 @@
 
 use tessera::autograd::gradcheck::{check_gradients, GradCheck};
 use tessera::ops::{
-    cross_entropy, mse_loss, scaled_dot_product_attention, AttentionOpts, CrossEntropyOpts,
+    cross_entropy, mse_loss, scaled_dot_product_attention, scaled_dot_product_attention_packed,
+    AttentionOpts, CrossEntropyOpts,
 };
 use tessera::{CmpOp, DType, Device, Result, Tensor};
 
@@ -510,6 +511,57 @@ fn attention_matches_decomposition() {
             );
         }
     }
+}
+
+/// `[B, T, 3*H*D]` (a fused qkv projection's output) as the packed `[3, B, H, T, D]` view.
+fn packed_heads(x: &Tensor, h: usize) -> Result<Tensor> {
+    let (b, t, c3) = (x.dims()[0], x.dims()[1], x.dims()[2]);
+    x.reshape(vec![b, t, 3, h, c3 / (3 * h)])?
+        .permute(&[2, 0, 3, 1, 4])
+}
+
+#[test]
+fn packed_attention_matches_the_three_views_and_has_gradients() {
+    // The packed entry point against the unpacked op on the packed view's three slices:
+    // outputs and the gradient of the one packed input, for each mask kind, over several
+    // key blocks (T 70), and an f64 gradient check on a small case.
+    let (b, h, t, d) = (2, 2, 70, 8);
+    for (causal, pad, am) in [
+        (false, false, false),
+        (true, false, false),
+        (true, true, true),
+    ] {
+        let case = mask_case(b, h, t, t, causal, pad, am);
+        if !case.allowed.chunks(t).all(|r| r.contains(&1)) {
+            continue;
+        }
+        let opts = case.opts.clone();
+        compare_with_reference(
+            |x| scaled_dot_product_attention_packed(&packed_heads(&x[0], h)?, &opts),
+            |x| {
+                let p = packed_heads(&x[0], h)?;
+                let part = |i: usize| p.narrow(0, i, 1)?.squeeze(0);
+                scaled_dot_product_attention(&part(0)?, &part(1)?, &part(2)?, &opts)
+            },
+            &[randn(&[b, t, 3 * h * d], 90)],
+            &format!("packed attention causal={causal} pad={pad} mask={am}"),
+        );
+    }
+    let opts = AttentionOpts {
+        causal: true,
+        ..Default::default()
+    };
+    check(
+        move |x| scaled_dot_product_attention_packed(&packed_heads(&x[0], 2)?, &opts),
+        &[randn(&[2, 5, 3 * 2 * 3], 91)],
+    );
+    // A contiguous [3, B, H, T, D] input works too; anything else is refused.
+    let o = AttentionOpts::default();
+    let qkv = randn(&[3, 1, 2, 4, 5], 92);
+    let y = scaled_dot_product_attention_packed(&qkv, &o).unwrap();
+    assert_eq!(y.dims(), &[1, 2, 4, 5]);
+    assert!(scaled_dot_product_attention_packed(&randn(&[2, 1, 2, 4, 5], 93), &o).is_err());
+    assert!(scaled_dot_product_attention_packed(&randn(&[3, 2, 4, 5], 94), &o).is_err());
 }
 
 #[test]

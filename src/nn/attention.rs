@@ -7,7 +7,9 @@
 //! naming: `attn.qkv.weight`, `attn.proj.weight`).
 
 use super::{children_parameters, Linear, Module};
-use crate::ops::{scaled_dot_product_attention, AttentionOpts};
+use crate::ops::{
+    scaled_dot_product_attention, scaled_dot_product_attention_packed, AttentionOpts,
+};
 use crate::{DType, Device, Error, Result, Tensor};
 
 enum Projections {
@@ -73,13 +75,17 @@ impl MultiHeadAttention {
         })
     }
 
-    /// `[B, T, n*C]` -> n tensors `[B, H, T, D]` (strided views).
-    fn split_heads(&self, x: &Tensor, n: usize) -> Result<Vec<Tensor>> {
+    /// `[B, T, n*C]` -> `[n, B, H, T, D]` (a strided view).
+    fn heads(&self, x: &Tensor, n: usize) -> Result<Tensor> {
         let (b, t) = (x.dims()[0], x.dims()[1]);
         let h = self.num_heads;
-        let x = x
-            .reshape(vec![b, t, n, h, self.dim / h])?
-            .permute(&[2, 0, 3, 1, 4])?;
+        x.reshape(vec![b, t, n, h, self.dim / h])?
+            .permute(&[2, 0, 3, 1, 4])
+    }
+
+    /// `[B, T, n*C]` -> n tensors `[B, H, T, D]` (strided views).
+    fn split_heads(&self, x: &Tensor, n: usize) -> Result<Vec<Tensor>> {
+        let x = self.heads(x, n)?;
         (0..n).map(|i| x.narrow(0, i, 1)?.squeeze(0)).collect()
     }
 
@@ -97,10 +103,10 @@ impl MultiHeadAttention {
                 &[x.shape()],
             ));
         }
-        let (q, k, v) = match &self.proj_in {
+        let out = match &self.proj_in {
+            // q, k and v packed in one view, so that their gradients come back as one tensor.
             Projections::SelfAttention { qkv } => {
-                let [q, k, v] = three(self.split_heads(&qkv.forward(x)?, 3)?)?;
-                (q, k, v)
+                scaled_dot_product_attention_packed(&self.heads(&qkv.forward(x)?, 3)?, opts)?
             }
             Projections::Cross { q, kv } => {
                 let ctx = context.ok_or_else(|| {
@@ -108,24 +114,15 @@ impl MultiHeadAttention {
                 })?;
                 let q = self.split_heads(&q.forward(x)?, 1)?.remove(0);
                 let [k, v] = two(self.split_heads(&kv.forward(ctx)?, 2)?)?;
-                (q, k, v)
+                scaled_dot_product_attention(&q, &k, &v, opts)?
             }
-        };
-        let out = scaled_dot_product_attention(&q, &k, &v, opts)?; // [B, H, T, D]
+        }; // [B, H, T, D]
         let (b, t) = (x.dims()[0], x.dims()[1]);
         let out = out.permute(&[0, 2, 1, 3])?.reshape(vec![b, t, self.dim])?;
         self.proj.forward(&out)
     }
 }
 
-fn three(parts: Vec<Tensor>) -> Result<[Tensor; 3]> {
-    parts.try_into().map_err(|p: Vec<Tensor>| {
-        Error::msg(format!(
-            "MultiHeadAttention: expected 3 projections, got {}",
-            p.len()
-        ))
-    })
-}
 fn two(parts: Vec<Tensor>) -> Result<[Tensor; 2]> {
     parts.try_into().map_err(|p: Vec<Tensor>| {
         Error::msg(format!(

@@ -19,6 +19,8 @@ mod similarity;
 mod softmax;
 mod unary;
 
-pub use attention::{scaled_dot_product_attention, AttentionOpts};
+pub use attention::{
+    scaled_dot_product_attention, scaled_dot_product_attention_packed, AttentionOpts,
+};
 pub use conv::Conv2dParams;
 pub use loss::{cross_entropy, mse_loss, CrossEntropyOpts};

@@ -124,6 +124,15 @@ fn views() {
         std::slice::from_ref(&x),
     );
     check(|x| x[0].narrow(2, 1, 2), std::slice::from_ref(&x));
+    // A window over the whole dim (its backward passes the gradient through), of a view.
+    check(
+        |x| {
+            x[0].permute(&[1, 0, 2])?
+                .narrow(0, 0, 3)?
+                .mul(&x[0].permute(&[1, 0, 2])?)
+        },
+        std::slice::from_ref(&x),
+    );
     check(
         |x| x[0].unsqueeze(1)?.broadcast_as((2, 5, 3, 4)),
         std::slice::from_ref(&x),

@@ -97,6 +97,10 @@ impl Tensor {
         let out = self.with_layout(self.layout().narrow(d, start, len)?);
         let in_shape = self.shape().clone();
         Ok(Tensor::record(out, "narrow", &[self], move |g| {
+            // A window over the whole dim (a split into one part, say) is the identity.
+            if len == in_shape.dims()[d] {
+                return Ok(vec![Some(g.clone())]);
+            }
             // The gradient is zero outside the window: write g into a zero tensor's window.
             let full = Tensor::zeros(in_shape.clone(), g.dtype(), g.device())?;
             let window = Layout::contiguous(in_shape).narrow(d, start, len)?;

@@ -10,7 +10,8 @@
 //! rows share every load of the transposed block: no per-key dot product, however small the
 //! head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over contiguous rows, register-blocked
 //! over 4 rows (or keys) and a chunk of columns. For f32 on AVX-512 all five products run on
-//! the `4 x 64` (or `x 32`, `x 16`) register tile of `attention_tile.rs`, written with
+//! the register tile of `attention_tile.rs`, `4 x 64`, `8 x 32` or `16 x 16` (16 accumulators
+//! whatever the width), written with
 //! intrinsics, whose sums are bit for bit those of the portable loops here (which serve f64,
 //! AVX2, the baseline and the last `w mod 16` columns). Every product term is one fused
 //! multiply-add (`Float::fused_mul_add`): a hardware FMA under `vectorized` on AVX2 and
@@ -274,8 +275,25 @@ impl F32Avx512 {
         }
     }
 
+    /// The tile `t` for `nr` rows: `16 / V` rows at a time (16 accumulators whatever the
+    /// width, so a 32-wide product, a head dimension of 32, runs 16 FMAs per step of `k`
+    /// rather than 8 beside the same loads and loop), then `RB`, then one.
     #[inline(always)]
     fn rows<const V: usize>(self, nr: usize, t: &TileArgs, y: &mut [f32]) {
+        match V {
+            1 => self.rows_by_height::<16, V>(nr, t, y),
+            2 => self.rows_by_height::<8, V>(nr, t, y),
+            _ => self.rows_by_height::<RB, V>(nr, t, y),
+        }
+    }
+
+    #[inline(always)]
+    fn rows_by_height<const R: usize, const V: usize>(
+        self,
+        nr: usize,
+        t: &TileArgs,
+        y: &mut [f32],
+    ) {
         let mut r = 0;
         while r < nr {
             let tr = TileArgs {
@@ -285,7 +303,10 @@ impl F32Avx512 {
             let yr = &mut y[r * t.y_rs..];
             // SAFETY: `of` checked that the CPU has AVX-512.
             unsafe {
-                if r + RB <= nr {
+                if r + R <= nr {
+                    tile_avx512::<R, V>(&tr, yr);
+                    r += R;
+                } else if r + RB <= nr {
                     tile_avx512::<RB, V>(&tr, yr);
                     r += RB;
                 } else {

@@ -819,6 +819,9 @@ impl Micro<f32> for Avx512F32 {
 /// products (there the panels' arrival, not the loop, sets the pace), so it stays as it is.
 #[cfg(target_arch = "x86_64")]
 const DIRECT_UNROLL: usize = 4;
+// The loops spell out their four `depth!` calls.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(DIRECT_UNROLL == 4);
 
 /// The `12 x 32` accumulators, as `(columns 0..16, columns 16..32)` per row.
 #[cfg(target_arch = "x86_64")]

@@ -30,6 +30,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::attention_tile::{tile_avx512, TileArgs};
+use super::elementwise::written_vec;
 use super::lanes::{dot, map_reduce, sum};
 use super::matmul::transpose_panel;
 use super::simd::vectorized;
@@ -41,6 +42,7 @@ use crate::backend::BackendStorage;
 use crate::tensor::{DType, Layout, WithDType};
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Query rows per forward tile.
 const BQ: usize = 16;
@@ -159,21 +161,53 @@ fn masks_of<'a>(m: &'a [AttnMask<CpuStorage>], causal: bool, h: usize) -> Result
 /// once per call (one pass over `x`), not once per task.
 fn blocked_transpose<T: Float, const BK: usize>(x: &[T], bh: usize, t: usize, w: usize) -> Vec<T> {
     let nkb = t.div_ceil(BK);
-    let mut xt = vec![T::ZERO; bh * nkb * w * BK];
-    if xt.is_empty() {
-        return xt;
+    let n = bh * nkb * w * BK;
+    if n == 0 {
+        return Vec::new();
     }
-    xt.par_chunks_mut(nkb * w * BK)
-        .enumerate()
-        .for_each(|(bhi, xt)| {
-            for (blk, dst) in xt.chunks_exact_mut(w * BK).enumerate() {
-                // dst[c * BK + jj] = x[bhi, blk * BK + jj, c]: the GEMM's block transposes
-                // (element by element, this was 9% of a T = 128 forward).
-                let keys = BK.min(t - blk * BK);
-                transpose_panel(x, (bhi * t + blk * BK) * w, w, keys, w, dst, BK);
-            }
-        });
-    xt
+    let transpose_heads = |xt: &mut [MaybeUninit<T>]| {
+        xt.par_chunks_mut(nkb * w * BK)
+            .enumerate()
+            .for_each(|(bhi, xt)| {
+                for (blk, dst) in xt.chunks_exact_mut(w * BK).enumerate() {
+                    let keys = BK.min(t - blk * BK);
+                    let dst = if keys < BK {
+                        // The last block's columns past `t` are zero.
+                        init_zero(dst)
+                    } else {
+                        // SAFETY: the transpose below writes all `w x BK` elements of a whole
+                        // block before anything reads them.
+                        unsafe { assume_init(dst) }
+                    };
+                    // dst[c * BK + jj] = x[bhi, blk * BK + jj, c]: the GEMM's block
+                    // transposes (element by element, this was 9% of a T = 128 forward).
+                    transpose_panel(x, (bhi * t + blk * BK) * w, w, keys, w, dst, BK);
+                }
+            });
+    };
+    // SAFETY: every block is zeroed or wholly written by the transposes above.
+    unsafe { written_vec(n, transpose_heads) }
+}
+
+/// Zeroes `x` and returns it as initialised.
+#[inline(always)]
+fn init_zero<T: Float>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
+    for v in x.iter_mut() {
+        v.write(T::ZERO);
+    }
+    // SAFETY: every element was just written.
+    unsafe { assume_init(x) }
+}
+
+/// `x` as initialised.
+///
+/// # Safety
+/// Nothing may read an element of the result before it is written (a `T: Float` has no drop
+/// glue and every bit pattern of it is valid, so writing over one is sound).
+#[inline(always)]
+unsafe fn assume_init<T: Float>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: same layout; initialisation is the caller's promise.
+    unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// The `w x BK` block of key block starting at `kb` in a [`blocked_transpose`].
@@ -556,32 +590,38 @@ fn fwd<T: Float, const BK: usize>(
 ) -> (Vec<T>, Vec<T>) {
     let (tq, tk, d, dv) = (dm.tq, dm.tk, dm.d, dm.dv);
     let kt_all = blocked_transpose::<T, BK>(k, dm.bh, tk, d);
-    let mut o = vec![T::ZERO; dm.bh * tq * dv];
+    let n_out = dm.bh * tq * dv;
     let mut lse = vec![T::NEG_INFINITY; dm.bh * tq];
-    if o.is_empty() || lse.is_empty() {
-        return (o, lse);
+    if n_out == 0 || lse.is_empty() {
+        return (vec![T::ZERO; n_out], lse);
     }
-    // One task per (batch·head, query block), each writing its rows of `o` and `lse` in place.
-    o.par_chunks_mut(tq * dv)
-        .zip(lse.par_chunks_mut(tq))
-        .enumerate()
-        .for_each(|(bhi, (o_bh, lse_bh))| {
-            o_bh.par_chunks_mut(BQ * dv)
-                .zip(lse_bh.par_chunks_mut(BQ))
-                .enumerate()
-                .for_each_init(
-                    || FwdScratch::new::<BK>(d),
-                    |sc, (qb, (acc, lse_r))| {
-                        vectorized(
-                            #[inline(always)]
-                            || {
-                                let args = (q, &kt_all[..], v, dm, mk, p);
-                                fwd_tile::<T, BK>(args, bhi, qb * BQ, acc, lse_r, sc)
-                            },
-                        )
-                    },
-                )
-        });
+    // One task per (batch·head, query block), each zeroing its rows of `o` (in its own cache,
+    // not one serial `memset` of all of `o` up front) and writing them and `lse` in place.
+    let tasks = |o: &mut [MaybeUninit<T>]| {
+        o.par_chunks_mut(tq * dv)
+            .zip(lse.par_chunks_mut(tq))
+            .enumerate()
+            .for_each(|(bhi, (o_bh, lse_bh))| {
+                o_bh.par_chunks_mut(BQ * dv)
+                    .zip(lse_bh.par_chunks_mut(BQ))
+                    .enumerate()
+                    .for_each_init(
+                        || FwdScratch::new::<BK>(d),
+                        |sc, (qb, (acc, lse_r))| {
+                            let acc = init_zero(acc);
+                            vectorized(
+                                #[inline(always)]
+                                || {
+                                    let args = (q, &kt_all[..], v, dm, mk, p);
+                                    fwd_tile::<T, BK>(args, bhi, qb * BQ, acc, lse_r, sc)
+                                },
+                            )
+                        },
+                    )
+            });
+    };
+    // SAFETY: the chunks cover `o`, and each task zeroes its chunk before anything else.
+    let o = unsafe { written_vec(n_out, tasks) };
     (o, lse)
 }
 

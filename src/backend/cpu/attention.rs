@@ -30,7 +30,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::attention_tile::{tile_avx512, TileArgs};
-use super::elementwise::written_vec;
+use super::elementwise::{assume_init, written_vec};
 use super::lanes::{dot, map_reduce, sum};
 use super::matmul::transpose_panel;
 use super::simd::vectorized;
@@ -197,17 +197,6 @@ fn init_zero<T: Float>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
     }
     // SAFETY: every element was just written.
     unsafe { assume_init(x) }
-}
-
-/// `x` as initialised.
-///
-/// # Safety
-/// Nothing may read an element of the result before it is written (a `T: Float` has no drop
-/// glue and every bit pattern of it is valid, so writing over one is sound).
-#[inline(always)]
-unsafe fn assume_init<T: Float>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
-    // SAFETY: same layout; initialisation is the caller's promise.
-    unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// The `w x BK` block of key block starting at `kb` in a [`blocked_transpose`].

@@ -297,6 +297,17 @@ pub(crate) unsafe fn written_vec<O>(n: usize, fill: impl FnOnce(&mut [MaybeUnini
     out
 }
 
+/// `s` as initialised values (the slices [`written_vec`] hands out, once filled).
+///
+/// # Safety
+/// Every element of `s` must have been written, or be written before anything reads it (the
+/// `T`s here are plain numbers: no drop glue, every bit pattern valid).
+#[inline(always)]
+pub(crate) unsafe fn assume_init<T>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout; initialisation is the caller's promise.
+    unsafe { &mut *(s as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 /// `o[i] = f(a[i])`: a plain indexed loop, always inlined, so that inside [`vectorized`] it is
 /// compiled for the wide instruction set (an iterator chain's `fold` may stay out of line).
 /// Writes every element of `o` (`a` is at least as long).

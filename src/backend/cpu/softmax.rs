@@ -12,7 +12,7 @@
 //! Memory traffic: x read once from memory, y written once (into uninitialised memory: zeroing
 //! a reused 128 MiB output first was a single-threaded `memset` as long as the softmax).
 
-use super::elementwise::written_vec;
+use super::elementwise::{assume_init, written_vec};
 use super::lanes::{map_reduce2_wide, max_reduce, sum_wide};
 use super::simd::vectorized;
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
@@ -42,16 +42,6 @@ fn nan_max<T: Float>(m: T, v: T) -> T {
     } else {
         m
     }
-}
-
-/// `s` as initialised values.
-///
-/// # Safety
-/// Every element of `s` must have been written.
-#[inline(always)]
-unsafe fn assume_init<T>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
-    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and the caller wrote every element.
-    unsafe { &mut *(s as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// One slab `[n, inner]` of the forward: `x` in, `y` out (written whole by the exp loop before

@@ -810,18 +810,30 @@ impl Micro<f32> for Avx512F32 {
     }
 }
 
-/// Depths per trip of the loops of the kernels that read A in place (`micro_avx512_f32_direct*`).
-/// Their rows of A are `a_rs` apart, so each depth's 12 broadcasts need addresses of their own;
-/// four depths per trip share them (as displacements) and the loop's counter and branch.
-/// The convolution's forward, whose weights these kernels read in place, ran 6-12% faster with
-/// it (`conv_passes`, two threads, ResNet-18 and U-Net layers of 256-512 channels). The packed
+/// `$depth!(kk)` for `kk` in `0..$kc`, four depths per trip: the loop of the kernels that read
+/// A in place (`micro_avx512_f32_direct*`). Their rows of A are `a_rs` apart, so each depth's
+/// broadcasts need addresses of their own; four depths per trip share them (as displacements)
+/// and the loop's counter and branch. Each sum still runs in order of k. The convolution's
+/// forward, whose weights these kernels read in place, ran 6-12% faster with it
+/// (`conv_passes`, two threads, ResNet-18 and U-Net layers of 256-512 channels). The packed
 /// 12 x 32 kernel was measured too: +12-16% in isolation on panels in L1/L2, nothing in whole
 /// products (there the panels' arrival, not the loop, sets the pace), so it stays as it is.
 #[cfg(target_arch = "x86_64")]
-const DIRECT_UNROLL: usize = 4;
-// The loops spell out their four `depth!` calls.
-#[cfg(target_arch = "x86_64")]
-const _: () = assert!(DIRECT_UNROLL == 4);
+macro_rules! four_depths_per_trip {
+    ($kc:expr, $depth:ident) => {{
+        let kc = $kc;
+        let whole = kc / 4 * 4;
+        for k4 in (0..whole).step_by(4) {
+            $depth!(k4);
+            $depth!(k4 + 1);
+            $depth!(k4 + 2);
+            $depth!(k4 + 3);
+        }
+        for kk in whole..kc {
+            $depth!(kk);
+        }
+    }};
+}
 
 /// The `12 x 32` accumulators, as `(columns 0..16, columns 16..32)` per row.
 #[cfg(target_arch = "x86_64")]
@@ -920,17 +932,7 @@ unsafe fn micro_avx512_f32_direct<const R: usize>(
                 }
             }};
         }
-        // Four depths per trip (see `DIRECT_UNROLL`); each sum still runs in order of k.
-        let whole = kc / DIRECT_UNROLL * DIRECT_UNROLL;
-        for k4 in (0..whole).step_by(DIRECT_UNROLL) {
-            depth!(k4);
-            depth!(k4 + 1);
-            depth!(k4 + 2);
-            depth!(k4 + 3);
-        }
-        for kk in whole..kc {
-            depth!(kk);
-        }
+        four_depths_per_trip!(kc, depth);
         store_12x32((lo, hi), c, ldc, R, nr, overwrite);
     }
 }
@@ -1291,16 +1293,7 @@ unsafe fn micro_avx512_f32_direct_16<const R: usize>(
                 }
             }};
         }
-        let whole = kc / DIRECT_UNROLL * DIRECT_UNROLL;
-        for k4 in (0..whole).step_by(DIRECT_UNROLL) {
-            depth!(k4);
-            depth!(k4 + 1);
-            depth!(k4 + 2);
-            depth!(k4 + 3);
-        }
-        for kk in whole..kc {
-            depth!(kk);
-        }
+        four_depths_per_trip!(kc, depth);
         store_12x32((lo, [_mm512_setzero_ps(); 12]), c, ldc, R, nr, overwrite);
     }
 }

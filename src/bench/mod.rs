@@ -39,7 +39,7 @@ pub struct BenchOptions {
     /// Time spent repeating one case after its warm-up.
     pub budget: Duration,
     pub min_reps: usize,
-    /// Only cases whose name contains this string.
+    /// Only cases whose name contains this string (see [`BenchOptions::wants`]).
     pub filter: Option<String>,
 }
 
@@ -185,9 +185,15 @@ pub struct Case<'a> {
 }
 
 impl BenchOptions {
-    /// Whether the filter keeps the case `name` (check before building its inputs).
+    /// Whether the filter keeps the case `name` (check before building its inputs): the names
+    /// that contain it, or with a trailing `$`, the names that end with the rest.
     pub fn wants(&self, name: &str) -> bool {
-        self.filter.as_deref().is_none_or(|f| name.contains(f))
+        self.filter
+            .as_deref()
+            .is_none_or(|f| match f.strip_suffix('$') {
+                Some(end) => name.ends_with(end),
+                None => name.contains(f),
+            })
     }
 }
 
@@ -248,5 +254,23 @@ pub fn run_suite(
             "bench: unknown suite `{other}` (expected one of {})",
             SUITES.join(", ")
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trailing_dollar_keeps_only_the_names_that_end_with_the_filter() {
+        let with = |f: &str| BenchOptions {
+            filter: Some(f.into()),
+            ..BenchOptions::default()
+        };
+        let (fwd, both) = ("sdpa_t128_forward", "sdpa_t128_forward_backward");
+        assert!(with("t128_forward").wants(fwd) && with("t128_forward").wants(both));
+        assert!(with("t128_forward$").wants(fwd) && !with("t128_forward$").wants(both));
+        assert!(with("backward$").wants(both) && !with("t128$").wants(fwd));
+        assert!(BenchOptions::default().wants(fwd));
     }
 }

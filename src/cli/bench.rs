@@ -24,7 +24,8 @@ pub struct BenchArgs {
     pub device: DeviceArg,
     #[arg(long, value_enum, default_value_t = Suite::All)]
     pub suite: Suite,
-    /// Only the cases whose name contains this text.
+    /// Only the cases whose name contains this text (ending it with `$` keeps only the names
+    /// that end with the rest: `--filter 't1024_d64_full_forward$'` leaves out the backward).
     #[arg(long)]
     pub filter: Option<String>,
     /// Seconds spent repeating each case after its warm-up (the median is reported).

@@ -696,7 +696,7 @@ fn fwd_tile<T: Float, const BK: usize>(
             // p = exp(s - m); masked scores are -inf, so their p is exactly 0.
             let mr = mnew[r];
             for x in s_r.iter_mut() {
-                *x = (*x - mr).exp();
+                *x = (*x - mr).exp_fused();
             }
         }
         for (r, s_r) in s.chunks_exact(BK).take(nr).enumerate() {
@@ -813,7 +813,7 @@ impl<T: Float> Bwd<'_, T> {
                 ds_r.try_into().expect("BK scores"),
             );
             for (pv, dsv) in p_r.iter_mut().zip(ds_r.iter_mut()) {
-                *pv = (*pv - l).exp();
+                *pv = (*pv - l).exp_fused();
                 *dsv = *pv * (*dsv - dd) * scale;
             }
         }

@@ -27,9 +27,10 @@ pub trait Float:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
-    /// `e^x` from fused multiply-adds, for the attention's softmax (`x <= 0` there): about half
-    /// the vector operations of [`Float::exp`]. Meant for code compiled with FMA; elsewhere
-    /// its multiply-adds are libm calls (slower, same bits). See [`exp_fused_f32`].
+    /// `e^x` from fused multiply-adds, for the softmaxes (the attention's and the softmax op's,
+    /// where `x = s - max <= 0`): about half the vector operations of [`Float::exp`]. Meant for
+    /// code compiled with FMA; elsewhere its multiply-adds are libm calls (slower, same bits).
+    /// See [`exp_fused_f32`].
     fn exp_fused(self) -> Self;
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
@@ -164,7 +165,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p * s1 * s2
 }
 
-/// e^x for f32 from fused multiply-adds, branch-free: the attention's `p = exp(s - m)`.
+/// e^x for f32 from fused multiply-adds, branch-free: the softmaxes' `exp(s - max)`.
 /// Within 2 ulp of the correctly rounded result on [-87, 88]; 0 below -87 (where e^x is under
 /// 1.7e-38: beside the row maximum's p = 1 it is nothing); +inf from 88.38 up (where `n` would
 /// be 128, a little short of f32's overflow at 88.72); a NaN stays NaN.

@@ -29,8 +29,9 @@
 //! groups ([`supports`]). The dispatch gives it the shapes where it beats the implicit GEMM
 //! ([`applies`]): at least [`MIN_COUT`] output channels per group (fewer leave lanes idle),
 //! rows at least [`MIN_WIDTH`] wide (shorter tiles no longer hide the FMA latency) and at
-//! least [`MIN_PIXELS`] output pixels in the batch (each weight is transposed into `wpk` once
-//! per call; with few pixels to use it on, that costs more than the tiles gain). On this
+//! least [`MIN_PIXELS`] output pixels in the batch, or [`PIXELS_PER_COUT`] per output channel
+//! if that is fewer (each weight is transposed into `wpk` once per call; with few pixels to
+//! use it on, that costs more than the tiles gain, unless the channels are few). On this
 //! project's 2-core AVX-512 machine it runs the U-Net's and ResNet-18's 3x3 layers on maps of
 //! 16 px and more 1.1-1.4x faster than the implicit GEMM (docs/PERF.md, session 12).
 
@@ -55,6 +56,12 @@ pub(super) const MIN_WIDTH_STRIDE1: usize = 8;
 /// times, and below this the packing (a transpose of all the weights) costs more than the
 /// tiles gain (ResNet-18's 7x7 maps at batch 2: 98 pixels, 1.6x slower than the GEMM).
 pub(super) const MIN_PIXELS: usize = 1536;
+/// Fewer pixels will do with few output channels: from `PIXELS_PER_COUT * C_out/G` on. The
+/// implicit GEMM packs every (tap, pixel) of the input for only `C_out/G` rows of weights,
+/// and the direct path's packing (the weights) shrinks with them: at 32 channels on 8x8 maps,
+/// batch 16 (1024 pixels), direct was 1.19-1.33x faster (docs/PERF.md, session 16); at 128
+/// channels on the same maps 0.69x, at 32 channels and 512 pixels 0.96-1.01.
+const PIXELS_PER_COUT: usize = 32;
 /// Pixels per task, about: the channel-last buffer is `PIXELS_PER_TASK * 128` bytes.
 const PIXELS_PER_TASK: usize = 256;
 
@@ -145,7 +152,8 @@ fn applies(g: &Conv2dGeom, isa: Isa) -> bool {
     } else {
         MIN_WIDTH
     };
-    supports(g, isa) && g.cout_g() >= MIN_COUT && g.ow >= min_width && g.n * g.p() >= MIN_PIXELS
+    let min_pixels = MIN_PIXELS.min(PIXELS_PER_COUT * g.cout_g());
+    supports(g, isa) && g.cout_g() >= MIN_COUT && g.ow >= min_width && g.n * g.p() >= min_pixels
 }
 
 /// The 32-channel blocks of every group: `(group, first channel in the group, channels)`.

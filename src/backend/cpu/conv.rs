@@ -78,6 +78,9 @@ const KC: usize = 256;
 const MC: usize = 192;
 /// Most GEMM columns per task.
 const NC_MAX: usize = 256;
+/// Forward products with at most this many columns (and more rows) split only their rows
+/// ([`TilePlan::few_columns`]).
+const FEW_COLUMNS: usize = 128;
 
 fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
@@ -166,6 +169,27 @@ impl TilePlan {
             cb,
             rblocks: rows.div_ceil(rb),
             cblocks,
+        }
+    }
+    /// The forward's plan when the product has at most [`FEW_COLUMNS`] columns (deep layers on
+    /// small maps: ResNet-18's 7x7 maps at batch 2 are 98 columns against 512 x 4608
+    /// weights): every column in one block and the rows split between the threads, so each
+    /// task streams only its share of the weights and none runs a narrow last panel alone.
+    /// Column blocks instead (the general plan) stream all of the weights once per block:
+    /// 4 times 9.4 MB there, for 0.85-0.93x of this plan's speed (docs/PERF.md, session 17).
+    fn few_columns(groups: usize, rows: usize, cols: usize, kern_mr: usize, nr: usize) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        let mpan = rows.div_ceil(kern_mr);
+        let rsplit = threads.div_ceil(groups).clamp(1, mpan.max(1));
+        let rb = mpan.div_ceil(rsplit) * kern_mr;
+        let cb = round_up(cols, nr);
+        TilePlan {
+            rows,
+            cols,
+            rb,
+            cb,
+            rblocks: rows.div_ceil(rb),
+            cblocks: 1,
         }
     }
     fn tasks(&self, groups: usize) -> usize {
@@ -299,13 +323,28 @@ fn conv2d_fwd<T: PackedFloat + DirectConv>(x: &[T], w: &[T], g: &Conv2dGeom, isa
 
 /// The forward convolution as an implicit GEMM (see the module docs).
 fn conv2d_fwd_gemm<T: PackedFloat>(x: &[T], w: &[T], g: &Conv2dGeom, isa: Isa) -> Vec<T> {
+    // W_g [C_out/G, K] per group, read in place or packed once for every task.
+    let weights = WeightRows::new(w, g.groups, g.cout_g(), g.k(), &T::micro_kernel(isa));
+    conv2d_fwd_gemm_with(x, &weights, g, isa)
+}
+
+/// [`conv2d_fwd_gemm`] with the weights already in the micro-kernel's form.
+fn conv2d_fwd_gemm_with<T: PackedFloat>(
+    x: &[T],
+    weights: &WeightRows<'_, T>,
+    g: &Conv2dGeom,
+    isa: Isa,
+) -> Vec<T> {
     let (p, k, cout_g) = (g.p(), g.k(), g.cout_g());
     let total = g.n * g.c_out * p;
     let kern = T::micro_kernel(isa);
     let (mr, nr) = (kern.mr, kern.nr);
-    // W_g [C_out/G, K] per group, read in place or packed once for every task.
-    let weights = WeightRows::new(w, g.groups, cout_g, k, &kern);
-    let plan = TilePlan::new(g.groups, cout_g, g.n * p, mr, nr, nr);
+    let cols = g.n * p;
+    let plan = if cols <= FEW_COLUMNS && cout_g > cols {
+        TilePlan::few_columns(g.groups, cout_g, cols, mr, nr)
+    } else {
+        TilePlan::new(g.groups, cout_g, cols, mr, nr, nr)
+    };
     let xp = PaddedInput::new(x, g, isa);
     // Not zeroed first: the tiles write every element.
     let mut out = Vec::with_capacity(total);
@@ -409,6 +448,15 @@ fn conv2d_bwd_input<T: PackedFloat + DirectConv>(
     if let Some(tg) = transposed_geometry(g) {
         // W'[gi*C_in/G + ci, co, ky, kx] = W[gi*C_out/G + co, ci, KH-1-ky, KW-1-kx].
         let (cin_g, cout_g, khw) = (g.cin_g(), g.cout_g(), g.kh * g.kw);
+        let kern = T::micro_kernel(isa);
+        let pack = kern.in_place_rows.is_empty() || cin_g >= FLIP_PACK_MIN_ROWS;
+        if pack && !is_pointwise(&tg) && !T::direct_forward_applies(&tg, isa) && tg.k() > 0 {
+            // The implicit GEMM's path: W' flipped straight into the micro-kernel's row
+            // panels, one pass over W (W' itself, then its panels or its in-place reads, was
+            // two passes and a zeroed buffer: 9.4 MB each at 512 channels).
+            let weights = WeightRows::flipped(w, g.groups, (cin_g, cout_g, khw), &kern);
+            return conv2d_fwd_gemm_with(dy, &weights, &tg, isa);
+        }
         // Tasks of FLIP_ROWS rows of W' (the flip-transpose of all of W is memory-bound: 9.4
         // MB at 512 channels). Inside one, output channel by output channel: the task's input
         // channels of `W[co]` are one contiguous read, written as one plane into each of its
@@ -433,6 +481,13 @@ fn conv2d_bwd_input<T: PackedFloat + DirectConv>(
     }
     conv2d_bwd_input_col2im(dy, w, g, isa)
 }
+
+/// Fewest input channels per group for which the stride-1 input gradient packs its flipped
+/// weights into the micro-kernel's 12-row panels where it could read them in place: the
+/// packed kernel is faster and the packing replaces the flip, but a last panel is padded
+/// to 12 rows (at 16 channels 24 rows are computed, and that was 0.6-0.8x; from 128 on
+/// at most 3% are padding).
+const FLIP_PACK_MIN_ROWS: usize = 128;
 
 /// Rows of `W'` per task of the flip-transpose.
 const FLIP_ROWS: usize = 16;
@@ -961,6 +1016,14 @@ mod tests {
             (1, 3, 12, 40, 32, 7, 7, (2, 2), (3, 3), (1, 1), 1),
             (1, 5, 7, 12, 32, 1, 3, (3, 1), (0, 1), (1, 1), 1),
             (2, 40, 6, 9, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // Few columns against many rows: the forward splits only its rows
+            // (`TilePlan::few_columns`), 260 channels. Then 130 and 136 input
+            // channels per group (at least `FLIP_PACK_MIN_ROWS`): the stride-1 input gradient
+            // packs its flipped weights into 12-row panels, the last one partial, from a 3x3
+            // and from a 2x3 kernel.
+            (1, 12, 5, 6, 260, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (1, 260, 4, 5, 8, 3, 3, (1, 1), (1, 1), (1, 1), 2),
+            (2, 136, 3, 4, 6, 2, 3, (1, 1), (1, 0), (1, 1), 1),
             // Large enough for the dispatch to take both direct paths: the weight gradient's
             // pixels in 3 splits of several sub-chunks, 6 groups of input-row pairs.
             (3, 8, 40, 40, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),

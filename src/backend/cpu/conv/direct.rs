@@ -70,6 +70,9 @@ pub(in crate::backend::cpu) trait DirectConv: Float {
     /// The forward convolution of `x` (`[N, C_in, H, W]`) by `w` (`[C_out, C_in/G, KH, KW]`)
     /// if the direct path is the faster one for this shape and instruction set ([`applies`]).
     fn direct_forward(x: &[Self], w: &[Self], g: &Conv2dGeom, isa: Isa) -> Option<Vec<Self>>;
+    /// Whether [`DirectConv::direct_forward`] takes this shape (so the caller can prepare
+    /// the weights for whichever path runs).
+    fn direct_forward_applies(g: &Conv2dGeom, isa: Isa) -> bool;
     /// The same wherever the direct path can compute the shape at all ([`supports`]), fast or
     /// not: for tests, which check it on small odd shapes the dispatch leaves to the GEMM.
     #[cfg(test)]
@@ -97,6 +100,9 @@ impl DirectConv for f64 {
     fn direct_forward(_: &[f64], _: &[f64], _: &Conv2dGeom, _: Isa) -> Option<Vec<f64>> {
         None
     }
+    fn direct_forward_applies(_: &Conv2dGeom, _: Isa) -> bool {
+        false
+    }
     #[cfg(test)]
     fn direct_forward_anyway(_: &[f64], _: &[f64], _: &Conv2dGeom, _: Isa) -> Option<Vec<f64>> {
         None
@@ -118,6 +124,9 @@ impl DirectConv for f64 {
 impl DirectConv for f32 {
     fn direct_forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Option<Vec<f32>> {
         applies(g, isa).then(|| forward(x, w, g, isa))
+    }
+    fn direct_forward_applies(g: &Conv2dGeom, isa: Isa) -> bool {
+        applies(g, isa)
     }
     #[cfg(test)]
     fn direct_forward_anyway(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Option<Vec<f32>> {

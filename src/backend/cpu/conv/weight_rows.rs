@@ -20,6 +20,8 @@ use super::super::matmul::MicroKernel;
 use super::super::Float;
 use super::pack::pack_row_panels;
 use super::{multiply_block, MC};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The weights of every group, ready for the micro-kernel.
 pub(super) enum WeightRows<'a, T> {
@@ -79,6 +81,52 @@ impl<'a, T: Float> WeightRows<'a, T> {
         } else {
             WeightRows::InPlace { w, m, k }
         }
+    }
+
+    /// The flipped, transposed weights of a stride-1 input gradient (the forward
+    /// convolution of `dy` by `W'`, see `conv2d_bwd_input`), packed into `mr`-row panels:
+    /// row `ci` of group `gi`, depth `co*KHW + t`, is `W[gi*C_out/G + co, ci, KHW-1-t]`.
+    /// `w` is `[C_out, C_in/G, KH, KW]`, `(cin_g, cout_g, khw)` its per-group sizes.
+    pub fn flipped(
+        w: &[T],
+        groups: usize,
+        (cin_g, cout_g, khw): (usize, usize, usize),
+        kern: &MicroKernel<T>,
+    ) -> Self {
+        let (mr, k) = (kern.mr, cout_g * khw);
+        let mpan = cin_g.div_ceil(mr);
+        let len = groups * mpan * k * mr;
+        let mut wpack = Vec::with_capacity(len);
+        // Per panel and output channel, W[co, ci0..ci0+mr, :] is one contiguous read of
+        // `mr*KHW` weights and its `KHW` panel depths one contiguous write.
+        wpack.spare_capacity_mut()[..len]
+            .par_chunks_mut(k * mr)
+            .enumerate()
+            .for_each(|(pi, panel)| {
+                let (gi, q) = (pi / mpan, pi % mpan);
+                let live = mr.min(cin_g - q * mr);
+                for (co, depths) in panel.chunks_exact_mut(khw * mr).enumerate() {
+                    let src = &w[((gi * cout_g + co) * cin_g + q * mr) * khw..][..live * khw];
+                    match (khw, mr, live == mr) {
+                        (9, 12, true) => flip_block::<T, 9, 12>(src, depths),
+                        _ => {
+                            for (t, row) in depths.chunks_exact_mut(mr).enumerate() {
+                                for (r, v) in row.iter_mut().enumerate() {
+                                    let x = if r < live {
+                                        src[r * khw + khw - 1 - t]
+                                    } else {
+                                        T::ZERO
+                                    };
+                                    *v = MaybeUninit::new(x);
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        // SAFETY: the panels cover all `len` elements and every one was written above.
+        unsafe { wpack.set_len(len) };
+        WeightRows::Packed { wpack, mpan, k }
     }
 
     /// `c[r*ncols + j] = (0 if first else c[r*ncols + j]) + sum_{kk < kc} W_g[r0 + r, pc + kk]
@@ -157,10 +205,61 @@ impl<'a, T: Float> WeightRows<'a, T> {
     }
 }
 
+/// `dst[t*MR + r] = src[r*KHW + KHW-1-t]`: one output channel's `MR x KHW` weights, flipped
+/// and transposed into `KHW` panel depths (sizes fixed, so the copy unrolls to plain moves).
+#[inline(always)]
+fn flip_block<T: Copy, const KHW: usize, const MR: usize>(src: &[T], dst: &mut [MaybeUninit<T>]) {
+    let src: &[T] = &src[..MR * KHW];
+    let dst: &mut [MaybeUninit<T>] = &mut dst[..MR * KHW];
+    for t in 0..KHW {
+        for r in 0..MR {
+            dst[t * MR + r] = MaybeUninit::new(src[r * KHW + KHW - 1 - t]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::super::matmul::{detect_isa_uncached, Isa, PackedFloat};
     use super::*;
+
+    /// `WeightRows::flipped` holds exactly `pack_row_panels` of the flipped, transposed
+    /// weights, for a 3x3 kernel (the unrolled copy; full and partial panels) and a 2x3 one,
+    /// with groups.
+    #[test]
+    fn flipped_rows_are_the_panels_of_the_flipped_weights() {
+        let kern = f32::micro_kernel(detect_isa_uncached());
+        for (groups, cin_g, cout_g, khw) in [(2, 29, 5, 9), (1, 24, 3, 9), (3, 7, 4, 6)] {
+            let w: Vec<f32> = (0..groups * cout_g * cin_g * khw)
+                .map(|i| i as f32)
+                .collect();
+            // W'[gi][ci][co][t] = W[gi*cout_g + co][ci][khw - 1 - t]
+            let mut wt = vec![0.0; w.len()];
+            for gi in 0..groups {
+                for ci in 0..cin_g {
+                    for co in 0..cout_g {
+                        for t in 0..khw {
+                            wt[((gi * cin_g + ci) * cout_g + co) * khw + t] =
+                                w[((gi * cout_g + co) * cin_g + ci) * khw + khw - 1 - t];
+                        }
+                    }
+                }
+            }
+            let k = cout_g * khw;
+            let want = pack_row_panels(&wt, 0, (cin_g * k, k, 1), groups, cin_g, k, kern.mr);
+            match WeightRows::flipped(&w, groups, (cin_g, cout_g, khw), &kern) {
+                WeightRows::Packed {
+                    wpack,
+                    mpan,
+                    k: got_k,
+                } => {
+                    assert_eq!((mpan, got_k), (cin_g.div_ceil(kern.mr), k));
+                    assert!(wpack == want, "{groups} x {cin_g} x {cout_g} x {khw}");
+                }
+                WeightRows::InPlace { .. } => panic!("flipped weights are packed"),
+            }
+        }
+    }
 
     /// Both forms of the weights against a plain triple loop, on every instruction set here:
     /// tiled and packed rest rows, a row block that starts past row 0, two depth blocks (the

@@ -298,18 +298,22 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
                 // `trans` 32 rows of `stride >= span`.
                 unsafe { transpose_band(&acc[..span * LANES], trans, stride) };
                 let trans = &*trans;
-                vectorized(isa, || {
-                    for l in 0..nch {
-                        let co = gi * g.cout_g() + c0 + l;
-                        let plane = (n * g.c_out + co) * p + oy0 * g.ow;
-                        for r in 0..rows {
-                            let src = &trans[l * stride + r * layout.pitch..][..g.ow];
-                            // SAFETY: each task writes its own band of its own channels'
-                            // planes.
-                            unsafe { sink.write(plane + r * g.ow, src) };
+                vectorized(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        for l in 0..nch {
+                            let co = gi * g.cout_g() + c0 + l;
+                            let plane = (n * g.c_out + co) * p + oy0 * g.ow;
+                            for r in 0..rows {
+                                let src = &trans[l * stride + r * layout.pitch..][..g.ow];
+                                // SAFETY: each task writes its own band of its own channels'
+                                // planes.
+                                unsafe { sink.write(plane + r * g.ow, src) };
+                            }
                         }
-                    }
-                });
+                    },
+                );
             },
         );
     // SAFETY: the tasks cover every (image, channel, band of rows) and write all of it.

@@ -16,7 +16,8 @@
 //!   broadcast where it lies, no panel packed).
 //! - input gradient, stride 1: the forward convolution of `dy` with the flipped, transposed
 //!   weights (`W'[ci, co, ky, kx] = W[co, ci, KH-1-ky, KW-1-kx]`, padding `d(k-1) - p`), so the
-//!   same fast path, no scatter. Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
+//!   same fast path, no scatter; on the implicit GEMM's path with at least 128 input channels
+//!   per group, `W'` is packed straight into row panels (`WeightRows::flipped`). Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
 //!   per block of pixels, then col2im adds it into `dx`; tasks = (image, group, input-channel
 //!   block), each owning its `dx` planes.
 //! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`; stride 1 with at most 32

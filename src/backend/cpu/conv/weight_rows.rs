@@ -11,7 +11,10 @@
 //! than 4, or fewer than 8 in all) go through one zero-padded packed panel per depth block.
 //!
 //! Otherwise (f64, AVX2, portable) the weights are packed once per call into the micro-kernel's
-//! `mr`-row panels (`pack_row_panels`), as before.
+//! `mr`-row panels (`pack_row_panels`), as before. So are the flipped, transposed weights of a
+//! stride-1 input gradient ([`WeightRows::flipped`]) on every instruction set, from 128 input
+//! channels on where in-place tiles exist: they must be copied anyway, and packing them is
+//! that one copy.
 //!
 //! Both sum every element the same way (one chain of FMAs per depth block, added to the
 //! previous blocks' sum), so the choice, the tiling and the task split never change a bit.

@@ -157,20 +157,8 @@ impl TilePlan {
         let cb = round_up((cols * groups).div_ceil(4 * threads), nr)
             .clamp(cb_min.max(nr), NC_MAX.max(cb_min))
             .min(round_up(cols, nr));
-        let cblocks = cols.div_ceil(cb);
-        let mpan = rows.div_ceil(kern_mr);
-        let rsplit = (2 * threads)
-            .div_ceil(groups * cblocks)
-            .clamp(1, mpan.max(1));
-        let rb = mpan.div_ceil(rsplit) * kern_mr;
-        TilePlan {
-            rows,
-            cols,
-            rb,
-            cb,
-            rblocks: rows.div_ceil(rb),
-            cblocks,
-        }
+        let rsplit = (2 * threads).div_ceil(groups * cols.div_ceil(cb));
+        Self::with_blocks(rows, cols, kern_mr, cb, rsplit)
     }
     /// The forward's plan when the product has at most [`FEW_COLUMNS`] columns (deep layers on
     /// small maps: ResNet-18's 7x7 maps at batch 2 are 98 columns against 512 x 4608
@@ -180,17 +168,27 @@ impl TilePlan {
     /// 4 times 9.4 MB there, for 0.85-0.93x of this plan's speed (docs/PERF.md, session 17).
     fn few_columns(groups: usize, rows: usize, cols: usize, kern_mr: usize, nr: usize) -> Self {
         let threads = rayon::current_num_threads().max(1);
+        Self::with_blocks(
+            rows,
+            cols,
+            kern_mr,
+            round_up(cols, nr),
+            threads.div_ceil(groups),
+        )
+    }
+
+    /// Column blocks of `cb` and the rows cut into `rsplit` blocks of whole `kern_mr` panels
+    /// (at least one, at most one per panel).
+    fn with_blocks(rows: usize, cols: usize, kern_mr: usize, cb: usize, rsplit: usize) -> Self {
         let mpan = rows.div_ceil(kern_mr);
-        let rsplit = threads.div_ceil(groups).clamp(1, mpan.max(1));
-        let rb = mpan.div_ceil(rsplit) * kern_mr;
-        let cb = round_up(cols, nr);
+        let rb = mpan.div_ceil(rsplit.clamp(1, mpan.max(1))) * kern_mr;
         TilePlan {
             rows,
             cols,
             rb,
             cb,
             rblocks: rows.div_ceil(rb),
-            cblocks: 1,
+            cblocks: cols.div_ceil(cb),
         }
     }
     fn tasks(&self, groups: usize) -> usize {

@@ -17,9 +17,12 @@
 //! - input gradient, stride 1: the forward convolution of `dy` with the flipped, transposed
 //!   weights (`W'[ci, co, ky, kx] = W[co, ci, KH-1-ky, KW-1-kx]`, padding `d(k-1) - p`), so the
 //!   same fast path, no scatter; on the implicit GEMM's path with at least 128 input channels
-//!   per group, `W'` is packed straight into row panels (`WeightRows::flipped`). Otherwise (stride > 1): `colgrad = W_g^T dy` on the micro-kernel
-//!   per block of pixels, then col2im adds it into `dx`; tasks = (image, group, input-channel
-//!   block), each owning its `dx` planes.
+//!   per group, `W'` is packed straight into row panels (`WeightRows::flipped`).
+//!   Stride > 1, undilated, with enough channels and pixels: one stride-1 forward
+//!   convolution of `dy` per output phase, by the flipped sub-kernel of the taps that reach
+//!   it, interleaved into `dx` (`conv/phases.rs`). Otherwise: `colgrad = W_g^T dy` on the
+//!   micro-kernel per block of pixels, then col2im adds it into `dx`; tasks = (image, group,
+//!   input-channel block), each owning its `dx` planes.
 //! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`; stride 1 with at most 32
 //!   output channels per group on maps at least 16 wide: shifted dot products over padded
 //!   rows, no im2col (`conv/weight_grad_shifted.rs`); else with few channels or a short `K`, a
@@ -48,6 +51,7 @@ mod direct;
 mod dot_tile;
 mod live_taps;
 mod pack;
+mod phases;
 mod weight_grad;
 mod weight_grad_direct;
 mod weight_grad_shifted;
@@ -477,6 +481,9 @@ fn conv2d_bwd_input<T: PackedFloat + DirectConv>(
                     })
             });
         return conv2d_fwd(dy, &wt, &tg, isa);
+    }
+    if let Some(dx) = phases::backward_input(dy, w, g, isa) {
+        return dx;
     }
     conv2d_bwd_input_col2im(dy, w, g, isa)
 }
@@ -1023,6 +1030,16 @@ mod tests {
             (1, 12, 5, 6, 260, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (1, 260, 4, 5, 8, 3, 3, (1, 1), (1, 1), (1, 1), 2),
             (2, 136, 3, 4, 6, 2, 3, (1, 1), (1, 0), (1, 1), 1),
+            // Strided input gradients from at least 16 input channels per group run as one
+            // stride-1 convolution per phase (`conv/phases.rs`): odd maps at stride 2; stride
+            // (3, 2) with a 4x4 kernel (phases of 2 and 1 taps), groups; a 1x1 kernel at
+            // stride 2 (the odd rows and columns receive nothing); a 2x2 kernel at stride 2
+            // (one tap per phase); a 1-row input (a phase with taps but no rows).
+            (2, 20, 9, 8, 12, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            (1, 32, 10, 11, 8, 4, 4, (3, 2), (2, 1), (1, 1), 2),
+            (2, 16, 7, 6, 10, 1, 1, (2, 2), (0, 0), (1, 1), 1),
+            (2, 24, 8, 6, 20, 2, 2, (2, 2), (0, 0), (1, 1), 1),
+            (3, 18, 1, 7, 9, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             // Large enough for the dispatch to take both direct paths: the weight gradient's
             // pixels in 3 splits of several sub-chunks, 6 groups of input-row pairs.
             (3, 8, 40, 40, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
@@ -1076,6 +1093,13 @@ mod tests {
                     if !is_pointwise(&g) && LiveTaps::of(&g).is_none() {
                         let gemm = conv2d_fwd_gemm(&xt, &wt, &g, isa);
                         assert!(got == gemm, "direct forward bits differ {case:?}");
+                    }
+                }
+                // The phases on every strided shape they can take, whatever the channels.
+                if g.stride != (1, 1) {
+                    if let Some(got) = phases::backward_input_anyway(&dyt, &wt, &g, isa) {
+                        let (want, mag) = &refs[1];
+                        assert_close(&format!("phases dx {isa:?} {case:?}"), &got, want, mag, tol);
                     }
                 }
                 if let Some(got) = T::direct_backward_weight_anyway(&xt, &dyt, &g, isa) {

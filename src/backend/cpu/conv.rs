@@ -46,6 +46,7 @@
 //! micro-kernels. Non-contiguous inputs are gathered into a contiguous copy first
 //! (`contiguous_cow`).
 
+mod dead_rows;
 mod dense;
 mod direct;
 mod dot_tile;
@@ -349,6 +350,9 @@ fn conv2d_fwd_gemm_with<T: PackedFloat>(
         TilePlan::new(g.groups, cout_g, cols, mr, nr, nr)
     };
     let xp = PaddedInput::new(x, g, isa);
+    // Where the micro-kernels take depth runs, the columns go by output row, and each panel
+    // skips the kernel rows that read only padding in all of its columns (`conv/dead_rows.rs`).
+    let skip_rows = kern.takes_depth_runs() && g.padding.0 > 0;
     // Not zeroed first: the tiles write every element.
     let mut out = Vec::with_capacity(total);
     let sink = DisjointWrites::new(&mut out.spare_capacity_mut()[..total]);
@@ -362,15 +366,22 @@ fn conv2d_fwd_gemm_with<T: PackedFloat>(
             vec![T::ZERO; plan.rb * plan.cb],
             Vec::new(),
             Vec::new(),
+            (Vec::new(), Vec::new()),
         )
     };
     (0..plan.tasks(g.groups)).into_par_iter().for_each_init(
         scratch,
-        |(bpack, c, runs, scratch), t| {
+        |(bpack, c, runs, scratch, (panel_rows, panel_depths)), t| {
             let tile = plan.tile(t);
             let (nrows, ncols) = (tile.nrows, tile.ncols);
             let c = &mut c[..nrows * ncols];
-            pixel_runs(g, tile.c0, ncols, nr, runs);
+            if skip_rows {
+                dead_rows::pixel_runs_by_row(g, tile.c0, ncols, nr, runs);
+                dead_rows::panel_rows(g, runs, nr, panel_rows);
+                panel_depths.resize_with(panel_rows.len(), Vec::new);
+            } else {
+                pixel_runs(g, tile.c0, ncols, nr, runs);
+            }
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
                 let b = &mut bpack[..kc * round_up(ncols, nr)];
@@ -379,9 +390,17 @@ fn conv2d_fwd_gemm_with<T: PackedFloat>(
                     #[inline(always)]
                     || pack_im2col(&xp, g, tile.gi, runs, ncols, pc, kc, nr, b),
                 );
+                let depths: &[Vec<(usize, usize)>] = if skip_rows {
+                    for (rows, d) in panel_rows.iter().zip(panel_depths.iter_mut()) {
+                        dead_rows::depth_runs(g, *rows, (pc, kc), d);
+                    }
+                    panel_depths
+                } else {
+                    &[]
+                };
                 let rows = (tile.gi, tile.r0, nrows);
                 let (b, c, s) = (&bpack[..kc * round_up(ncols, nr)], &mut *c, &mut *scratch);
-                weights.multiply(&kern, rows, (pc, kc), b, c, ncols, pc == 0, s);
+                weights.multiply(&kern, rows, (pc, kc), b, c, ncols, pc == 0, s, depths);
             }
             store_rows(&sink, g, runs, c, tile);
         },

@@ -802,15 +802,16 @@ impl Micro<f32> for Avx512F32 {
         // SAFETY: forwarded contract (see `Micro::tile_direct`).
         unsafe {
             match rows {
-                12 => micro_avx512_f32_direct::<12>(kc, a, b, c, ldc, nr, overwrite),
-                8 => micro_avx512_f32_direct::<8>(kc, a, b, c, ldc, nr, overwrite),
+                12 => micro_avx512_f32_direct::<12>(&[(0, kc)], a, b, c, ldc, 12, nr, overwrite),
+                8 => micro_avx512_f32_direct::<8>(&[(0, kc)], a, b, c, ldc, 8, nr, overwrite),
                 _ => unreachable!("direct tiles are 12 or 8 rows"),
             }
         }
     }
 }
 
-/// `$depth!(kk)` for `kk` in `0..$kc`, four depths per trip: the loop of the kernels that read
+/// `$depth!(kk)` for `kk` in each run `d0..d1` of `$runs` (in order), four depths per trip:
+/// the loop of the kernels that read
 /// A in place (`micro_avx512_f32_direct*`). Their rows of A are `a_rs` apart, so each depth's
 /// broadcasts need addresses of their own; four depths per trip share them (as displacements)
 /// and the loop's counter and branch. Each sum still runs in order of k. The convolution's
@@ -820,17 +821,18 @@ impl Micro<f32> for Avx512F32 {
 /// products (there the panels' arrival, not the loop, sets the pace), so it stays as it is.
 #[cfg(target_arch = "x86_64")]
 macro_rules! four_depths_per_trip {
-    ($kc:expr, $depth:ident) => {{
-        let kc = $kc;
-        let whole = kc / 4 * 4;
-        for k4 in (0..whole).step_by(4) {
-            $depth!(k4);
-            $depth!(k4 + 1);
-            $depth!(k4 + 2);
-            $depth!(k4 + 3);
-        }
-        for kk in whole..kc {
-            $depth!(kk);
+    ($runs:expr, $depth:ident) => {{
+        for &(d0, d1) in $runs {
+            let whole = d0 + (d1 - d0) / 4 * 4;
+            for k4 in (d0..whole).step_by(4) {
+                $depth!(k4);
+                $depth!(k4 + 1);
+                $depth!(k4 + 2);
+                $depth!(k4 + 3);
+            }
+            for kk in whole..d1 {
+                $depth!(kk);
+            }
         }
     }};
 }
@@ -902,11 +904,12 @@ unsafe fn micro_avx512_f32_12x32(
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn micro_avx512_f32_direct<const R: usize>(
-    kc: usize,
+    depths: &[(usize, usize)],
     (a, a_rs, a_cs): (*const f32, usize, usize),
     (b, b_rs): (*const f32, usize),
     c: *mut f32,
     ldc: usize,
+    rows: usize,
     nr: usize,
     overwrite: bool,
 ) {
@@ -932,8 +935,8 @@ unsafe fn micro_avx512_f32_direct<const R: usize>(
                 }
             }};
         }
-        four_depths_per_trip!(kc, depth);
-        store_12x32((lo, hi), c, ldc, R, nr, overwrite);
+        four_depths_per_trip!(depths, depth);
+        store_12x32((lo, hi), c, ldc, rows, nr, overwrite);
     }
 }
 
@@ -1172,10 +1175,13 @@ pub(super) struct MicroKernel<T> {
     /// this kernel has none, and A must be packed).
     pub in_place_rows: &'static [usize],
     rows_in_place: Option<RowsInPlaceFn<T>>,
+    panel_depths: Option<PanelDepthsFn<T>>,
 }
 
 type MicroFn<T> = unsafe fn(usize, &[T], &[T], &mut [T], usize, usize, usize);
-type RowsInPlaceFn<T> = unsafe fn(usize, usize, &[T], usize, &[T], &mut [T], usize, usize, bool);
+type PanelDepthsFn<T> = unsafe fn(&[(usize, usize)], &[T], &[T], &mut [T], usize, usize, usize);
+type RowsInPlaceFn<T> =
+    unsafe fn(&[(usize, usize)], usize, &[T], usize, &[T], &mut [T], usize, usize, bool);
 
 impl<T> MicroKernel<T> {
     /// `c[r*ldc + j] += sum_{kk < kc} a[kk*mr + r] * b[kk*nr + j]` for `r < rows`, `j < cols`.
@@ -1199,16 +1205,52 @@ impl<T> MicroKernel<T> {
         unsafe { (self.tile)(kc, a, b, c, ldc, rows, cols) }
     }
 
-    /// `c[r*ldc + j] = acc` (`overwrite`) or `+= acc`, `acc = sum_{kk < kc} a[r*a_rs + kk] *
-    /// b[kk*nr + j]`, for `r < rows` (one of [`MicroKernel::in_place_rows`]), `j < cols`: A's
-    /// rows read in place (each contiguous in depth), B a packed panel. Sums exactly as
-    /// [`MicroKernel::tile`] does, without packing A: for operands such as a convolution's
-    /// weights, packed afresh on every call.
+    /// Whether [`MicroKernel::tile_depths`] and the depth runs of
+    /// [`MicroKernel::tile_rows_in_place`] exist for this dtype and instruction set (f32 on
+    /// AVX-512).
+    pub fn takes_depth_runs(&self) -> bool {
+        self.panel_depths.is_some() && self.rows_in_place.is_some()
+    }
+
+    /// `c[r*ldc + j] += acc` as [`MicroKernel::tile`] computes it, over the depths in the
+    /// runs `depths` alone (see [`MicroKernel::tile_rows_in_place`]): the same sums as `tile`
+    /// where B's other rows are zero.
     #[inline]
     #[allow(clippy::too_many_arguments)]
+    pub fn tile_depths(
+        &self,
+        depths: &[(usize, usize)],
+        a: &[T],
+        b: &[T],
+        c: &mut [T],
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let f = self.panel_depths.expect("no depth runs for this kernel");
+        let end = depths.last().map_or(0, |d| d.1);
+        assert!(depths.iter().all(|&(d0, d1)| d0 <= d1));
+        assert!(depths.windows(2).all(|w| w[0].1 <= w[1].0));
+        assert!(a.len() >= end * self.mr && b.len() >= end * self.nr);
+        assert!(rows <= self.mr && cols <= self.nr);
+        assert!(rows == 0 || c.len() >= (rows - 1) * ldc + cols);
+        // SAFETY: `f` was picked with `tile` for an instruction set this CPU has, and the
+        // bounds were checked above.
+        unsafe { f(depths, a, b, c, ldc, rows, cols) }
+    }
+
+    /// `c[r*ldc + j] = acc` (`overwrite`) or `+= acc`, `acc = sum_{kk} a[r*a_rs + kk] *
+    /// b[kk*nr + j]` over the depths `kk` in the runs `depths` (increasing, each `d0..d1`; one
+    /// run `0..kc` for a whole depth block), for `r < rows` (one of
+    /// [`MicroKernel::in_place_rows`]), `j < cols`: A's rows read in place (each contiguous in
+    /// depth), B a packed panel. Sums exactly as [`MicroKernel::tile`] does, without packing
+    /// A: for operands such as a convolution's weights, packed afresh on every call. Depths
+    /// left out of the runs are skipped: where B's rows there are zeros (a convolution's
+    /// padding), the same sums to the bit, `fma(a, 0, s) = s`, for fewer FMAs; no runs at all
+    /// give `acc = 0`.
     pub fn tile_rows_in_place(
         &self,
-        kc: usize,
+        depths: &[(usize, usize)],
         rows: usize,
         (a, a_rs): (&[T], usize),
         b: &[T],
@@ -1218,12 +1260,15 @@ impl<T> MicroKernel<T> {
         overwrite: bool,
     ) {
         let f = self.rows_in_place.expect("no in-place row tiles");
-        assert!(self.in_place_rows.contains(&rows) && kc > 0);
-        assert!(a.len() >= (rows - 1) * a_rs + kc && b.len() >= kc * self.nr);
+        let end = depths.last().map_or(0, |d| d.1);
+        assert!(depths.iter().all(|&(d0, d1)| d0 <= d1));
+        assert!(depths.windows(2).all(|w| w[0].1 <= w[1].0));
+        assert!(self.in_place_rows.contains(&rows));
+        assert!(a.len() >= (rows - 1) * a_rs + end && b.len() >= end * self.nr);
         assert!(cols <= self.nr && c.len() >= (rows - 1) * ldc + cols);
         // SAFETY: `f` was picked with `tile` for an instruction set this CPU has, and the
         // bounds were checked above.
-        unsafe { f(kc, rows, a, a_rs, b, c, ldc, cols, overwrite) }
+        unsafe { f(depths, rows, a, a_rs, b, c, ldc, cols, overwrite) }
     }
 }
 
@@ -1234,7 +1279,7 @@ impl<T> MicroKernel<T> {
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows_in_place_avx512_f32(
-    kc: usize,
+    depths: &[(usize, usize)],
     rows: usize,
     a: &[f32],
     a_rs: usize,
@@ -1248,11 +1293,40 @@ unsafe fn rows_in_place_avx512_f32(
     // SAFETY: forwarded contract (checked by `MicroKernel::tile_rows_in_place`).
     unsafe {
         match (rows, nr <= 16) {
-            (12, false) => micro_avx512_f32_direct::<12>(kc, a, b, c, ldc, nr, overwrite),
-            (8, false) => micro_avx512_f32_direct::<8>(kc, a, b, c, ldc, nr, overwrite),
-            (12, true) => micro_avx512_f32_direct_16::<12>(kc, a, b, c, ldc, nr, overwrite),
-            (8, true) => micro_avx512_f32_direct_16::<8>(kc, a, b, c, ldc, nr, overwrite),
+            (12, false) => micro_avx512_f32_direct::<12>(depths, a, b, c, ldc, 12, nr, overwrite),
+            (8, false) => micro_avx512_f32_direct::<8>(depths, a, b, c, ldc, 8, nr, overwrite),
+            (12, true) => micro_avx512_f32_direct_16::<12>(depths, a, b, c, ldc, 12, nr, overwrite),
+            (8, true) => micro_avx512_f32_direct_16::<8>(depths, a, b, c, ldc, 8, nr, overwrite),
             _ => unreachable!("in-place row tiles are 12 or 8 rows"),
+        }
+    }
+}
+
+/// `c += acc` over the depth runs of a packed `12 x 32` panel pair (A `a[kk*12 + r]`, B
+/// `b[kk*32 + j]`): the in-place kernels with A's rows 1 apart and its depths 12 apart, which
+/// sum exactly as [`micro_avx512_f32_12x32`] does.
+///
+/// # Safety
+/// The CPU must have AVX-512F; the bounds of [`MicroKernel::tile_depths`] hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn panel_depths_avx512_f32(
+    depths: &[(usize, usize)],
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    nr: usize,
+) {
+    let (a, b, c) = ((a.as_ptr(), 1, 12), (b.as_ptr(), 32), c.as_mut_ptr());
+    // SAFETY: forwarded contract (checked by `MicroKernel::tile_depths`); rows past `rows`
+    // are read from the panel (zero padding) but never stored.
+    unsafe {
+        if nr <= 16 {
+            micro_avx512_f32_direct_16::<12>(depths, a, b, c, ldc, rows, nr, false)
+        } else {
+            micro_avx512_f32_direct::<12>(depths, a, b, c, ldc, rows, nr, false)
         }
     }
 }
@@ -1268,11 +1342,12 @@ unsafe fn rows_in_place_avx512_f32(
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn micro_avx512_f32_direct_16<const R: usize>(
-    kc: usize,
+    depths: &[(usize, usize)],
     (a, a_rs, a_cs): (*const f32, usize, usize),
     (b, b_rs): (*const f32, usize),
     c: *mut f32,
     ldc: usize,
+    rows: usize,
     nr: usize,
     overwrite: bool,
 ) {
@@ -1293,8 +1368,8 @@ unsafe fn micro_avx512_f32_direct_16<const R: usize>(
                 }
             }};
         }
-        four_depths_per_trip!(kc, depth);
-        store_12x32((lo, [_mm512_setzero_ps(); 12]), c, ldc, R, nr, overwrite);
+        four_depths_per_trip!(depths, depth);
+        store_12x32((lo, [_mm512_setzero_ps(); 12]), c, ldc, rows, nr, overwrite);
     }
 }
 
@@ -1385,7 +1460,7 @@ pub(super) trait PackedFloat: Float {
 }
 
 macro_rules! packed_float {
-    ($t:ty, $block:ident, $sizes:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr, $in_place:expr) => {
+    ($t:ty, $block:ident, $sizes:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr, $in_place:expr, $panel_depths:expr) => {
         impl PackedFloat for $t {
             fn micro_kernel(isa: Isa) -> MicroKernel<$t> {
                 let (mr, nr, tile): (usize, usize, MicroFn<$t>) = match isa {
@@ -1400,12 +1475,18 @@ macro_rules! packed_float {
                     Isa::Avx512 => $in_place,
                     _ => None,
                 };
+                let panel_depths: Option<PanelDepthsFn<$t>> = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => $panel_depths,
+                    _ => None,
+                };
                 MicroKernel {
                     mr,
                     nr,
                     tile,
                     in_place_rows: in_place.map_or(&[], |(rows, _)| rows),
                     rows_in_place: in_place.map(|(_, f)| f),
+                    panel_depths,
                 }
             }
             fn gemm(
@@ -1430,7 +1511,8 @@ packed_float!(
     32,
     6,
     16,
-    Some((Avx512F32::DIRECT_ROWS, rows_in_place_avx512_f32))
+    Some((Avx512F32::DIRECT_ROWS, rows_in_place_avx512_f32)),
+    Some(panel_depths_avx512_f32)
 );
 packed_float!(
     f64,
@@ -1441,6 +1523,7 @@ packed_float!(
     16,
     4,
     8,
+    None,
     None
 );
 

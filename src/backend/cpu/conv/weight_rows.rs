@@ -135,6 +135,9 @@ impl<'a, T: Float> WeightRows<'a, T> {
     /// `c[r*ncols + j] = (0 if first else c[r*ncols + j]) + sum_{kk < kc} W_g[r0 + r, pc + kk]
     /// * B[kk, j]` for `r < nrows`, `j < ncols`, with B the packed block `bpack` (`nr`-wide
     /// panels of depth `kc`). `r0` is a multiple of `kern.mr` (the tile plan's row blocks).
+    /// `panel_depths[jq]`, where given, lists the depth runs of panel `jq` outside which its
+    /// rows of B are zero (`conv/dead_rows.rs`): the in-place tiles skip the rest, for the
+    /// same sums.
     #[allow(clippy::too_many_arguments)]
     pub fn multiply(
         &self,
@@ -146,6 +149,7 @@ impl<'a, T: Float> WeightRows<'a, T> {
         ncols: usize,
         first: bool,
         scratch: &mut Vec<T>,
+        panel_depths: &[Vec<(usize, usize)>],
     ) {
         match *self {
             WeightRows::Packed { ref wpack, mpan, k } => {
@@ -155,7 +159,26 @@ impl<'a, T: Float> WeightRows<'a, T> {
                 let mr = kern.mr;
                 let panel0 = gi * mpan + r0 / mr;
                 let a_panel = |q: usize| &wpack[((panel0 + q) * k + pc) * mr..][..kc * mr];
-                multiply_block(kern, kc, a_panel, bpack, c, nrows, ncols);
+                if panel_depths.is_empty() || !kern.takes_depth_runs() {
+                    multiply_block(kern, kc, a_panel, bpack, c, nrows, ncols);
+                    return;
+                }
+                // `multiply_block`'s loops, each panel over its own depth runs.
+                let nr = kern.nr;
+                let mc = (MC / mr).max(1) * mr;
+                for ic in (0..nrows).step_by(mc) {
+                    let rows = mc.min(nrows - ic);
+                    for (jq, depths) in panel_depths.iter().enumerate() {
+                        let bp = &bpack[jq * kc * nr..(jq + 1) * kc * nr];
+                        let w = nr.min(ncols - jq * nr);
+                        for iq in 0..rows.div_ceil(mr) {
+                            let r = ic + iq * mr;
+                            let h = mr.min(nrows - r);
+                            let ct = &mut c[r * ncols + jq * nr..];
+                            kern.tile_depths(depths, a_panel(r / mr), bp, ct, ncols, h, w);
+                        }
+                    }
+                }
             }
             WeightRows::InPlace { w, m, k } => {
                 let (mr, nr) = (kern.mr, kern.nr);
@@ -188,10 +211,13 @@ impl<'a, T: Float> WeightRows<'a, T> {
                     for jq in 0..ncols.div_ceil(nr) {
                         let bp = &bpack[jq * kc * nr..(jq + 1) * kc * nr];
                         let cols = nr.min(ncols - jq * nr);
+                        let all = [(0, kc)];
+                        let depths = panel_depths.get(jq).map_or(&all[..], |d| &d[..]);
                         for &(r, h) in &block {
                             let a = &w[(row0 + r) * k + pc..];
                             let ct = &mut c[r * ncols + jq * nr..];
-                            kern.tile_rows_in_place(kc, h, (a, k), bp, ct, ncols, cols, first);
+                            let (a, b) = ((a, k), bp);
+                            kern.tile_rows_in_place(depths, h, a, b, ct, ncols, cols, first);
                         }
                     }
                 }
@@ -304,7 +330,17 @@ mod tests {
                         }
                         let rows = (gi, r0, nrows);
                         let s = &mut scratch;
-                        weights.multiply(&kern, rows, (pc, kc), &bpack, &mut c, ncols, pc == 0, s);
+                        weights.multiply(
+                            &kern,
+                            rows,
+                            (pc, kc),
+                            &bpack,
+                            &mut c,
+                            ncols,
+                            pc == 0,
+                            s,
+                            &[],
+                        );
                     }
                     for r in 0..nrows {
                         for j in 0..ncols {

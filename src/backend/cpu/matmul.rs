@@ -903,6 +903,7 @@ unsafe fn micro_avx512_f32_12x32(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn micro_avx512_f32_direct<const R: usize>(
     depths: &[(usize, usize)],
     (a, a_rs, a_cs): (*const f32, usize, usize),
@@ -1248,6 +1249,7 @@ impl<T> MicroKernel<T> {
     /// left out of the runs are skipped: where B's rows there are zeros (a convolution's
     /// padding), the same sums to the bit, `fma(a, 0, s) = s`, for fewer FMAs; no runs at all
     /// give `acc = 0`.
+    #[allow(clippy::too_many_arguments)]
     pub fn tile_rows_in_place(
         &self,
         depths: &[(usize, usize)],
@@ -1341,6 +1343,7 @@ unsafe fn panel_depths_avx512_f32(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn micro_avx512_f32_direct_16<const R: usize>(
     depths: &[(usize, usize)],
     (a, a_rs, a_cs): (*const f32, usize, usize),

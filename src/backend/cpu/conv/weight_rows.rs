@@ -135,9 +135,9 @@ impl<'a, T: Float> WeightRows<'a, T> {
     /// `c[r*ncols + j] = (0 if first else c[r*ncols + j]) + sum_{kk < kc} W_g[r0 + r, pc + kk]
     /// * B[kk, j]` for `r < nrows`, `j < ncols`, with B the packed block `bpack` (`nr`-wide
     /// panels of depth `kc`). `r0` is a multiple of `kern.mr` (the tile plan's row blocks).
+    ///
     /// `panel_depths[jq]`, where given, lists the depth runs of panel `jq` outside which its
-    /// rows of B are zero (`conv/dead_rows.rs`): the in-place tiles skip the rest, for the
-    /// same sums.
+    /// rows of B are zero (`conv/dead_rows.rs`): the tiles skip the rest, for the same sums.
     #[allow(clippy::too_many_arguments)]
     pub fn multiply(
         &self,

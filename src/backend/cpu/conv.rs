@@ -352,7 +352,7 @@ fn conv2d_fwd_gemm_with<T: PackedFloat>(
     let xp = PaddedInput::new(x, g, isa);
     // Where the micro-kernels take depth runs, the columns go by output row, and each panel
     // skips the kernel rows that read only padding in all of its columns (`conv/dead_rows.rs`).
-    let skip_rows = kern.takes_depth_runs() && g.padding.0 > 0;
+    let skip_rows = dead_rows::applies(g, kern.takes_depth_runs());
     // Not zeroed first: the tiles write every element.
     let mut out = Vec::with_capacity(total);
     let sink = DisjointWrites::new(&mut out.spare_capacity_mut()[..total]);
@@ -1059,6 +1059,12 @@ mod tests {
             (2, 16, 7, 6, 10, 1, 1, (2, 2), (0, 0), (1, 1), 1),
             (2, 24, 8, 6, 20, 2, 2, (2, 2), (0, 0), (1, 1), 1),
             (3, 18, 1, 7, 9, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            // Dead kernel rows skipped (`conv/dead_rows.rs`, f32 on AVX-512, from 64 output
+            // channels): each output row across the batch fills two panels (16 x 4 columns),
+            // and one (8 x 4); the second's input gradient (130 channels out) on the packed
+            // flipped panels, the last one partial.
+            (16, 8, 4, 4, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (8, 130, 4, 4, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             // Large enough for the dispatch to take both direct paths: the weight gradient's
             // pixels in 3 splits of several sub-chunks, 6 groups of input-row pairs.
             (3, 8, 40, 40, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),

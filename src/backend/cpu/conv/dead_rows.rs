@@ -21,6 +21,18 @@
 use super::pack::PixelRun;
 use crate::backend::conv::Conv2dGeom;
 
+/// Fewest output channels per group (the GEMM's rows) for which the forward orders its
+/// columns by row and skips dead kernel rows. Every panel then packs and stores runs that
+/// hop between images; with many rows of weights the skipped products outweigh that (128-512
+/// channels on 2x2 to 14x14 maps: 1.03-1.30x, docs/PERF.md, session 18), with the demo
+/// U-Net's 16 and 32 channels they did not (0.88-0.96x).
+const MIN_COUT_G: usize = 64;
+
+/// Whether the forward `g` skips dead kernel rows, on micro-kernels that take depth runs.
+pub(super) fn applies(g: &Conv2dGeom, takes_depth_runs: bool) -> bool {
+    takes_depth_runs && g.padding.0 > 0 && g.cout_g() >= MIN_COUT_G
+}
+
 /// The live kernel rows `lo..=hi` of output row `oy`, if any.
 pub(super) fn live_rows(g: &Conv2dGeom, oy: usize) -> Option<(usize, usize)> {
     let live = |ky: usize| {

@@ -936,7 +936,13 @@ unsafe fn micro_avx512_f32_direct<const R: usize>(
                 }
             }};
         }
-        four_depths_per_trip!(depths, depth);
+        // One run (a whole depth block): a one-element array, so the loop over runs
+        // unrolls away and the depth loop compiles as it would alone.
+        if let &[run] = depths {
+            four_depths_per_trip!(&[run], depth);
+        } else {
+            four_depths_per_trip!(depths, depth);
+        }
         store_12x32((lo, hi), c, ldc, rows, nr, overwrite);
     }
 }
@@ -1371,7 +1377,13 @@ unsafe fn micro_avx512_f32_direct_16<const R: usize>(
                 }
             }};
         }
-        four_depths_per_trip!(depths, depth);
+        // One run (a whole depth block): a one-element array, so the loop over runs
+        // unrolls away and the depth loop compiles as it would alone.
+        if let &[run] = depths {
+            four_depths_per_trip!(&[run], depth);
+        } else {
+            four_depths_per_trip!(depths, depth);
+        }
         store_12x32((lo, [_mm512_setzero_ps(); 12]), c, ldc, rows, nr, overwrite);
     }
 }

@@ -9,7 +9,9 @@
 //!   micro-kernel's 12- and 8-row tiles where it has them (f32 AVX-512), else packed into
 //!   `MR`-row panels once per call (`conv/weight_rows.rs`); tasks = (group, block of rows,
 //!   block of <= 256 columns), each packing its own columns (im2col panel by panel, run by
-//!   run through every tap) and writing its tile of `out`.
+//!   run through every tap) and writing its tile of `out`. f32 on AVX-512 with at least 64
+//!   output channels per group on small maps orders the columns by output row, and each
+//!   panel skips the kernel rows that read only padding (`conv/dead_rows.rs`; same bits).
 //!   1x1 convolutions with stride 1 and no padding are the batched GEMM `W @ x[n]` itself.
 //!   f32 on AVX-512 with enough channels, pixels and row width instead runs the direct
 //!   convolution (`conv/direct.rs`: output channels in the vector lanes, the padded input

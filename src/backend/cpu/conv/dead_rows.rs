@@ -16,7 +16,9 @@
 //! panel ([`depth_runs`]). A skipped depth's B row is zero in every column of the panel, so
 //! each sum is the same chain of FMAs minus terms `fma(w, 0, s) = s`: the same bits as
 //! without skipping (and as the direct forward, which computes them all). Panels that mix
-//! rows take the union of their live rows; the order of the columns changes no sum.
+//! rows take the union of their live rows; the order of the columns changes no sum. It pays
+//! only with many rows of weights and many dead pairs ([`applies`]): the row-ordered runs hop
+//! between images in the packing and the stores.
 
 use super::pack::PixelRun;
 use crate::backend::conv::Conv2dGeom;

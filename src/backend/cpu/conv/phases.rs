@@ -243,7 +243,8 @@ fn interleave<T: PackedFloat>(phases: &[(AxisPhase, AxisPhase, Vec<T>)], g: &Con
 mod tests {
     use super::*;
 
-    /// Every input row of every phase, and every tap, is accounted for once.
+    /// Every input row belongs to one phase, every tap to one phase, and each row's phase
+    /// sums exactly the convolution's (output row, tap) pairs that reach it.
     #[test]
     fn phases_cover_every_row_and_tap_once() {
         for (k, s, p, input) in [
@@ -261,20 +262,28 @@ mod tests {
                 if let Some(ph) = axis_phase(a, k, s, p, input) {
                     taps += ph.taps;
                     for q in ph.first..ph.first + ph.len {
-                        rows[q * s + a - p] += 1;
-                        // The phase convolution reads dy rows q - (taps-1) .. q, i.e. buffer
-                        // rows q - first .. q - first + taps - 1.
-                        assert_eq!(
-                            (q - ph.first) as isize + ph.offset,
-                            q as isize - (ph.taps as isize - 1)
-                        );
+                        let iy = q * s + a - p;
+                        rows[iy] += 1;
+                        // The (output row, tap) pairs the phase sums for this row, `(q - t,
+                        // a + s t)` within the output, are all the convolution's pairs
+                        // `oy s + ky - p = iy`.
+                        let mut mine: Vec<(usize, usize)> = (0..ph.taps)
+                            .filter(|&t| t <= q && q - t < out)
+                            .map(|t| (q - t, a + s * t))
+                            .collect();
+                        let mut all: Vec<(usize, usize)> = (0..out)
+                            .flat_map(|oy| (0..k).map(move |ky| (oy, ky)))
+                            .filter(|&(oy, ky)| oy * s + ky == iy + p)
+                            .collect();
+                        mine.sort_unstable();
+                        all.sort_unstable();
+                        assert_eq!(mine, all, "k {k} s {s} p {p} row {iy}");
                     }
                 } else if a < k {
                     // A phase with taps but no rows: none of its rows exist.
                     assert!((0..input).all(|iy| (iy + p) % s != a));
                 }
             }
-            let _ = out;
             assert_eq!(taps, k, "k {k} s {s} p {p}");
             // Rows whose phase has no taps receive nothing; all others exactly once.
             for (iy, &n) in rows.iter().enumerate() {

@@ -71,7 +71,7 @@ use dot_tile::DotTile;
 use live_taps::LiveTaps;
 use pack::{
     input_row, pack_dy_rows, pack_im2col, pack_im2col_transposed, pack_row_panels, pixel_runs,
-    valid_columns, vectorized, PaddedInput, PixelRun,
+    pixel_runs_in, valid_columns, vectorized, ColumnOrder, PaddedInput, PixelRun,
 };
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -377,12 +377,15 @@ fn conv2d_fwd_gemm_with<T: PackedFloat>(
             let tile = plan.tile(t);
             let (nrows, ncols) = (tile.nrows, tile.ncols);
             let c = &mut c[..nrows * ncols];
+            let order = if skip_rows {
+                ColumnOrder::ByRow
+            } else {
+                ColumnOrder::ByImage
+            };
+            pixel_runs_in(order, g, tile.c0, ncols, nr, runs);
             if skip_rows {
-                dead_rows::pixel_runs_by_row(g, tile.c0, ncols, nr, runs);
                 dead_rows::panel_rows(g, runs, nr, panel_rows);
                 panel_depths.resize_with(panel_rows.len(), Vec::new);
-            } else {
-                pixel_runs(g, tile.c0, ncols, nr, runs);
             }
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);

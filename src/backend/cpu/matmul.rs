@@ -1235,9 +1235,7 @@ impl<T> MicroKernel<T> {
         cols: usize,
     ) {
         let f = self.panel_depths.expect("no depth runs for this kernel");
-        let end = depths.last().map_or(0, |d| d.1);
-        assert!(depths.iter().all(|&(d0, d1)| d0 <= d1));
-        assert!(depths.windows(2).all(|w| w[0].1 <= w[1].0));
+        let end = depth_runs_end(depths);
         assert!(a.len() >= end * self.mr && b.len() >= end * self.nr);
         assert!(rows <= self.mr && cols <= self.nr);
         assert!(rows == 0 || c.len() >= (rows - 1) * ldc + cols);
@@ -1268,9 +1266,7 @@ impl<T> MicroKernel<T> {
         overwrite: bool,
     ) {
         let f = self.rows_in_place.expect("no in-place row tiles");
-        let end = depths.last().map_or(0, |d| d.1);
-        assert!(depths.iter().all(|&(d0, d1)| d0 <= d1));
-        assert!(depths.windows(2).all(|w| w[0].1 <= w[1].0));
+        let end = depth_runs_end(depths);
         assert!(self.in_place_rows.contains(&rows));
         assert!(a.len() >= (rows - 1) * a_rs + end && b.len() >= end * self.nr);
         assert!(cols <= self.nr && c.len() >= (rows - 1) * ldc + cols);
@@ -1278,6 +1274,13 @@ impl<T> MicroKernel<T> {
         // bounds were checked above.
         unsafe { f(depths, rows, a, a_rs, b, c, ldc, cols, overwrite) }
     }
+}
+
+/// The end of the last depth run, once the runs are checked to be increasing and disjoint.
+fn depth_runs_end(depths: &[(usize, usize)]) -> usize {
+    assert!(depths.iter().all(|&(d0, d1)| d0 <= d1));
+    assert!(depths.windows(2).all(|w| w[0].1 <= w[1].0));
+    depths.last().map_or(0, |d| d.1)
 }
 
 /// # Safety

@@ -9,7 +9,7 @@
 //! live(oy) = { ky : 0 <= oy*sh + ky*dh - ph < H }     (one run lo..=hi: the position grows with ky)
 //! ```
 //! The forward then orders its GEMM columns by output row, then image, then column
-//! ([`pixel_runs_by_row`]): an output row across the batch fills whole 32-column panels when
+//! (`ColumnOrder::ByRow` in `pack.rs`): an output row across the batch fills whole 32-column panels when
 //! `N * OW` is a multiple of 32 (ResNet-18's and the U-Net's small maps at batch 8 and 16),
 //! so the panels of the first and last rows share their live kernel rows, and the in-place
 //! micro-kernel runs only the depths `k = (ci, ky, kx)` with `ky` live for some column of the
@@ -54,35 +54,6 @@ pub(super) fn live_rows(g: &Conv2dGeom, oy: usize) -> Option<(usize, usize)> {
     let lo = (0..g.kh).find(|&ky| live(ky))?;
     let hi = (lo..g.kh).take_while(|&ky| live(ky)).last()?;
     Some((lo, hi))
-}
-
-/// GEMM columns `start..start+len` in the order (output row, image, output column), as
-/// [`PixelRun`]s cut at every multiple of `split` from `start` (panel boundaries), into `runs`
-/// (cleared first).
-pub(super) fn pixel_runs_by_row(
-    g: &Conv2dGeom,
-    start: usize,
-    len: usize,
-    split: usize,
-    runs: &mut Vec<PixelRun>,
-) {
-    runs.clear();
-    let row = g.n * g.ow;
-    let mut at = 0;
-    while at < len {
-        let col = start + at;
-        let (oy, rest) = (col / row, col % row);
-        let (n, ox) = (rest / g.ow, rest % g.ow);
-        let run = (g.ow - ox).min(len - at).min(split - at % split);
-        runs.push(PixelRun {
-            n,
-            oy,
-            ox,
-            len: run,
-            at,
-        });
-        at += run;
-    }
 }
 
 /// The live kernel rows of each `split`-wide panel of `runs` (the union over its runs; `None`
@@ -136,6 +107,7 @@ pub(super) fn depth_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::conv::pack::{pixel_runs_in, ColumnOrder};
 
     fn geom(n: usize, h: usize, kh: usize, s: usize, p: usize, d: usize) -> Conv2dGeom {
         let oh = (h + 2 * p - d * (kh - 1) - 1) / s + 1;
@@ -209,7 +181,7 @@ mod tests {
         let g = geom(3, 6, 3, 1, 1, 1);
         let cols = g.n * g.oh * g.ow;
         let mut runs = Vec::new();
-        pixel_runs_by_row(&g, 0, cols, 4, &mut runs);
+        pixel_runs_in(ColumnOrder::ByRow, &g, 0, cols, 4, &mut runs);
         let mut seen = Vec::new();
         for r in &runs {
             assert!(r.at / 4 == (r.at + r.len - 1) / 4, "a run crosses a panel");

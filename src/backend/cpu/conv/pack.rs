@@ -29,6 +29,16 @@ pub(super) struct PixelRun {
     pub at: usize,
 }
 
+/// How GEMM columns map to output pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ColumnOrder {
+    /// (image, output row, output column): each image's pixels in NCHW order.
+    ByImage,
+    /// (output row, image, output column): an output row across the batch together
+    /// (`conv/dead_rows.rs`).
+    ByRow,
+}
+
 /// Splits GEMM columns `start..start+len` into [`PixelRun`]s, also cut at every multiple of
 /// `split` from `start` (panel boundaries), into `runs` (cleared first).
 pub(super) fn pixel_runs(
@@ -38,13 +48,27 @@ pub(super) fn pixel_runs(
     split: usize,
     runs: &mut Vec<PixelRun>,
 ) {
+    pixel_runs_in(ColumnOrder::ByImage, g, start, len, split, runs);
+}
+
+/// [`pixel_runs`] with the columns in `order`.
+pub(super) fn pixel_runs_in(
+    order: ColumnOrder,
+    g: &Conv2dGeom,
+    start: usize,
+    len: usize,
+    split: usize,
+    runs: &mut Vec<PixelRun>,
+) {
     runs.clear();
-    let p = g.p();
+    let (p, row) = (g.p(), g.n * g.ow);
     let mut at = 0;
     while at < len {
         let col = start + at;
-        let (n, pix) = (col / p, col % p);
-        let (oy, ox) = (pix / g.ow, pix % g.ow);
+        let (n, oy, ox) = match order {
+            ColumnOrder::ByImage => (col / p, (col % p) / g.ow, col % g.ow),
+            ColumnOrder::ByRow => ((col % row) / g.ow, col / row, col % g.ow),
+        };
         let run = (g.ow - ox).min(len - at).min(split - at % split);
         runs.push(PixelRun {
             n,

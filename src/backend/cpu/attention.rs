@@ -29,6 +29,7 @@
 //! once per task, k and v once per (task, key block) from L2.
 
 #[cfg(target_arch = "x86_64")]
+use super::aligned::AlignedVec;
 use super::attention_tile::{tile_avx512, TileArgs};
 use super::elementwise::{assume_init, written_vec};
 use super::lanes::{dot, map_reduce, sum};
@@ -549,8 +550,8 @@ fn tile_t_times_rows<T: Float, const BK: usize>(
 /// One forward task's scratch: the scaled query rows, the score tile, the running maximum
 /// and sum per row (allocated once per Rayon job, not once per tile).
 struct FwdScratch<T> {
-    qs: Vec<T>,
-    s: Vec<T>,
+    qs: AlignedVec<T>,
+    s: AlignedVec<T>,
     m: Vec<T>,
     l: Vec<T>,
     /// Each row's maximum over the current key block, then its running maximum after it.
@@ -560,8 +561,8 @@ struct FwdScratch<T> {
 impl<T: Float> FwdScratch<T> {
     fn new<const BK: usize>(d: usize) -> Self {
         FwdScratch {
-            qs: vec![T::ZERO; BQ * d],
-            s: vec![T::ZERO; BQ * BK],
+            qs: AlignedVec::zeroed(BQ * d),
+            s: AlignedVec::zeroed(BQ * BK),
             m: vec![T::ZERO; BQ],
             l: vec![T::ZERO; BQ],
             mnew: vec![T::ZERO; BQ],
@@ -738,19 +739,19 @@ struct Bwd<'a, T> {
 
 /// One task's scratch for a backward tile.
 struct TileScratch<T> {
-    qs: Vec<T>,
+    qs: AlignedVec<T>,
     /// `P`, then used in place.
-    pm: Vec<T>,
+    pm: AlignedVec<T>,
     /// `dP`, then `dS·scale` in place.
-    ds: Vec<T>,
+    ds: AlignedVec<T>,
 }
 
 impl<T: Float> TileScratch<T> {
     fn new<const BK: usize>(dm: Dims) -> Self {
         TileScratch {
-            qs: vec![T::ZERO; BQ_BWD * dm.d],
-            pm: vec![T::ZERO; BQ_BWD * BK],
-            ds: vec![T::ZERO; BQ_BWD * BK],
+            qs: AlignedVec::zeroed(BQ_BWD * dm.d),
+            pm: AlignedVec::zeroed(BQ_BWD * BK),
+            ds: AlignedVec::zeroed(BQ_BWD * BK),
         }
     }
 }

@@ -60,6 +60,7 @@ mod weight_grad_direct;
 mod weight_grad_shifted;
 mod weight_rows;
 
+use super::aligned::AlignedVec;
 use super::matmul::{detect_isa, Isa, MicroKernel, PackedFloat};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::conv::{Conv2dGeom, ConvBackend};
@@ -362,7 +363,7 @@ fn conv2d_fwd_gemm_with<T: PackedFloat>(
     // fresh 320 KB per task showed in profiles): every depth block packs all the panels it
     // uses, and its first overwrites the tile.
     let scratch = || {
-        let bpack = vec![T::ZERO; KC.min(k) * round_up(plan.cb, nr)];
+        let bpack = AlignedVec::zeroed(KC.min(k) * round_up(plan.cb, nr));
         (
             bpack,
             vec![T::ZERO; plan.rb * plan.cb],
@@ -610,7 +611,7 @@ fn conv2d_bwd_input_col2im<T: PackedFloat>(dy: &[T], w: &[T], g: &Conv2dGeom, is
             let rows = chans * khw;
             let apack = &wt_blocks[gi * cblocks + bi];
             let mut dxb = vec![T::ZERO; cols / p * chans * hw];
-            let mut bpack = vec![T::ZERO; KC.min(cout_g) * nc];
+            let mut bpack = AlignedVec::zeroed(KC.min(cout_g) * nc);
             let mut c = vec![T::ZERO; rows * nc];
             let mut runs = Vec::new();
             for j0 in (0..cols).step_by(nc) {
@@ -754,7 +755,7 @@ fn conv2d_bwd_weight_gemm<T: PackedFloat>(x: &[T], dy: &[T], g: &Conv2dGeom, isa
         let co0 = tile.gi * cout_g + tile.r0;
         let kc_max = KC.min(depth);
         let mut apack = vec![T::ZERO; round_up(nrows, mr) * kc_max];
-        let mut bpack = vec![T::ZERO; kc_max * round_up(ncols, nr)];
+        let mut bpack = AlignedVec::zeroed(kc_max * round_up(ncols, nr));
         let mut c = vec![T::ZERO; nrows * ncols];
         let (mut runs, mut scratch) = (Vec::new(), Vec::new());
         for pc in (0..depth).step_by(KC) {

@@ -2,6 +2,7 @@
 //! and tests can report current and peak memory. Kernels live in one file per op family and
 //! are generic over [`Float`] (f32 and f64); large loops run on Rayon.
 
+mod aligned;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_tile;

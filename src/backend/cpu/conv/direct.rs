@@ -35,6 +35,7 @@
 //! project's 2-core AVX-512 machine it runs the U-Net's and ResNet-18's 3x3 layers on maps of
 //! 16 px and more 1.1-1.4x faster than the implicit GEMM (docs/PERF.md, session 12).
 
+use super::super::aligned::AlignedVec;
 use super::super::matmul::Isa;
 use super::super::Float;
 use super::pack::{vectorized, PaddedInput};
@@ -179,9 +180,9 @@ pub(super) fn channel_blocks(g: &Conv2dGeom) -> Vec<(usize, usize, usize)> {
 
 /// `wpk[b][kk][l] = W[co0_b + l, kk]` (0 past the block's channels): each block's taps
 /// tap-major, 32 channels each.
-fn pack_weights(w: &[f32], g: &Conv2dGeom, blocks: &[(usize, usize, usize)]) -> Vec<f32> {
+fn pack_weights(w: &[f32], g: &Conv2dGeom, blocks: &[(usize, usize, usize)]) -> AlignedVec<f32> {
     let k = g.k();
-    let mut wpk = vec![0f32; blocks.len() * k * LANES];
+    let mut wpk = AlignedVec::zeroed(blocks.len() * k * LANES);
     // Tasks of TAPS taps of one block (8 KB written, in L1 while its 32 row pieces are
     // scattered into it); the whole of a block at once wrote every element to another line
     // of an L2-sized buffer, and took as long as the convolution on 8x8 maps.
@@ -253,7 +254,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
         .for_each_init(
             || {
                 (
-                    vec![0f32; band * layout.pitch * LANES],
+                    AlignedVec::zeroed(band * layout.pitch * LANES),
                     Vec::new(),
                     Vec::new(),
                 )

@@ -15,6 +15,7 @@ use super::pack::{copy_run, pack_im2col, pixel_runs, vectorized, PaddedInput};
 use super::{round_up, KC};
 use crate::backend::conv::Conv2dGeom;
 use crate::backend::cpu::matmul::Isa;
+use crate::backend::cpu::aligned::AlignedVec;
 use rayon::prelude::*;
 
 /// Pixels per task (a multiple of the depth block [`KC`]).
@@ -124,10 +125,10 @@ impl<T: DotTile> Task<'_, T> {
         let ld = round_up(KC.min(self.pixels.len()), lanes);
         // a[r*kl + t] = dy[co = gi*C_out/G + r, pixel t]; b[j*kl + t] = col[cols.start + j, t];
         // zero past kc (and rows past the live ones, whose sums are dropped).
-        let (mut a, mut b) = (vec![T::ZERO; rows * ld], vec![T::ZERO; cols * ld]);
+        let (mut a, mut b) = (AlignedVec::zeroed(rows * ld), AlignedVec::zeroed(cols * ld));
         // Per element, `L` lane sums: the lanes are added up once, at the end (adding them at
         // every depth block cost more than the block's multiplies).
-        let mut c = vec![T::ZERO; rows * cols * lanes];
+        let mut c = AlignedVec::zeroed(rows * cols * lanes);
         let mut runs = Vec::new();
         for pc in self.pixels.clone().step_by(KC) {
             let kc = KC.min(self.pixels.end - pc);

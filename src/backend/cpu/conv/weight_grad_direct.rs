@@ -25,6 +25,7 @@ use super::super::matmul::Isa;
 use super::direct::{channel_blocks, transpose_band, LANES, MIN_COUT, MIN_PIXELS};
 use super::pack::{vectorized, PaddedInput};
 use crate::backend::conv::Conv2dGeom;
+use crate::backend::cpu::aligned::AlignedVec;
 use rayon::prelude::*;
 
 /// Pixels per sub-chunk: their `dyt` rows are `256 * 128` bytes = 32 KB.
@@ -95,13 +96,13 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom, isa: Isa) -
     let per_split = total.div_ceil(splits);
     let sw = g.stride.1;
     // Partial dW of each (block, split), tap-major.
-    let partials: Vec<Vec<f32>> = (0..blocks.len() * splits)
+    let partials: Vec<AlignedVec<f32>> = (0..blocks.len() * splits)
         .into_par_iter()
         .map(|t| {
             let (b, s) = (t / splits, t % splits);
             let (gi, _, _) = blocks[b];
             let dyt_b = &dyt[b * total * LANES..][..total * LANES];
-            let mut part = vec![0f32; k * LANES];
+            let mut part = AlignedVec::zeroed(k * LANES);
             let mut segs = Vec::new();
             let (start, end) = (s * per_split, ((s + 1) * per_split).min(total));
             for sub in (start..end).step_by(SUB_PIXELS) {
@@ -129,9 +130,9 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom, isa: Isa) -
     let sums: Vec<Vec<f32>> = (0..blocks.len())
         .into_par_iter()
         .map(|b| {
-            let mut sum = partials[b * splits].clone();
+            let mut sum = partials[b * splits].to_vec();
             for part in &partials[b * splits + 1..(b + 1) * splits] {
-                for (a, v) in sum.iter_mut().zip(part) {
+                for (a, v) in sum.iter_mut().zip(part.iter()) {
                     *a += v;
                 }
             }
@@ -183,9 +184,9 @@ fn channel_last(
     g: &Conv2dGeom,
     blocks: &[(usize, usize, usize)],
     isa: Isa,
-) -> Vec<f32> {
+) -> AlignedVec<f32> {
     let p = g.p();
-    let mut dyt = vec![0f32; blocks.len() * g.n * p * LANES];
+    let mut dyt = AlignedVec::zeroed(blocks.len() * g.n * p * LANES);
     dyt.par_chunks_mut(p * LANES)
         .enumerate()
         .for_each(|(t, dst)| {

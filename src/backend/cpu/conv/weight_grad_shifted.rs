@@ -32,6 +32,7 @@ use super::pack::{copy_run, vectorized};
 use super::weight_grad::add_partials;
 use crate::backend::conv::Conv2dGeom;
 use crate::backend::cpu::matmul::Isa;
+use crate::backend::cpu::aligned::AlignedVec;
 use rayon::prelude::*;
 
 /// Scratch rows (one per segment) are padded to multiples of this (the most lanes any
@@ -246,8 +247,8 @@ impl<T: DotTile> Task<'_, T> {
             })
             .max()
             .unwrap_or(0);
-        let mut a = vec![T::ZERO; cout_g * a_pitch];
-        let mut b = vec![T::ZERO; (ci1 - ci0) * b_pitch];
+        let mut a = AlignedVec::zeroed(cout_g * a_pitch);
+        let mut b = AlignedVec::zeroed((ci1 - ci0) * b_pitch);
         // Scratch offsets of each dy row and of each column's x row (its channel's row,
         // shifted by its tap). Rows and columns past the live ones repeat the last live one;
         // their sums are dropped.
@@ -261,7 +262,7 @@ impl<T: DotTile> Task<'_, T> {
             .collect();
         // Per element, `lanes` lane sums, added up once at the end.
         let lanes = T::lanes(self.isa);
-        let mut c = vec![T::ZERO; rows * ldc * lanes];
+        let mut c = AlignedVec::zeroed(rows * ldc * lanes);
         for block in &blocks {
             self.fill(block, ci0, &mut a, a_pitch, &mut b, b_pitch);
             for r0 in (0..rows).step_by(R) {

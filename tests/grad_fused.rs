@@ -481,7 +481,8 @@ fn attention_gradients() {
 #[test]
 fn attention_matches_decomposition() {
     // Cross-attention shapes (Tq != Tk, Dv != D), long enough to span several key and query
-    // blocks; the key counts take each CPU key-tile width (16, 32, 64).
+    // blocks; the key counts take each CPU key-tile width (16, 32, 64, and the forward's 128
+    // at 150 keys without a causal mask).
     for (tq, tk) in [(5, 7), (20, 24), (37, 150), (70, 70)] {
         let (b, h, d, dv) = (2, 2, 8, 6);
         for (causal, pad, am) in [
@@ -566,14 +567,15 @@ fn packed_attention_matches_the_three_views_and_has_gradients() {
 
 #[test]
 fn attention_skips_key_blocks_a_row_cannot_see() {
-    // 150 keys are three CPU key blocks (64, 64, 22). Batch 0 hides the whole middle block,
-    // batch 1 everything from the second block on: rows whose earlier blocks were live then
-    // meet a block with no visible key, which must leave their running maximum, sum and
-    // output alone (and must not turn its zeros into probabilities).
-    let (b, h, tq, tk, d, dv) = (2, 2, 20, 150, 8, 6);
+    // 300 keys are three key blocks of the CPU forward's wide tile (128, 128, 44) and five
+    // of the backward's (64 x 4, 44). Batch 0 hides keys 128..256 (a whole wide block, two
+    // whole 64-key blocks), batch 1 everything from key 64 on: rows whose earlier blocks were
+    // live then meet a block with no visible key, which must leave their running maximum, sum
+    // and output alone (and must not turn its zeros into probabilities).
+    let (b, h, tq, tk, d, dv) = (2, 2, 20, 300, 8, 6);
     let hidden = |bi: usize, j: usize| {
         if bi == 0 {
-            (64..128).contains(&j)
+            (128..256).contains(&j)
         } else {
             j >= 64
         }

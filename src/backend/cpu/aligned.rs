@@ -78,7 +78,11 @@ mod tests {
             assert!(v.iter().all(|&x| x == 0.0));
             v[len - 1] = 1.0;
             v.reserve(len / 2);
-            assert_eq!((v.len(), v[len - 1]), (len, 1.0), "no shrink, contents kept");
+            assert_eq!(
+                (v.len(), v[len - 1]),
+                (len, 1.0),
+                "no shrink, contents kept"
+            );
             v.reserve(2 * len + 3);
             assert_eq!(v.as_ptr() as usize % ALIGN, 0, "grown");
             assert_eq!(v.len(), 2 * len + 3);

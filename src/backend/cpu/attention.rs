@@ -4,7 +4,8 @@
 //! they are strided views (e.g. a `permute` of a `[B, T, H, D]` projection); masks are read in
 //! place through their broadcast strides, a row at a time. Work is cut into tiles of `BQ`
 //! query rows by `BK` keys (64, or 16/32 when there are no more keys than that: a short text's
-//! keys are not padded to 64 score columns). For each tile the key block is transposed once into `D x BK`
+//! keys are not padded to 64 score columns; the forward takes 128 from 128 keys on when
+//! there is no causal mask, [`fwd_key_block`]). For each tile the key block is transposed once into `D x BK`
 //! (and, in the backward, the value block into `Dv x BK`), so the scores `S = (scale·Q)·Kᵀ`
 //! (and `dP = dO·Vᵀ`) are computed `RB` rows at a time with `BK`-wide vector FMAs whose `RB`
 //! rows share every load of the transposed block: no per-key dot product, however small the
@@ -64,6 +65,24 @@ fn key_block(tk: usize) -> usize {
         0..=16 => 16,
         17..=32 => 32,
         _ => BK_MAX,
+    }
+}
+
+/// The forward's wide key tile (two 64-wide halves on the AVX-512 register tile).
+const BK_FWD_WIDE: usize = 2 * BK_MAX;
+
+/// The forward's key tile width: [`key_block`], widened to [`BK_FWD_WIDE`] from that many
+/// keys on when there is no causal mask. The online softmax's per-row work per tile (a
+/// horizontal maximum and sum, the rescale of the accumulator) then folds twice as many keys:
+/// 6-10% on the bench's non-causal forwards at head dimensions 32 and 64 (docs/PERF.md,
+/// session 19). Causal forwards keep 64: the masked half of each diagonal tile costs it back,
+/// and 256 keys were slower than 128 everywhere. A function of the shape and the mask kind
+/// alone, so the summation order depends on nothing else.
+fn fwd_key_block(tk: usize, causal: bool) -> usize {
+    if tk >= BK_FWD_WIDE && !causal {
+        BK_FWD_WIDE
+    } else {
+        key_block(tk)
     }
 }
 /// Query rows that share each load of a transposed key or value block.
@@ -294,7 +313,17 @@ impl F32Avx512 {
             16 => self.rows::<1>(nr, t, y),
             32 => self.rows::<2>(nr, t, y),
             64 => self.rows::<4>(nr, t, y),
-            _ => unreachable!("tile widths are 16, 32 or 64"),
+            // Two 64-wide halves (the forward's wide key tile, [`fwd_key_block`]).
+            128 => {
+                for h in 0..2 {
+                    let th = TileArgs {
+                        b: &t.b[64 * h..],
+                        ..*t
+                    };
+                    self.rows::<4>(nr, &th, &mut y[64 * h..]);
+                }
+            }
+            _ => unreachable!("tile widths are 16, 32, 64 or 128"),
         }
     }
 
@@ -1069,10 +1098,11 @@ impl AttentionBackend for CpuStorage {
                     view::<$t>(k, k_layout)?,
                     view::<$t>(v, v_layout)?,
                 );
-                let (o, lse) = match key_block(dm.tk) {
+                let (o, lse) = match fwd_key_block(dm.tk, p.causal) {
                     16 => fwd::<$t, 16>(&q, &k, &v, dm, &mk, p),
                     32 => fwd::<$t, 32>(&q, &k, &v, dm, &mk, p),
-                    _ => fwd::<$t, BK_MAX>(&q, &k, &v, dm, &mk, p),
+                    BK_MAX => fwd::<$t, BK_MAX>(&q, &k, &v, dm, &mk, p),
+                    _ => fwd::<$t, BK_FWD_WIDE>(&q, &k, &v, dm, &mk, p),
                 };
                 (CpuStorage::from_vec(o), CpuStorage::from_vec(lse))
             }};

@@ -14,8 +14,8 @@ use super::dot_tile::DotTile;
 use super::pack::{copy_run, pack_im2col, pixel_runs, vectorized, PaddedInput};
 use super::{round_up, KC};
 use crate::backend::conv::Conv2dGeom;
-use crate::backend::cpu::matmul::Isa;
 use crate::backend::cpu::aligned::AlignedVec;
+use crate::backend::cpu::matmul::Isa;
 use rayon::prelude::*;
 
 /// Pixels per task (a multiple of the depth block [`KC`]).

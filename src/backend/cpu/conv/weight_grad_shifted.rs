@@ -31,8 +31,8 @@ use super::dot_tile::DotTile;
 use super::pack::{copy_run, vectorized};
 use super::weight_grad::add_partials;
 use crate::backend::conv::Conv2dGeom;
-use crate::backend::cpu::matmul::Isa;
 use crate::backend::cpu::aligned::AlignedVec;
+use crate::backend::cpu::matmul::Isa;
 use rayon::prelude::*;
 
 /// Scratch rows (one per segment) are padded to multiples of this (the most lanes any

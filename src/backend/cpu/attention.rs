@@ -5,11 +5,11 @@
 //! place through their broadcast strides, a row at a time. Work is cut into tiles of `BQ`
 //! query rows by `BK` keys (64, or 16/32 when there are no more keys than that: a short text's
 //! keys are not padded to 64 score columns; the forward takes 128 from 128 keys on when
-//! there is no causal mask, [`fwd_key_block`]). For each tile the key block is transposed once into `D x BK`
-//! (and, in the backward, the value block into `Dv x BK`), so the scores `S = (scale·Q)·Kᵀ`
-//! (and `dP = dO·Vᵀ`) are computed `RB` rows at a time with `BK`-wide vector FMAs whose `RB`
-//! rows share every load of the transposed block: no per-key dot product, however small the
-//! head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over contiguous rows, register-blocked
+//! there is no causal mask, [`fwd_key_block`]). For each tile the key block is transposed
+//! once into `D x BK` (and, in the backward, the value block into `Dv x BK`), so the scores
+//! `S = (scale·Q)·Kᵀ` (and `dP = dO·Vᵀ`) are computed `RB` rows at a time with `BK`-wide
+//! vector FMAs whose `RB` rows share every load of the transposed block: no per-key dot
+//! product, however small the head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over contiguous rows, register-blocked
 //! over 4 rows (or keys) and a chunk of columns. For f32 on AVX-512 all five products run on
 //! the register tile of `attention_tile.rs`, `4 x 64`, `8 x 32` or `16 x 16` (16 accumulators
 //! whatever the width), written with
@@ -29,8 +29,8 @@
 //! Cost per tile: `2·BQ·BK·(D + Dv)` FLOPs forward, 2.5x that backward; traffic: the q rows
 //! once per task, k and v once per (task, key block) from L2.
 
-#[cfg(target_arch = "x86_64")]
 use super::aligned::AlignedVec;
+#[cfg(target_arch = "x86_64")]
 use super::attention_tile::{tile_avx512, TileArgs};
 use super::elementwise::{assume_init, written_vec};
 use super::lanes::{dot, map_reduce, sum};

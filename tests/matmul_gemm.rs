@@ -82,6 +82,23 @@ fn large_k_crosses_cache_blocks() {
             "transposed A 150x700x300",
         );
     }
+    // M over several MC blocks against a single NC block, three K blocks: the loop order
+    // with B outside (B packed once per depth block, A once per row block), B row-major and
+    // transposed (a Linear layer's weight), in both dtypes.
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-3 };
+        let a = randn(&[2100, 600], 9, dtype);
+        let b = randn(&[600, 40], 10, dtype);
+        assert_close(&a.matmul(&b).unwrap(), &naive(&a, &b), tol, "2100x600x40");
+        let bt = randn(&[40, 600], 11, dtype).t().unwrap();
+        let want = naive(&a, &bt.contiguous().unwrap());
+        assert_close(
+            &a.matmul(&bt).unwrap(),
+            &want,
+            tol,
+            "2100x600x40, B transposed",
+        );
+    }
 }
 
 #[test]

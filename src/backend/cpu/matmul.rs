@@ -577,10 +577,10 @@ unsafe fn run_block<T: Float, const MR: usize, const NR: usize, const FMA: bool,
         .map(|jc| (jc, nc_max.min(blk.j1 - jc)));
     // Each order packs one operand once per depth block and the other once per block of
     // the first: A outside packs B once per row block, B outside packs A once per column
-    // block. Whichever repacks less (a tall product in one column block, a Linear layer's
-    // `[4096, 256] x [256, 1024]` on two threads, packed its transposed B five times with
-    // A outside: 176 GFLOP/s against 221 for the same product with B row-major). Every C
-    // element still sums its depth blocks in ascending order from zero: the same bits.
+    // block. The one that repacks less runs: a tall product in one column block (a Linear
+    // layer's `[4096, 256] x [256, 1024]` on two threads) packed its transposed weight five
+    // times per task with A outside (2-4% of that product's time, docs/PERF.md, session 19).
+    // Every C element still sums its depth blocks in ascending order from zero: same bits.
     if cols.div_ceil(nc_max) < rows.div_ceil(mc_max) {
         for jcb in col_blocks {
             for pc in (0..k).step_by(KC) {

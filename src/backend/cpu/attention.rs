@@ -9,8 +9,8 @@
 //! once into `D x BK` (and, in the backward, the value block into `Dv x BK`), so the scores
 //! `S = (scale·Q)·Kᵀ` (and `dP = dO·Vᵀ`) are computed `RB` rows at a time with `BK`-wide
 //! vector FMAs whose `RB` rows share every load of the transposed block: no per-key dot
-//! product, however small the head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over contiguous rows, register-blocked
-//! over 4 rows (or keys) and a chunk of columns. For f32 on AVX-512 all five products run on
+//! product, however small the head. `P·V` (and `dS·K`, `Pᵀ·dO`, `dSᵀ·Q`) are axpys over
+//! contiguous rows, register-blocked over 4 rows (or keys) and a chunk of columns. For f32 on AVX-512 all five products run on
 //! the register tile of `attention_tile.rs`, `4 x 64`, `8 x 32` or `16 x 16` (16 accumulators
 //! whatever the width), written with
 //! intrinsics, whose sums are bit for bit those of the portable loops here (which serve f64,

@@ -6,11 +6,11 @@
 //! 3x3 kernel with padding 1 on a 4x4 map reads padding through 1 of its 3 rows in half of
 //! the output rows, so 1/6 of the products multiply zeros (2x2 maps: 1/3).
 //! ```text
-//! live(oy) = { ky : 0 <= oy*sh + ky*dh - ph < H }     (one run lo..=hi: the position grows with ky)
+//! live(oy) = { ky : 0 <= oy*sh + ky*dh - ph < H }   (one run lo..=hi: grows with ky)
 //! ```
 //! The forward then orders its GEMM columns by output row, then image, then column
-//! (`ColumnOrder::ByRow` in `pack.rs`): an output row across the batch fills whole 32-column panels when
-//! `N * OW` is a multiple of 32 (ResNet-18's and the U-Net's small maps at batch 8 and 16),
+//! (`ColumnOrder::ByRow` in `pack.rs`): an output row across the batch fills whole 32-column
+//! panels when `N * OW` is a multiple of 32 (ResNet-18's and the U-Net's small maps at batch 8 and 16),
 //! so the panels of the first and last rows share their live kernel rows, and the in-place
 //! micro-kernel runs only the depths `k = (ci, ky, kx)` with `ky` live for some column of the
 //! panel ([`depth_runs`]). A skipped depth's B row is zero in every column of the panel, so

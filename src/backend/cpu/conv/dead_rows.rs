@@ -10,10 +10,10 @@
 //! ```
 //! The forward then orders its GEMM columns by output row, then image, then column
 //! (`ColumnOrder::ByRow` in `pack.rs`): an output row across the batch fills whole 32-column
-//! panels when `N * OW` is a multiple of 32 (ResNet-18's and the U-Net's small maps at batch 8 and 16),
-//! so the panels of the first and last rows share their live kernel rows, and the in-place
-//! micro-kernel runs only the depths `k = (ci, ky, kx)` with `ky` live for some column of the
-//! panel ([`depth_runs`]). A skipped depth's B row is zero in every column of the panel, so
+//! panels when `N * OW` is a multiple of 32 (ResNet-18's and the U-Net's small maps at batch 8
+//! and 16), so the panels of the first and last rows share their live kernel rows, and the
+//! in-place micro-kernel runs only the depths `k = (ci, ky, kx)` with `ky` live for some
+//! column of the panel ([`depth_runs`]). A skipped depth's B row is zero in every column of the panel, so
 //! each sum is the same chain of FMAs minus terms `fma(w, 0, s) = s`: the same bits as
 //! without skipping (and as the direct forward, which computes them all). Panels that mix
 //! rows take the union of their live rows; the order of the columns changes no sum. It pays

@@ -5,7 +5,7 @@
 //! place through their broadcast strides, a row at a time. Work is cut into tiles of `BQ`
 //! query rows by `BK` keys (64, or 16/32 when there are no more keys than that: a short text's
 //! keys are not padded to 64 score columns; the forward takes 128 from 128 keys on when
-//! there is no causal mask, [`fwd_key_block`]). For each tile the key block is transposed
+//! there is no causal mask, `fwd_key_block`). For each tile the key block is transposed
 //! once into `D x BK` (and, in the backward, the value block into `Dv x BK`), so the scores
 //! `S = (scale·Q)·Kᵀ` (and `dP = dO·Vᵀ`) are computed `RB` rows at a time with `BK`-wide
 //! vector FMAs whose `RB` rows share every load of the transposed block: no per-key dot

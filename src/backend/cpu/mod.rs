@@ -19,6 +19,7 @@ pub mod pool;
 pub mod reduce;
 pub mod simd;
 pub mod softmax;
+pub mod stream;
 mod strided;
 
 pub use float::Float;

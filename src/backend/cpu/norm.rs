@@ -14,13 +14,16 @@
 //! into uninitialised memory (`written_vec`), never zeroed first.
 //! Memory traffic, from DRAM: the forward reads x once and writes y once (the statistics
 //! passes re-read a row from L1); the group backward reads x and dy once and writes dx once
-//! (its per-row passes after the first re-read the row from L1). The weight/bias partial
+//! (its per-row passes after the first re-read the row from L1). Outputs larger than the
+//! last-level cache are written row by row through a scratch row and streaming stores
+//! (`stream.rs`), so their lines are not read from memory first. The weight/bias partial
 //! sums are produced per fixed run of rows and summed in a fixed order afterwards, so results
 //! do not depend on the thread count.
 
 use super::elementwise::written_vec;
 use super::lanes::{sum_by_wide, WIDE_LANES};
 use super::simd::vectorized;
+use super::stream::{self, RowScratch};
 use super::{contiguous_cow, CpuStorage, Float};
 use crate::backend::norm::{NormBackend, NormDims, Param};
 use crate::backend::BackendStorage;
@@ -170,6 +173,7 @@ fn group_fwd<T: Float>(
     let b = or_fill(b, d.c, T::ZERO, &mut bbuf);
     // SAFETY: `x.len() == rows * m` (`check_args`), so the `rows` chunks of `m` cover `y`, and
     // `affine_rows` writes each whole.
+    let stream = stream::streams(std::mem::size_of_val(x));
     let y = unsafe {
         written_vec(x.len(), |y| {
             y.par_chunks_mut(m)
@@ -177,7 +181,7 @@ fn group_fwd<T: Float>(
                 .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
                 .enumerate()
                 .with_min_len((PAR_ROW_ELEMS / m).max(1))
-                .for_each(|(r, ((yr, xr), (mu, rs)))| {
+                .for_each_init(RowScratch::default, |scratch, (r, ((yr, xr), (mu, rs)))| {
                     vectorized(
                         #[inline(always)]
                         || {
@@ -186,7 +190,13 @@ fn group_fwd<T: Float>(
                             *rs = T::from_f64(1.0 / (var + eps).sqrt());
                             let c0 = (r % groups) * cg;
                             let (wg, bg) = (&w[c0..c0 + cg], &b[c0..c0 + cg]);
-                            affine_rows(xr, yr, d.s, *mu, *rs, wg, bg);
+                            let (mu, rs) = (*mu, *rs);
+                            scratch.write_row(
+                                yr,
+                                stream,
+                                #[inline(always)]
+                                |yr| affine_rows(xr, yr, d.s, mu, rs, wg, bg),
+                            );
                         },
                     )
                 })
@@ -336,6 +346,7 @@ fn group_bwd<T: Float>(
     let mut wbuf = Vec::new();
     let w = or_fill(w, d.c, T::ONE, &mut wbuf);
     let rows_per_task = BWD_ROWS_PER_TASK;
+    let stream = stream::streams(std::mem::size_of_val(x));
     // Per task (a fixed run of statistic rows): dx, and partial sums for dw and db over all
     // channels, accumulated in f64.
     let mut partials: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
@@ -350,6 +361,7 @@ fn group_bwd<T: Float>(
                     vectorized(
                         #[inline(always)]
                         || {
+                            let mut scratch = RowScratch::default();
                             let (mut pw, mut pb) = (vec![0.0f64; d.c], vec![0.0f64; d.c]);
                             // Layer norm: the task's partials in `T` (one add per element,
                             // its 64 rows), turned into f64 once at the end of the task.
@@ -369,10 +381,21 @@ fn group_bwd<T: Float>(
                                 };
                                 if layer {
                                     let (lw, lb) = (&mut lw[c0..c0 + cg], &mut lb[c0..c0 + cg]);
-                                    layer_row_bwd(row, dxr, &mut gw, lw, lb);
+                                    let gw = &mut gw;
+                                    scratch.write_row(
+                                        dxr,
+                                        stream,
+                                        #[inline(always)]
+                                        |dxr| layer_row_bwd(row, dxr, gw, lw, lb),
+                                    );
                                 } else {
                                     let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
-                                    group_row_bwd(row, s, dxr, pw, pb);
+                                    scratch.write_row(
+                                        dxr,
+                                        stream,
+                                        #[inline(always)]
+                                        |dxr| group_row_bwd(row, s, dxr, pw, pb),
+                                    );
                                 }
                             }
                             for (p, l) in pw.iter_mut().zip(&lw).chain(pb.iter_mut().zip(&lb)) {

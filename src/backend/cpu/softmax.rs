@@ -14,6 +14,9 @@
 //! (`y <= 0`) takes the same exp.
 //! Memory traffic: x read once from memory, y written once (into uninitialised memory: zeroing
 //! a reused 128 MiB output first was a single-threaded `memset` as long as the softmax).
+//! Regular stores, also past the last-level cache: computing each row in a scratch row and
+//! streaming it out (`stream.rs`) saves y's read-for-ownership but made the 128 MiB softmax
+//! 6% slower on the Ice Lake VM; like GELU, its per-element `exp` keeps it compute-bound there.
 
 use super::elementwise::{assume_init, written_vec};
 use super::lanes::{map_reduce2_wide, max_reduce, sum_wide};

@@ -8,6 +8,7 @@
 //! element, so a single thread leaves half the machine's bandwidth (and, in a training step,
 //! the other core) idle. Which thread copies which run changes nothing in the result.
 
+use super::stream;
 use crate::tensor::{Layout, Runs};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -67,10 +68,12 @@ pub(crate) fn gather_strided<T: Copy + Send + Sync>(src: &[T], layout: &Layout) 
 }
 
 /// A copy of a dense slice, split over the pool once it is large (`to_vec` is one `memcpy`
-/// on one thread: a 128 MiB `contiguous()` copy ran at half the machine's copy bandwidth).
+/// on one thread: a 128 MiB `contiguous()` copy ran at half the machine's copy bandwidth),
+/// with streaming stores once it is larger than the last-level cache (`stream`).
 fn copy_dense<T: Copy + Send + Sync>(src: &[T]) -> Vec<T> {
     let n = src.len();
-    if n < PARALLEL_ELEMS || rayon::current_num_threads() == 1 {
+    let stream = stream::streams(std::mem::size_of_val(src));
+    if !stream && (n < PARALLEL_ELEMS || rayon::current_num_threads() == 1) {
         return src.to_vec();
     }
     let per = n.div_ceil(4 * rayon::current_num_threads());
@@ -79,6 +82,14 @@ fn copy_dense<T: Copy + Send + Sync>(src: &[T]) -> Vec<T> {
         .par_chunks_mut(per)
         .zip(src.par_chunks(per))
         .for_each(|(d, s)| {
+            if stream {
+                // SAFETY: `d` and `s` are distinct buffers of `d.len()` elements.
+                unsafe {
+                    let bytes = std::mem::size_of_val(s);
+                    stream::copy_streaming(s.as_ptr().cast(), d.as_mut_ptr().cast(), bytes);
+                }
+                return;
+            }
             for (d, &x) in d.iter_mut().zip(s) {
                 d.write(x);
             }

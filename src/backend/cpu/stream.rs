@@ -1,0 +1,309 @@
+//! Streaming (non-temporal) stores for outputs larger than the last-level cache.
+//!
+//! Memory traffic: a regular store to a line that is not in cache first reads the line from
+//! memory (a read-for-ownership), so an op that reads `n` bytes and writes `n` moves `3n`
+//! over the memory bus. A non-temporal store writes the whole 64-byte line without reading
+//! it: `2n`. The price is that the line is not left in cache, so a consumer that reads the
+//! output back soon pays a trip to memory. That is a loss while the output could have stayed
+//! in cache, and free once it is larger than the last-level cache (LLC), where the consumer
+//! would find only its tail there anyway. So an op streams its output when the output is at
+//! least [`threshold`] bytes (the LLC's size, read from sysfs) and the CPU has AVX-512.
+//!
+//! Only full-line (512-bit) streaming stores pay here: on the Ice Lake VM a 128 MiB
+//! `y = 2 x` ran at 22-24 GB/s with regular stores, 35-40 with 512-bit streaming stores, and
+//! 18-20 with 256-bit ones (two half-line stores per line); so without AVX-512 nothing streams
+//! (docs/PERF.md, session 20).
+//!
+//! A kernel writes its output through one of two wrappers, which call the kernel's own loop
+//! unchanged:
+//! - [`RowScratch::write_row`]: the kernel fills a whole row (softmax, a norm's row) in a
+//!   task's scratch buffer that stays in L1/L2, which is then streamed to the output;
+//! - [`write_chunked`]: for elementwise loops, the same in 4 KiB pieces on the stack. (A
+//!   thread-local scratch taken and put back per piece made GELU 25-33% slower: keep the
+//!   scratch out of thread-local storage in inner loops.)
+//!
+//! With streaming off both call the kernel on the output directly. Either way the values are
+//! the same bits; only the stores differ.
+//!
+//! `TESSERA_STREAMING_STORES=off` in the environment turns streaming off (to measure it).
+
+use std::mem::{size_of, MaybeUninit};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bytes of a cache line, the unit of a streaming store.
+const LINE: usize = 64;
+/// The piece [`write_chunked`] fills at a time: 4 KiB, well inside L1.
+const PIECE_BYTES: usize = 4096;
+/// Rows larger than this are written directly: their scratch copy would not stay in L2.
+const MAX_ROW_BYTES: usize = 256 << 10;
+/// The LLC size assumed when sysfs does not say.
+const DEFAULT_LLC_BYTES: usize = 32 << 20;
+
+/// 0: not decided yet; `usize::MAX`: never stream; otherwise the threshold in bytes.
+static THRESHOLD: AtomicUsize = AtomicUsize::new(0);
+
+/// The output size from which ops stream their stores, in bytes (`usize::MAX`: never).
+pub fn threshold() -> usize {
+    match THRESHOLD.load(Ordering::Relaxed) {
+        0 => {
+            let t = default_threshold();
+            THRESHOLD.store(t, Ordering::Relaxed);
+            t
+        }
+        t => t,
+    }
+}
+
+/// Forces the threshold (tests compare the streamed and the direct paths; `usize::MAX`
+/// turns streaming off, `1` streams every output). `None` goes back to the default.
+#[doc(hidden)]
+pub fn force_threshold(bytes: Option<usize>) {
+    THRESHOLD.store(bytes.map_or(0, |b| b.max(1)), Ordering::Relaxed);
+}
+
+fn default_threshold() -> usize {
+    let off = std::env::var("TESSERA_STREAMING_STORES").is_ok_and(|v| v == "off" || v == "0");
+    if off || !has_full_line_stores() {
+        return usize::MAX;
+    }
+    llc_bytes().unwrap_or(DEFAULT_LLC_BYTES)
+}
+
+/// Whether this CPU has 64-byte streaming stores (AVX-512F).
+fn has_full_line_stores() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The size of the highest-level cache of CPU 0, from
+/// `/sys/devices/system/cpu/cpu0/cache/index*/{level,size}` (`size` reads like `48M` or
+/// `1280K`).
+fn llc_bytes() -> Option<usize> {
+    let mut best: Option<(u32, usize)> = None;
+    for i in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let Ok(level) = std::fs::read_to_string(format!("{dir}/level")) else {
+            break;
+        };
+        let Ok(size) = std::fs::read_to_string(format!("{dir}/size")) else {
+            continue;
+        };
+        let (Ok(level), Some(bytes)) = (level.trim().parse::<u32>(), parse_size(size.trim()))
+        else {
+            continue;
+        };
+        if best.is_none_or(|(l, _)| level > l) {
+            best = Some((level, bytes));
+        }
+    }
+    best.map(|(_, bytes)| bytes)
+}
+
+/// `48M` -> 48 MiB, `1280K` -> 1280 KiB, `512` -> 512 bytes.
+fn parse_size(s: &str) -> Option<usize> {
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<usize>().ok().map(|d| d * unit)
+}
+
+/// Whether an op writing `bytes` of output should stream it. Decide once per op, not per row.
+#[inline]
+pub(crate) fn streams(bytes: usize) -> bool {
+    bytes >= threshold()
+}
+
+/// One cache line of scratch, so a scratch buffer starts on a line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; LINE]);
+
+/// A task's scratch row for [`RowScratch::write_row`] (make one per Rayon task, e.g. with
+/// `for_each_init`: it grows to the longest row once, then is reused).
+#[derive(Default)]
+pub(crate) struct RowScratch {
+    buf: Vec<Line>,
+}
+
+impl RowScratch {
+    /// Calls `fill` on `out`, which it must write whole; when `stream` is set (and the row
+    /// is small enough to stay in cache), `fill` writes this scratch row instead, which is
+    /// then copied to `out` with streaming stores. `fill` sees a slice of `out`'s length.
+    #[inline(always)]
+    pub(crate) fn write_row<T: Copy>(
+        &mut self,
+        out: &mut [MaybeUninit<T>],
+        stream: bool,
+        fill: impl FnOnce(&mut [MaybeUninit<T>]),
+    ) {
+        const { assert!(std::mem::align_of::<T>() <= LINE) };
+        let bytes = std::mem::size_of_val(out);
+        if !stream || !(LINE..=MAX_ROW_BYTES).contains(&bytes) {
+            fill(out);
+            return;
+        }
+        let lines = bytes.div_ceil(LINE);
+        if self.buf.len() < lines {
+            self.buf.resize(lines, Line([0; LINE]));
+        }
+        // SAFETY: `buf` holds at least `bytes` bytes, aligned for `T` (64 >= align_of T), and
+        // `MaybeUninit<T>` accepts any contents.
+        let scratch = unsafe {
+            let ptr = self.buf.as_mut_ptr().cast::<MaybeUninit<T>>();
+            std::slice::from_raw_parts_mut(ptr, out.len())
+        };
+        fill(scratch);
+        // SAFETY: `fill` wrote every element of `scratch` (the caller's contract); `buf` and
+        // `out` are distinct.
+        unsafe { copy_streaming(scratch.as_ptr().cast(), out.as_mut_ptr().cast(), bytes) };
+    }
+}
+
+/// [`RowScratch::write_row`] for loops whose elements are independent: `fill(offset, piece)`
+/// writes the `piece` that stands for `out[offset..offset + piece.len()]`, in 4 KiB pieces on
+/// the stack when streaming, so the scratch stays in L1 (one call over all of `out` otherwise).
+#[inline(always)]
+pub(crate) fn write_chunked<T: Copy>(
+    out: &mut [MaybeUninit<T>],
+    stream: bool,
+    mut fill: impl FnMut(usize, &mut [MaybeUninit<T>]),
+) {
+    const { assert!(std::mem::align_of::<T>() <= LINE) };
+    if !stream {
+        fill(0, out);
+        return;
+    }
+    let mut buf = MaybeUninit::<[Line; PIECE_BYTES / LINE]>::uninit();
+    let per = (PIECE_BYTES / size_of::<T>().max(1)).max(1);
+    for (i, piece) in out.chunks_mut(per).enumerate() {
+        // SAFETY: `buf` holds `PIECE_BYTES >= per * size_of T` bytes, aligned to a line.
+        let scratch = unsafe {
+            std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<MaybeUninit<T>>(), piece.len())
+        };
+        fill(i * per, scratch);
+        let bytes = std::mem::size_of_val(piece);
+        // SAFETY: `fill` wrote all of `scratch`, which is as long as `piece` and distinct.
+        unsafe { copy_streaming(scratch.as_ptr().cast(), piece.as_mut_ptr().cast(), bytes) };
+    }
+}
+
+/// Copies `bytes` bytes from `src` to `dst` (which must not overlap), the whole lines of
+/// `dst` with streaming stores, the partial lines at either end with regular ones. Ends with
+/// a store fence, so the data is visible to whichever thread synchronizes with this one next.
+///
+/// # Safety
+/// `src` must be readable and `dst` writable for `bytes` bytes, and the ranges must not
+/// overlap.
+pub(crate) unsafe fn copy_streaming(src: *const u8, dst: *mut u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_full_line_stores() {
+        let head = (dst as usize).wrapping_neg() % LINE;
+        let head = head.min(bytes);
+        let lines = (bytes - head) / LINE;
+        let tail = bytes - head - lines * LINE;
+        // SAFETY: the three ranges split `[0, bytes)`; the caller vouches for the pointers.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, dst, head);
+            stream_lines(src.add(head), dst.add(head), lines);
+            let done = head + lines * LINE;
+            std::ptr::copy_nonoverlapping(src.add(done), dst.add(done), tail);
+        }
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, bytes) };
+}
+
+/// `lines` 64-byte lines from `src` (any alignment) to `dst` (on a line), streamed.
+///
+/// # Safety
+/// AVX-512F must be present; `dst` 64-byte aligned; both ranges valid for `64 * lines` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_lines(src: *const u8, dst: *mut u8, lines: usize) {
+    use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_stream_si512, _mm_sfence};
+    for i in 0..lines {
+        // SAFETY: line `i` is inside both ranges; `dst + 64 i` is 64-byte aligned.
+        unsafe {
+            let v = _mm512_loadu_si512(src.add(i * LINE).cast::<__m512i>());
+            _mm512_stream_si512(dst.add(i * LINE).cast::<__m512i>(), v);
+        }
+    }
+    _mm_sfence();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_size("48M"), Some(48 << 20));
+        assert_eq!(parse_size("1280K"), Some(1280 << 10));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn streamed_copy_matches_at_every_alignment_and_length() {
+        let src: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut dst = vec![0u8; 1100];
+        for offset in [0, 1, 13, 63, 64, 65] {
+            for len in [0, 1, 63, 64, 65, 128, 200, 999 - offset] {
+                dst.fill(0xAA);
+                // SAFETY: `offset + len <= 1000 < 1100`; the vectors are distinct.
+                unsafe { copy_streaming(src[offset..].as_ptr(), dst[offset..].as_mut_ptr(), len) };
+                assert_eq!(&dst[offset..offset + len], &src[offset..offset + len]);
+                assert!(
+                    dst[..offset].iter().all(|&b| b == 0xAA),
+                    "wrote before the range"
+                );
+                assert!(
+                    dst[offset + len..].iter().all(|&b| b == 0xAA),
+                    "wrote past the range"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn wrappers_write_what_the_kernel_computes() {
+        let n = 5000;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        for stream in [false, true] {
+            let mut out = vec![MaybeUninit::new(f32::NAN); n + 3];
+            // An output that does not start on a line.
+            let out = &mut out[3..];
+            write_chunked(out, stream, |off, piece| {
+                for (j, o) in piece.iter_mut().enumerate() {
+                    o.write(x[off + j] * 2.0);
+                }
+            });
+            // SAFETY: every element was written.
+            let got: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let want: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
+            assert_eq!(got, want, "write_chunked, stream {stream}");
+
+            let mut row = vec![MaybeUninit::new(0f64); 777];
+            RowScratch::default().write_row(&mut row, stream, |r| {
+                for (j, o) in r.iter_mut().enumerate() {
+                    o.write(j as f64 + 0.5);
+                }
+            });
+            // SAFETY: every element was written.
+            assert!(row
+                .iter()
+                .enumerate()
+                .all(|(j, v)| unsafe { v.assume_init() } == j as f64 + 0.5));
+        }
+    }
+}

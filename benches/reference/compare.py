@@ -10,7 +10,7 @@ repeated runs for the same time budget, median), on the same number of threads:
   gemm       numpy.matmul (OpenBLAS, numpy's wheel)           `pip install numpy`
   conv       torch.nn.functional.conv2d (+ backward)          `pip install torch`
   attention  torch.nn.functional.scaled_dot_product_attention (+ backward)
-  norm       torch clone / add / softmax / gelu / layer_norm / AdamW
+  norm       torch clone / add / softmax / gelu / tanh / layer_norm / AdamW
   train      the same model in PyTorch eager: the char transformer with AdamW; CLIP `seed` as the
              article's code (clip_seed.py) with Adam, which encodes every caption, so the
              `clip_seed_*_distinct_captions` row compares tessera's default with the article's way
@@ -124,6 +124,7 @@ def ref_norm(c):
         "add": lambda: x + y,
         "softmax": lambda: torch.softmax(x, -1),
         "gelu": lambda: F.gelu(x),
+        "tanh": lambda: torch.tanh(x),
         "layer_norm_forward": lambda: F.layer_norm(x, (c["cols"],), g, b, 1e-5),
     }
     return fns[op], ver

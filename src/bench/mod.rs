@@ -6,7 +6,7 @@
 //! | `gemm` | `gemm.rs` | square n = 256..2048, transformer MLP shapes, tall-skinny, batched small, transposed | GFLOP/s | FMA peak ([`ceiling::fma_peak_gflops`]) |
 //! | `conv` | `conv.rs` | ResNet-18 layers (64 and 224 px), diffusion U-Net layers (32 and 64 px), forward and forward+backward | GFLOP/s | FMA peak |
 //! | `attention` | `attention.rs` | SDPA forward and forward+backward, T = 128..2048, head dim 32..128, causal or not | GFLOP/s | FMA peak |
-//! | `norm` | `norm.rs` | copy, add, softmax, LayerNorm (forward, backward), GELU, AdamW step on tensors larger than the L3 cache | GB/s | copy bandwidth ([`ceiling::copy_bandwidth_gbps`]) |
+//! | `norm` | `norm.rs` | copy, add, softmax, LayerNorm (forward, backward), GELU, tanh, AdamW step on tensors larger than the L3 cache | GB/s | copy bandwidth ([`ceiling::copy_bandwidth_gbps`]) |
 //! | `train` | `train.rs` | one training step (forward, backward, AdamW) of whole models | steps/s | none |
 //!
 //! Method: inputs are random (never zeros) and created before timing; each case runs once

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | copy | 8 (read, write) |
 //! | add (residual) | 12 |
-//! | softmax, GELU, LayerNorm forward | 8 |
+//! | softmax, GELU, tanh, LayerNorm forward | 8 |
 //! | LayerNorm backward (x, dy in; dx out; dgamma, dbeta are per column) | 12 |
 //! | AdamW step (p, g, m, v in; p, m, v out) | 28 |
 
@@ -75,6 +75,16 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
             unit: Unit::GbPerS,
             work: 8.0 * elems,
             run: Box::new(move || x.gelu().map(drop)),
+        });
+    }
+    {
+        let x = x.clone();
+        cases.push(Case {
+            name: format!("tanh_{ROWS}x{COLS}"),
+            sizes: size("tanh"),
+            unit: Unit::GbPerS,
+            work: 8.0 * elems,
+            run: Box::new(move || x.tanh().map(drop)),
         });
     }
     {

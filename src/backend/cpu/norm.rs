@@ -171,9 +171,9 @@ fn group_fwd<T: Float>(
     let (mut wbuf, mut bbuf) = (Vec::new(), Vec::new());
     let w = or_fill(w, d.c, T::ONE, &mut wbuf);
     let b = or_fill(b, d.c, T::ZERO, &mut bbuf);
-    // SAFETY: `x.len() == rows * m` (`check_args`), so the `rows` chunks of `m` cover `y`, and
-    // `affine_rows` writes each whole.
     let stream = stream::streams(std::mem::size_of_val(x));
+    // SAFETY: `x.len() == rows * m` (`check_args`), so the `rows` chunks of `m` cover `y`, and
+    // `affine_rows` writes each whole (into `yr` or into the scratch row streamed to it).
     let y = unsafe {
         written_vec(x.len(), |y| {
             y.par_chunks_mut(m)

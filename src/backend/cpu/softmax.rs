@@ -14,6 +14,13 @@
 //! (`y <= 0`) takes the same exp.
 //! Memory traffic: x read once from memory, y written once (into uninitialised memory: zeroing
 //! a reused 128 MiB output first was a single-threaded `memset` as long as the softmax).
+//! The next row is prefetched piece by piece during the exp loop. Without it, a row's reads
+//! from memory (the max pass) and its arithmetic (the exp, sum and normalize passes, from L1)
+//! took turns, and the hardware prefetcher, which follows demand misses, sat idle during the
+//! arithmetic: the 128 MiB softmax went 15.6-17.1 -> 12.0-13.2 ms on the Ice Lake VM
+//! (docs/PERF.md, session 20). Prefetching the whole next row at the start of a row was
+//! slower (session 19), as was one line per 16 outputs (a loop in pieces of 16 vectorizes
+//! worse than one in pieces of 128); in the backward, the same gained nothing measurable.
 //! Regular stores, also past the last-level cache: computing each row in a scratch row and
 //! streaming it out (`stream.rs`) saves y's read-for-ownership but made the 128 MiB softmax
 //! 6% slower on the Ice Lake VM; like GELU, its per-element `exp` keeps it compute-bound there.
@@ -21,12 +28,16 @@
 use super::elementwise::{assume_init, written_vec};
 use super::lanes::{map_reduce2_wide, max_reduce, sum_wide};
 use super::simd::vectorized;
+use super::stream::prefetch_all;
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
 use crate::tensor::Layout;
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+
+/// Elements per piece of a row's pass that prefetches the matching piece of the next row.
+const PIECE: usize = 128;
 
 /// Slabs smaller than this many elements are grouped into one Rayon task.
 const MIN_ELEMS_PER_TASK: usize = 4096;
@@ -38,6 +49,15 @@ fn split_at_dim(dims: &[usize], dim: usize) -> (usize, usize, usize) {
         dims[dim],
         dims[dim + 1..].iter().product(),
     )
+}
+
+/// Slab `r + 1` of `v` when `on` and there is one (its pieces are prefetched while slab `r`
+/// is computed), else nothing.
+fn next_slab<T>(v: &[T], r: usize, slab: usize, on: bool) -> &[T] {
+    match on {
+        true => v.get((r + 1) * slab..(r + 2) * slab).unwrap_or(&[]),
+        false => &[],
+    }
 }
 
 /// The larger of `m` and `v`, NaN winning (a NaN input makes its whole row NaN).
@@ -52,15 +72,28 @@ fn nan_max<T: Float>(m: T, v: T) -> T {
 
 /// One slab `[n, inner]` of the forward: `x` in, `y` out (written whole by the exp loop before
 /// anything reads it). Always inlined into the caller's [`vectorized`] closure, so its loops are
-/// compiled for the wide instruction set.
+/// compiled for the wide instruction set. `next` is the next row when `inner == 1` (else
+/// empty): the exp loop runs in pieces of [`PIECE`] elements, each first prefetching the
+/// matching 8 lines of `next`, so that row's reads from memory overlap this row's arithmetic.
 #[inline(always)]
-fn forward_slab<T: Float>(kind: SoftmaxKind, x: &[T], y: &mut [MaybeUninit<T>], inner: usize) {
+fn forward_slab<T: Float>(
+    kind: SoftmaxKind,
+    x: &[T],
+    y: &mut [MaybeUninit<T>],
+    inner: usize,
+    next: &[T],
+) {
     if inner == 1 {
         // Three separate flat loops (max, exp, sum) so each vectorizes: a running sum fused
         // into the exp loop would be a serial dependency that keeps the whole loop scalar.
         let max = max_reduce(x, T::NEG_INFINITY, nan_max);
-        for (o, &v) in y.iter_mut().zip(x) {
-            o.write((v - max).exp_fused());
+        for (c, (y, x)) in y.chunks_mut(PIECE).zip(x.chunks(PIECE)).enumerate() {
+            if let Some(v) = next.get(c * PIECE..) {
+                prefetch_all(&v[..v.len().min(PIECE)]);
+            }
+            for (o, &v) in y.iter_mut().zip(x) {
+                o.write((v - max).exp_fused());
+            }
         }
         // SAFETY: the loop above wrote all of `y` (as long as `x`, one slab).
         let y = unsafe { assume_init(y) };
@@ -181,11 +214,13 @@ fn forward_typed<T: Float>(kind: SoftmaxKind, x: &[T], layout: &Layout, dim: usi
         written_vec(x.len(), |y| {
             y.par_chunks_mut(slab)
                 .zip(x.par_chunks(slab))
+                .enumerate()
                 .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
-                .for_each(|(y, x)| {
+                .for_each(|(r, (y, xr))| {
+                    let next = next_slab(&x, r, slab, inner == 1);
                     vectorized(
                         #[inline(always)]
-                        || forward_slab(kind, x, y, inner),
+                        || forward_slab(kind, xr, y, inner, next),
                     )
                 })
         })

@@ -26,6 +26,9 @@
 //! the same bits; only the stores differ.
 //!
 //! `TESSERA_STREAMING_STORES=off` in the environment turns streaming off (to measure it).
+//!
+//! The module also holds the read side's hint, [`prefetch_all`], with which a row kernel asks
+//! for the next row while it computes on this one (the softmax).
 
 use std::mem::{size_of, MaybeUninit};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -193,6 +196,28 @@ pub(crate) fn write_chunked<T: Copy>(
         let bytes = std::mem::size_of_val(piece);
         // SAFETY: `fill` wrote all of `scratch`, which is as long as `piece` and distinct.
         unsafe { copy_streaming(scratch.as_ptr().cast(), piece.as_mut_ptr().cast(), bytes) };
+    }
+}
+
+/// Asks for the cache line holding `v` to be brought into L1, without waiting for it.
+#[inline(always)]
+pub(crate) fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((v as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
+/// Prefetches every cache line of `v` (see [`prefetch`]).
+#[inline(always)]
+pub(crate) fn prefetch_all<T>(v: &[T]) {
+    let per = (LINE / size_of::<T>().max(1)).max(1);
+    for i in (0..v.len()).step_by(per) {
+        prefetch(&v[i]);
     }
 }
 

@@ -16,9 +16,9 @@
 //!
 //! A kernel writes its output through one of two wrappers, which call the kernel's own loop
 //! unchanged:
-//! - [`RowScratch::write_row`]: the kernel fills a whole row (softmax, a norm's row) in a
+//! - `RowScratch::write_row`: the kernel fills a whole row (softmax, a norm's row) in a
 //!   task's scratch buffer that stays in L1/L2, which is then streamed to the output;
-//! - [`write_chunked`]: for elementwise loops, the same in 4 KiB pieces on the stack. (A
+//! - `write_chunked`: for elementwise loops, the same in 4 KiB pieces on the stack. (A
 //!   thread-local scratch taken and put back per piece made GELU 25-33% slower: keep the
 //!   scratch out of thread-local storage in inner loops.)
 //!
@@ -27,7 +27,7 @@
 //!
 //! `TESSERA_STREAMING_STORES=off` in the environment turns streaming off (to measure it).
 //!
-//! The module also holds the read side's hint, [`prefetch_all`], with which a row kernel asks
+//! The module also holds the read side's hint, `prefetch_all`, with which a row kernel asks
 //! for the next row while it computes on this one (the softmax).
 
 use std::mem::{size_of, MaybeUninit};

@@ -137,13 +137,14 @@ fn layer_norm_matches_decomposition() {
         &[randn(&[6, 5], 13), randn(&[6], 14), randn(&[6], 15)],
         "layer_norm (strided)",
     );
-    // Rows of 200 (three blocks of 64 lanes and a tail of 8) and 70 of them (past the 64
-    // rows of one backward task): every phase of the row sums and of the weight partials.
+    // Rows of 600 (nine blocks of 64 lanes and a tail of 24 for the row sums; two pieces of
+    // 256 and a tail of 88 for the backward's first pass) and 70 of them (past the 64 rows of
+    // one backward task): every phase of the row sums and of the weight partials.
     compare_with_reference(
         |x| x[0].layer_norm(Some(&x[1]), Some(&x[2]), eps),
         |x| layer_norm_ref(&x[0], &x[1], &x[2], eps),
-        &[randn(&[70, 200], 16), randn(&[200], 17), randn(&[200], 18)],
-        "layer_norm (rows of 200)",
+        &[randn(&[70, 600], 16), randn(&[600], 17), randn(&[600], 18)],
+        "layer_norm (rows of 600)",
     );
 }
 

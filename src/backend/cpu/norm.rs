@@ -21,7 +21,7 @@
 //! do not depend on the thread count.
 
 use super::elementwise::written_vec;
-use super::lanes::{sum_by_wide, WIDE_LANES};
+use super::lanes::sum_by_wide;
 use super::simd::vectorized;
 use super::stream::{self, RowScratch};
 use super::{contiguous_cow, CpuStorage, Float};
@@ -209,6 +209,10 @@ fn group_fwd<T: Float>(
 /// so the order of the weight/bias partial sums, hence the result, is too.
 const BWD_ROWS_PER_TASK: usize = 64;
 
+/// Elements per piece of the layer-norm backward's first pass, which prefetches the matching
+/// piece of the next row (16 lines of `x` and 16 of `dy` for f32).
+const BWD_PIECE: usize = 256;
+
 /// Elements below which consecutive rows share one Rayon task.
 const PAR_ROW_ELEMS: usize = 4096;
 
@@ -227,59 +231,53 @@ struct BwdRow<'a, T> {
 /// partials `pw[i] += g xhat`, `pb[i] += g` in `T` (over one task's rows; the caller adds the
 /// tasks' partials in f64). `gw` is scratch for `g w`.
 ///
-/// Two passes over the row (it stays in L1). The first does the partials, `g w`, and the two
-/// row sums `sum g w` and `sum g w x` (f64; products of two f32 are exact in f64, so
-/// `sum g w xhat = rs (sum g w x - mu sum g w)` loses nothing to the subtraction that f32
-/// `xhat` would not); the second writes `dx`. The first pass runs over whole blocks of
-/// [`WIDE_LANES`] elements with one f64 accumulator per lane of each sum, so LLVM vectorizes
-/// it whole; the row's last `m % WIDE_LANES` elements take separate loops and
-/// `sum_by_wide`. On data in L1 this costs 0.39 ns per element where three separate passes
-/// with f64 partials cost 0.59 (f64 partials alone were 0.26 of that: two conversions and
-/// two 64-byte load/store pairs per 16 f32 elements).
+/// The row is read from memory once, by the first pass; the others re-read it from L1:
+/// 1. the partials and `gw = g w`, in `T`, one flat loop (16 lanes with AVX-512), in pieces of
+///    [`BWD_PIECE`] elements, each first prefetching the matching lines of the next row's `x`
+///    and `dy` (`next`; empty for the last row), so the next row's reads from memory overlap
+///    this row's arithmetic;
+/// 2. the row sums `sum g w` and `sum g w x` in f64 (`sum_by_wide`; products of two f32 are
+///    exact in f64, so `sum g w xhat = rs (sum g w x - mu sum g w)` loses nothing to the
+///    subtraction that f32 `xhat` would not);
+/// 3. `dx`.
+///
+/// Passes 1 and 2 used to be one loop with the f64 lane accumulators inside it; LLVM kept those
+/// 16 accumulators on the stack (a load and a store per add) and ran the f32 work at 8 lanes,
+/// and the separate passes are 10% faster with the row in L2 (docs/PERF.md, session 21).
+/// Prefetching in pass 3 instead was slower: its loop is too short to hide the requests.
 #[inline(always)]
 fn layer_row_bwd<T: Float>(
     row: BwdRow<T>,
+    next: (&[T], &[T]),
     dx: &mut [MaybeUninit<T>],
     gw: &mut [T],
     pw: &mut [T],
     pb: &mut [T],
 ) {
-    const N: usize = WIDE_LANES;
     let m = row.x.len();
     let (x, g, w) = (&row.x[..m], &row.dy[..m], &row.w[..m]);
     let (gw, pw, pb, dx) = (&mut gw[..m], &mut pw[..m], &mut pb[..m], &mut dx[..m]);
     let (mu, rs) = (row.mu, row.rs);
-    let whole = m / N * N;
-    let (mut lanes_gw, mut lanes_gwx) = ([0.0f64; N], [0.0f64; N]);
-    for c in 0..whole / N {
-        let k = c * N;
-        let (xs, gs, ws) = (&x[k..k + N], &g[k..k + N], &w[k..k + N]);
-        let (gws, pws, pbs) = (&mut gw[k..k + N], &mut pw[k..k + N], &mut pb[k..k + N]);
-        for j in 0..N {
-            pws[j] += gs[j] * ((xs[j] - mu) * rs);
-            pbs[j] += gs[j];
-            let v = gs[j] * ws[j];
-            gws[j] = v;
-            lanes_gw[j] += v.to_f64();
-            lanes_gwx[j] += v.to_f64() * xs[j].to_f64();
+    let pieces = pw
+        .chunks_mut(BWD_PIECE)
+        .zip(pb.chunks_mut(BWD_PIECE))
+        .zip(gw.chunks_mut(BWD_PIECE))
+        .zip(x.chunks(BWD_PIECE).zip(g.chunks(BWD_PIECE)))
+        .zip(w.chunks(BWD_PIECE));
+    for (c, ((((pw, pb), gw), (x, g)), w)) in pieces.enumerate() {
+        let next_piece = c * BWD_PIECE..((c + 1) * BWD_PIECE).min(m);
+        for next in [next.0, next.1] {
+            stream::prefetch_all(next.get(next_piece.clone()).unwrap_or(&[]));
+        }
+        let (pw, pb, gw) = (pw.iter_mut(), pb.iter_mut(), gw.iter_mut());
+        for ((((pw, pb), gw), (&x, &g)), &w) in pw.zip(pb).zip(gw).zip(x.iter().zip(g)).zip(w) {
+            *pw += g * ((x - mu) * rs);
+            *pb += g;
+            *gw = g * w;
         }
     }
-    let mut width = N;
-    while width > 1 {
-        width /= 2;
-        for j in 0..width {
-            lanes_gw[j] += lanes_gw[j + width];
-            lanes_gwx[j] += lanes_gwx[j + width];
-        }
-    }
-    for i in whole..m {
-        pw[i] += g[i] * ((x[i] - mu) * rs);
-        pb[i] += g[i];
-        gw[i] = g[i] * w[i];
-    }
-    let (gw_tail, x_tail) = (&gw[whole..], &x[whole..]);
-    let sum_gw = lanes_gw[0] + sum_by_wide(gw_tail, gw_tail, |v, _| v.to_f64());
-    let sum_gwx = lanes_gwx[0] + sum_by_wide(gw_tail, x_tail, |v, x| v.to_f64() * x.to_f64());
+    let sum_gw = sum_by_wide(gw, gw, |v, _| v.to_f64());
+    let sum_gwx = sum_by_wide(gw, x, |v, x| v.to_f64() * x.to_f64());
     let a = sum_gw / m as f64;
     let bb = rs.to_f64() * (sum_gwx - mu.to_f64() * sum_gw) / m as f64;
     let (a, bb) = (T::from_f64(a), T::from_f64(bb));
@@ -382,11 +380,13 @@ fn group_bwd<T: Float>(
                                 if layer {
                                     let (lw, lb) = (&mut lw[c0..c0 + cg], &mut lb[c0..c0 + cg]);
                                     let gw = &mut gw;
+                                    let nx = x.get((r + 1) * m..(r + 2) * m).unwrap_or(&[]);
+                                    let nd = dy.get((r + 1) * m..(r + 2) * m).unwrap_or(&[]);
                                     scratch.write_row(
                                         dxr,
                                         stream,
                                         #[inline(always)]
-                                        |dxr| layer_row_bwd(row, dxr, gw, lw, lb),
+                                        |dxr| layer_row_bwd(row, (nx, nd), dxr, gw, lw, lb),
                                     );
                                 } else {
                                     let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);

@@ -18,9 +18,11 @@ use std::mem::MaybeUninit;
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044715;
 
+/// `1 / (1 + e^-x)`, with [`Float::exp_fused`]: 0 from `x = -88.38` on (where e^-x overflows
+/// to +inf; the exact value is under 4e-39, a subnormal), 1 from `x = 87` on.
 #[inline(always)]
 fn sigmoid<T: Float>(x: T) -> T {
-    T::ONE / (T::ONE + (-x).exp())
+    T::ONE / (T::ONE + (-x).exp_fused())
 }
 
 #[inline(always)]
@@ -81,7 +83,10 @@ pub(crate) fn unary_deriv<T: Float>(op: UnaryOp, x: T) -> T {
         UnaryOp::GeluErf => {
             let cdf = T::from_f64(0.5)
                 * (T::ONE + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
-            let pdf = (T::from_f64(-0.5) * x * x).exp() * T::from_f64(0.398_942_280_401_432_7);
+            // `exp_fused` gives 0 for |x| > 13.2 (the argument below -87), where the pdf is
+            // under 1e-38.
+            let pdf =
+                (T::from_f64(-0.5) * x * x).exp_fused() * T::from_f64(0.398_942_280_401_432_7);
             cdf + x * pdf
         }
         UnaryOp::GeluTanh => {

@@ -220,10 +220,12 @@ pub fn exp_fused_f32(x: f32) -> f32 {
 ///   (`benches/reference/tanh_coefficients.py`, which replays this evaluation in float32:
 ///   0.89 ulp at worst);
 /// - otherwise `sign(x) (1 - 2 / (e^(2a) + 1))` with `a = |x|` clamped to 10 (tanh rounds to
-///   1 from 9.01 up) and [`exp_f32`] (1.5 ulp with a correctly rounded exp, 3 with `exp_f32`'s 2).
+///   1 from 9.01 up) and [`exp_fused_f32`] (1.5 ulp with a correctly rounded exp, 3 with
+///   `exp_fused_f32`'s 2; its 17 vector operations per 16 values against [`exp_f32`]'s 36 made
+///   the 128 MiB tanh 1.2x faster, docs/PERF.md, session 21).
 ///
-/// Plain products and sums, no fused multiply-adds, so every instruction set computes the
-/// same bits. NaN propagates (the clamp keeps it); +-inf give +-1; -0 gives -0.
+/// Plain products and sums outside the exp, whose multiply-adds are fused (one rounding on
+/// every instruction set), so every instruction set computes the same bits. NaN propagates (the clamp keeps it); +-inf give +-1; -0 gives -0.
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
     const SPLIT: f32 = 0.625;
@@ -242,7 +244,7 @@ pub fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
     // `10 < a` is false for a NaN, which is kept.
     let a = if 10.0 < a { 10.0 } else { a };
-    let large = 1.0 - 2.0 / (exp_f32(2.0 * a) + 1.0);
+    let large = 1.0 - 2.0 / (exp_fused_f32(2.0 * a) + 1.0);
     // Both pieces have x's sign; `copysign` also turns `small`'s +0 at x = -0 into -0.
     let r = if a < SPLIT { small } else { large };
     r.copysign(x)

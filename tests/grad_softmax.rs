@@ -91,6 +91,51 @@ fn softmax_is_stable_for_large_inputs() {
     assert_eq!(ls, vec![-1000.0, 0.0]);
 }
 
+#[test]
+fn a_nan_makes_its_whole_row_nan_and_no_other() {
+    // Rows of 3 and of 200 (past the 64 wide lanes of the row maximum), the NaN first, in the
+    // middle and last; f32 and f64; softmax and log_softmax over the last dim (one row per
+    // slab) and over dim 0 (columns).
+    for n in [3usize, 200] {
+        for at in [0, n / 2, n - 1] {
+            let mut v: Vec<f64> = (0..2 * n).map(|i| (i as f64 * 0.37).sin() * 3.0).collect();
+            v[at] = f64::NAN;
+            for dtype in [DType::F32, DType::F64] {
+                let x = f64s(&v, &[2, n]).to_dtype(dtype).unwrap();
+                for (name, y) in [
+                    ("softmax", x.softmax(-1).unwrap()),
+                    ("log_softmax", x.log_softmax(-1).unwrap()),
+                ] {
+                    let y = values(&y);
+                    assert!(
+                        y[..n].iter().all(|v| v.is_nan()),
+                        "{name} {dtype:?} n {n} at {at}"
+                    );
+                    assert!(
+                        y[n..].iter().all(|v| v.is_finite()),
+                        "{name} {dtype:?}: other row"
+                    );
+                }
+                let cols = x.t().unwrap().contiguous_copy().unwrap();
+                for (name, y) in [
+                    ("softmax dim 0", cols.softmax(0).unwrap()),
+                    ("log_softmax dim 0", cols.log_softmax(0).unwrap()),
+                ] {
+                    let y = values(&y.t().unwrap().contiguous_copy().unwrap());
+                    assert!(
+                        y[..n].iter().all(|v| v.is_nan()),
+                        "{name} {dtype:?} n {n} at {at}"
+                    );
+                    assert!(
+                        y[n..].iter().all(|v| v.is_finite()),
+                        "{name} {dtype:?}: other"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn softmax_decomposed(x: &Tensor, dim: isize) -> Result<Tensor> {
     let shifted = x.sub(&x.max_keepdim(dim)?)?;
     let e = shifted.exp()?;

@@ -60,10 +60,14 @@ fn next_slab<T>(v: &[T], r: usize, slab: usize, on: bool) -> &[T] {
     }
 }
 
-/// The larger of `m` and `v`, NaN winning (a NaN input makes its whole row NaN).
+/// The larger of `m` and `v`, a NaN `v` skipped: one `vmaxps` per vector, where a NaN-winning
+/// maximum took four (two compares, a mask or, a blend), a tenth of the softmax's time in L2.
+/// A NaN input still makes its whole row NaN, through the sum: its `exp(NaN - max)` is NaN, so
+/// the row's sum is, and every output is divided by it (or, for log_softmax, has its log
+/// subtracted).
 #[inline(always)]
-fn nan_max<T: Float>(m: T, v: T) -> T {
-    if v > m || v.is_nan() {
+fn row_max<T: Float>(m: T, v: T) -> T {
+    if v > m {
         v
     } else {
         m
@@ -86,7 +90,7 @@ fn forward_slab<T: Float>(
     if inner == 1 {
         // Three separate flat loops (max, exp, sum) so each vectorizes: a running sum fused
         // into the exp loop would be a serial dependency that keeps the whole loop scalar.
-        let max = max_reduce(x, T::NEG_INFINITY, nan_max);
+        let max = max_reduce(x, T::NEG_INFINITY, row_max);
         for (c, (y, x)) in y.chunks_mut(PIECE).zip(x.chunks(PIECE)).enumerate() {
             if let Some(v) = next.get(c * PIECE..) {
                 prefetch_all(&v[..v.len().min(PIECE)]);
@@ -114,7 +118,7 @@ fn forward_slab<T: Float>(
     for row in x.chunks_exact(inner) {
         max.iter_mut()
             .zip(row)
-            .for_each(|(m, &v)| *m = nan_max(*m, v));
+            .for_each(|(m, &v)| *m = row_max(*m, v));
     }
     let mut sum = vec![T::ZERO; inner];
     for (out_row, row) in y.chunks_exact_mut(inner).zip(x.chunks_exact(inner)) {

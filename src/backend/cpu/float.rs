@@ -224,10 +224,11 @@ pub fn exp_fused_f32(x: f32) -> f32 {
 /// - otherwise `sign(x) (1 - 2 / (e^(2a) + 1))` with `a = |x|` clamped to 10 (tanh rounds to
 ///   1 from 9.01 up) and [`exp_fused_f32`] (1.5 ulp with a correctly rounded exp, 3 with
 ///   `exp_fused_f32`'s 2; its 17 vector operations per 16 values against [`exp_f32`]'s 36 made
-///   the 128 MiB tanh 1.2x faster, docs/PERF.md, session 21).
+///   the 128 MiB tanh 1.35x faster, docs/PERF.md, session 21).
 ///
 /// Plain products and sums outside the exp, whose multiply-adds are fused (one rounding on
-/// every instruction set), so every instruction set computes the same bits. NaN propagates (the clamp keeps it); +-inf give +-1; -0 gives -0.
+/// every instruction set), so every instruction set computes the same bits. NaN propagates
+/// (the clamp keeps it); +-inf give +-1; -0 gives -0.
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
     const SPLIT: f32 = 0.625;

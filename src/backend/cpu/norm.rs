@@ -242,8 +242,9 @@ struct BwdRow<'a, T> {
 /// 3. `dx`.
 ///
 /// Passes 1 and 2 used to be one loop with the f64 lane accumulators inside it; LLVM kept those
-/// 16 accumulators on the stack (a load and a store per add) and ran the f32 work at 8 lanes,
-/// and the separate passes are 10% faster with the row in L2 (docs/PERF.md, session 21).
+/// 16 accumulators on the stack (a load and a store per add) and ran the f32 work at 8 lanes;
+/// LayerNorm forward+backward is 5-10% faster for it with the rows in L2 and 4-9% from
+/// memory (docs/PERF.md, session 21).
 /// Prefetching in pass 3 instead was slower: its loop is too short to hide the requests.
 #[inline(always)]
 fn layer_row_bwd<T: Float>(

@@ -12,7 +12,7 @@
 
 use super::{ceiling, measure, randn, sizes, BenchOptions, Case, Measurement, Unit};
 use crate::optim::{AdamW, AdamWConfig, Optimizer};
-use crate::Result;
+use crate::{Result, Tensor};
 use serde_json::json;
 
 const ROWS: usize = 32768;
@@ -36,17 +36,19 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
             ("cols", json!(COLS)),
         ])
     };
-    let mut cases: Vec<Case> = Vec::new();
-    {
+    // An op that reads x and writes one output of its size: 8 bytes per element.
+    let read_write = |op: &str, f: fn(&Tensor) -> Result<Tensor>| {
         let x = x.clone();
-        cases.push(Case {
-            name: format!("copy_{ROWS}x{COLS}"),
-            sizes: size("copy"),
+        Case {
+            name: format!("{op}_{ROWS}x{COLS}"),
+            sizes: size(op),
             unit: Unit::GbPerS,
             work: 8.0 * elems,
-            run: Box::new(move || x.contiguous_copy().map(drop)),
-        });
-    }
+            run: Box::new(move || f(&x).map(drop)),
+        }
+    };
+    let mut cases: Vec<Case> = Vec::new();
+    cases.push(read_write("copy", Tensor::contiguous_copy));
     {
         let (x, y) = (x.clone(), y.clone());
         cases.push(Case {
@@ -57,36 +59,9 @@ pub fn run(opts: &BenchOptions, report: &mut dyn FnMut(&Measurement)) -> Result<
             run: Box::new(move || x.add(&y).map(drop)),
         });
     }
-    {
-        let x = x.clone();
-        cases.push(Case {
-            name: format!("softmax_{ROWS}x{COLS}"),
-            sizes: size("softmax"),
-            unit: Unit::GbPerS,
-            work: 8.0 * elems,
-            run: Box::new(move || x.softmax(-1).map(drop)),
-        });
-    }
-    {
-        let x = x.clone();
-        cases.push(Case {
-            name: format!("gelu_{ROWS}x{COLS}"),
-            sizes: size("gelu"),
-            unit: Unit::GbPerS,
-            work: 8.0 * elems,
-            run: Box::new(move || x.gelu().map(drop)),
-        });
-    }
-    {
-        let x = x.clone();
-        cases.push(Case {
-            name: format!("tanh_{ROWS}x{COLS}"),
-            sizes: size("tanh"),
-            unit: Unit::GbPerS,
-            work: 8.0 * elems,
-            run: Box::new(move || x.tanh().map(drop)),
-        });
-    }
+    cases.push(read_write("softmax", |x| x.softmax(-1)));
+    cases.push(read_write("gelu", Tensor::gelu));
+    cases.push(read_write("tanh", Tensor::tanh));
     {
         let (x, g, b) = (x.clone(), gamma.clone(), beta.clone());
         cases.push(Case {

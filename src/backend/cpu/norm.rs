@@ -266,9 +266,8 @@ fn layer_row_bwd<T: Float>(
         .zip(x.chunks(BWD_PIECE).zip(g.chunks(BWD_PIECE)))
         .zip(w.chunks(BWD_PIECE));
     for (c, ((((pw, pb), gw), (x, g)), w)) in pieces.enumerate() {
-        let next_piece = c * BWD_PIECE..((c + 1) * BWD_PIECE).min(m);
         for next in [next.0, next.1] {
-            stream::prefetch_all(next.get(next_piece.clone()).unwrap_or(&[]));
+            stream::prefetch_piece(next, c, BWD_PIECE);
         }
         let (pw, pb, gw) = (pw.iter_mut(), pb.iter_mut(), gw.iter_mut());
         for ((((pw, pb), gw), (&x, &g)), &w) in pw.zip(pb).zip(gw).zip(x.iter().zip(g)).zip(w) {
@@ -381,13 +380,13 @@ fn group_bwd<T: Float>(
                                 if layer {
                                     let (lw, lb) = (&mut lw[c0..c0 + cg], &mut lb[c0..c0 + cg]);
                                     let gw = &mut gw;
-                                    let nx = x.get((r + 1) * m..(r + 2) * m).unwrap_or(&[]);
-                                    let nd = dy.get((r + 1) * m..(r + 2) * m).unwrap_or(&[]);
+                                    let next =
+                                        (stream::next_row(x, r, m), stream::next_row(dy, r, m));
                                     scratch.write_row(
                                         dxr,
                                         stream,
                                         #[inline(always)]
-                                        |dxr| layer_row_bwd(row, (nx, nd), dxr, gw, lw, lb),
+                                        |dxr| layer_row_bwd(row, next, dxr, gw, lw, lb),
                                     );
                                 } else {
                                     let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);

@@ -28,7 +28,7 @@
 use super::elementwise::{assume_init, written_vec};
 use super::lanes::{map_reduce2_wide, max_reduce, sum_wide};
 use super::simd::vectorized;
-use super::stream::prefetch_all;
+use super::stream::{next_row, prefetch_piece};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
 use crate::tensor::Layout;
@@ -49,15 +49,6 @@ fn split_at_dim(dims: &[usize], dim: usize) -> (usize, usize, usize) {
         dims[dim],
         dims[dim + 1..].iter().product(),
     )
-}
-
-/// Slab `r + 1` of `v` when `on` and there is one (its pieces are prefetched while slab `r`
-/// is computed), else nothing.
-fn next_slab<T>(v: &[T], r: usize, slab: usize, on: bool) -> &[T] {
-    match on {
-        true => v.get((r + 1) * slab..(r + 2) * slab).unwrap_or(&[]),
-        false => &[],
-    }
 }
 
 /// The larger of `m` and `v`, a NaN `v` skipped: one `vmaxps` per vector, where a NaN-winning
@@ -92,9 +83,7 @@ fn forward_slab<T: Float>(
         // into the exp loop would be a serial dependency that keeps the whole loop scalar.
         let max = max_reduce(x, T::NEG_INFINITY, row_max);
         for (c, (y, x)) in y.chunks_mut(PIECE).zip(x.chunks(PIECE)).enumerate() {
-            if let Some(v) = next.get(c * PIECE..) {
-                prefetch_all(&v[..v.len().min(PIECE)]);
-            }
+            prefetch_piece(next, c, PIECE);
             for (o, &v) in y.iter_mut().zip(x) {
                 o.write((v - max).exp_fused());
             }
@@ -221,7 +210,12 @@ fn forward_typed<T: Float>(kind: SoftmaxKind, x: &[T], layout: &Layout, dim: usi
                 .enumerate()
                 .with_min_len((MIN_ELEMS_PER_TASK / slab).max(1))
                 .for_each(|(r, (y, xr))| {
-                    let next = next_slab(&x, r, slab, inner == 1);
+                    // Rows (`inner == 1`) prefetch the next one while they compute.
+                    let next = if inner == 1 {
+                        next_row(&x, r, slab)
+                    } else {
+                        &[]
+                    };
                     vectorized(
                         #[inline(always)]
                         || forward_slab(kind, xr, y, inner, next),

@@ -27,8 +27,9 @@
 //!
 //! `TESSERA_STREAMING_STORES=off` in the environment turns streaming off (to measure it).
 //!
-//! The module also holds the read side's hint, `prefetch_all`, with which a row kernel asks
-//! for the next row while it computes on this one (the softmax).
+//! The module also holds the read side's hint: `next_row` and `prefetch_piece`, with which a
+//! row kernel asks for the next row, piece by piece, while it computes on this one (the
+//! softmax's exp loop, the layer-norm backward's first pass).
 
 use std::mem::{size_of, MaybeUninit};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -221,6 +222,21 @@ pub(crate) fn prefetch_all<T>(v: &[T]) {
     }
 }
 
+/// Row `r + 1` of `v` cut in rows of `len`, or nothing when `r` is the last row: what a row
+/// kernel prefetches piece by piece ([`prefetch_piece`]) while it computes row `r`.
+pub(crate) fn next_row<T>(v: &[T], r: usize, len: usize) -> &[T] {
+    v.get((r + 1) * len..(r + 2) * len).unwrap_or(&[])
+}
+
+/// Prefetches piece `c` of `next` (elements `c * piece` up to `(c + 1) * piece`, cut at its
+/// end; nothing past it): a row kernel working through its row in pieces asks for the matching
+/// piece of the next row, so that row's reads from memory overlap this row's arithmetic.
+#[inline(always)]
+pub(crate) fn prefetch_piece<T>(next: &[T], c: usize, piece: usize) {
+    let start = (c * piece).min(next.len());
+    prefetch_all(&next[start..(start + piece).min(next.len())]);
+}
+
 /// Copies `bytes` bytes from `src` to `dst` (which must not overlap), the whole lines of
 /// `dst` with streaming stores, the partial lines at either end with regular ones. Ends with
 /// a store fence, so the data is visible to whichever thread synchronizes with this one next.
@@ -269,6 +285,22 @@ unsafe fn stream_lines(src: *const u8, dst: *mut u8, lines: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_row_and_its_pieces_stay_inside_the_slice() {
+        let v: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        assert_eq!(next_row(&v, 0, 4), &v[4..8]);
+        assert!(
+            next_row(&v, 1, 4).is_empty(),
+            "a partial last row is not a row"
+        );
+        assert!(next_row(&v, 7, 4).is_empty());
+        // Pieces past the end, a partial last piece and an empty row are hints, not panics.
+        for c in 0..5 {
+            prefetch_piece(&v[4..8], c, 3);
+            prefetch_piece(&[] as &[f32], c, 3);
+        }
+    }
 
     #[test]
     fn sizes_parse_as_sysfs_writes_them() {

@@ -1074,6 +1074,10 @@ mod tests {
             // Large enough for the dispatch to take both direct paths: the weight gradient's
             // pixels in 3 splits of several sub-chunks, 6 groups of input-row pairs.
             (3, 8, 40, 40, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // The direct forward's depth (K = 360) in pieces of 128, 128 and 104 taps, the
+            // FMA chains passed between the first block's pieces (`conv/direct.rs`); 35
+            // output channels: a second block of 3 lanes.
+            (2, 40, 12, 12, 35, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         ]
     }
 

@@ -11,9 +11,11 @@
 //! lie `sw` apart in the padded input ([`PaddedInput`]): 2 vector loads and `PW` broadcasts
 //! for `2 PW` FMAs. The implicit GEMM instead copies every (tap, pixel) into a panel first (9
 //! copies of the input for a 3x3 kernel), then reads the panel; here the input is read where
-//! it lies, and so are the weights: the taps are taken in the GEMM's depth blocks of [`KC`]
-//! (32 KB of packed weights, which stay in L1), each block running over every tile of a task
-//! before the next, its sums added to a channel-last buffer (`[pixel][32]`). A task
+//! it lies, and so are the weights: the taps are taken in pieces of [`SUB_TAPS`] (16 KB of
+//! packed weights, which stay in L1 beside the inputs the tiles read), each piece running over
+//! every tile of a task before the next. The pieces cut the GEMM's depth blocks of [`KC`]
+//! taps: a tile's FMA chains pass from piece to piece through a buffer of their own, and each
+//! block's sums are added to a channel-last buffer (`[pixel][32]`). A task
 //! (image, block of 32 channels, band of output rows) finally transposes that buffer into its
 //! NCHW planes, 16 x 16 at a time in registers. How a band is cut into tiles: [`TileLayout`]
 //! (at stride 1 the tiles run along the padded width, across row ends).
@@ -21,7 +23,7 @@
 //! Sums: every output element is `(blk_0 + blk_1) + ...` over depth blocks of [`KC`] taps,
 //! each block one chain of FMAs from zero in tap order: exactly the implicit GEMM's sums, so
 //! the same bits whichever path the dispatch takes (it looks at the batch size: pictures
-//! sampled one by one or in a batch stay identical), and tiles, bands and threads never
+//! sampled one by one or in a batch stay identical), and tiles, pieces, bands and threads never
 //! change them. Traffic: the input is read once per block of 32 output
 //! channels (from L2), the weights once per task; the output written once.
 //!
@@ -63,6 +65,10 @@ pub(super) const MIN_PIXELS: usize = 1536;
 /// batch 16 (1024 pixels), direct was 1.19-1.33x faster (docs/PERF.md, session 16); at 128
 /// channels on the same maps 0.69x, at 32 channels and 512 pixels 0.96-1.01.
 const PIXELS_PER_COUT: usize = 32;
+/// Most taps per piece of a depth block ([`pieces`]): 16 KB of packed weights. On 64x64 maps
+/// with 64 channels, pieces of 256 (the whole block), 128, 72, 64 and 48 taps took 11.4,
+/// 9.9, 10.2, 10.1 and 10.5 ms (docs/PERF.md, session 22).
+const SUB_TAPS: usize = 128;
 /// Pixels per task, about: the channel-last buffer is `PIXELS_PER_TASK * 128` bytes.
 const PIXELS_PER_TASK: usize = 256;
 
@@ -235,7 +241,6 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
     // Increasing (a tap's kx*dw < the padded width, its ky*dh < the padded height), so a
     // tile's last tap reads furthest.
     assert!(taps.windows(2).all(|t| t[0] < t[1]));
-    let chunk = KC;
     let layout = TileLayout::of(g, wp);
     // Bands of output rows: about PIXELS_PER_TASK pixels, fewer if that leaves threads idle.
     let threads = rayon::current_num_threads().max(1);
@@ -255,11 +260,12 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
             || {
                 (
                     AlignedVec::zeroed(band * layout.pitch * LANES),
+                    AlignedVec::zeroed(band * layout.pitch * LANES),
                     Vec::new(),
                     Vec::new(),
                 )
             },
-            |(acc, tiles, trans), t| {
+            |(acc, chains, tiles, trans), t| {
                 let (n, b, bi) = (
                     t / (blocks.len() * bands),
                     (t / bands) % blocks.len(),
@@ -268,26 +274,36 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
                 let (gi, c0, nch) = blocks[b];
                 let (oy0, rows) = (bi * band, band.min(g.oh - bi * band));
                 let acc = &mut acc[..rows * layout.pitch * LANES];
+                let chains = &mut chains[..rows * layout.pitch * LANES];
                 // Where the band's first pixel reads at tap (0, 0, 0).
                 let origin = (n * g.c_in + gi * g.cin_g()) * hp * wp + oy0 * g.stride.0 * wp;
                 layout.tiles(rows, tiles);
-                for k0 in (0..k).step_by(chunk) {
-                    let kc = chunk.min(k - k0);
+                for (k0, s0, sc) in pieces(k, SUB_TAPS) {
+                    let kc = KC.min(k - k0);
                     let task = Chunk {
-                        taps: &taps[k0..k0 + kc],
-                        weights: &wpk[(b * k + k0) * LANES..][..kc * LANES],
-                        first: k0 == 0,
+                        taps: &taps[k0 + s0..][..sc],
+                        weights: &wpk[(b * k + k0 + s0) * LANES..][..sc * LANES],
+                        start: if s0 == 0 { Start::Zero } else { Start::Chain },
+                        end: if s0 + sc < kc {
+                            End::Chain
+                        } else if k0 == 0 {
+                            End::Store
+                        } else {
+                            End::Add
+                        },
                     };
                     for tile in tiles.iter() {
                         let at = origin + tile.x;
                         // The last input this tile reads: its last pixel at the last tap.
-                        let last = at + (tile.pixels - 1) * sw + task.taps[kc - 1];
+                        let last = at + (tile.pixels - 1) * sw + task.taps[sc - 1];
                         assert!(last < xdata.len());
-                        let dst = &mut acc[tile.acc * LANES..][..tile.pixels * LANES];
+                        let range = tile.acc * LANES..(tile.acc + tile.pixels) * LANES;
+                        let (dst, chain) = (&mut acc[range.clone()], &mut chains[range]);
                         // SAFETY: the CPU has AVX-512F (`applies`); every input read is at
                         // `at + p*sw + taps[i]` <= `last` (the taps increase), in bounds
-                        // (checked above); `dst` holds the tile's `pixels * 32` sums.
-                        unsafe { task.tile(isa, tile.pixels, sw, &xdata[at..], dst) };
+                        // (checked above); `dst` and `chain` hold the tile's `pixels * 32`
+                        // sums.
+                        unsafe { task.tile(isa, tile.pixels, sw, &xdata[at..], dst, chain) };
                     }
                 }
                 // The band's sums, channel-last, into the NCHW output planes: transposed
@@ -389,29 +405,75 @@ impl TileLayout {
     }
 }
 
-/// One chunk of taps of one task: their offsets, their packed weights (`[kk][32]`), and
-/// whether the sums start from zero (the first chunk) or from the buffer.
+/// The pieces of taps a task's tiles run through, in order: `(k0, s0, len)`, the taps
+/// `k0 + s0..k0 + s0 + len` of the depth block starting at `k0` ([`KC`] taps), cut into
+/// pieces of at most `sub` taps (the block's 32 KB of weights and the inputs its tiles read
+/// did not fit in L1 together: 5-15% slower at 56x56 and 64x64 with 64 and 128 channels).
+fn pieces(k: usize, sub: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..k).step_by(KC).flat_map(move |k0| {
+        let kc = KC.min(k - k0);
+        (0..kc)
+            .step_by(sub)
+            .map(move |s0| (k0, s0, sub.min(kc - s0)))
+    })
+}
+
+/// Where a piece's chains of FMAs start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// From zero: the piece opens a depth block.
+    Zero,
+    /// From the chains the block's previous piece stored: the same FMAs in the same order as
+    /// one unbroken chain, so the same bits.
+    Chain,
+}
+
+/// What a piece does with its chains at its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Stores them for the block's next piece.
+    Chain,
+    /// Stores them as the sums (the first depth block ends).
+    Store,
+    /// Adds them to the earlier blocks' sums (a later depth block ends).
+    Add,
+}
+
+/// One piece of taps of one task: their offsets, their packed weights (`[kk][32]`), and how
+/// its chains start and end.
 struct Chunk<'a> {
     taps: &'a [usize],
     weights: &'a [f32],
-    first: bool,
+    start: Start,
+    end: End,
 }
 
 impl Chunk<'_> {
-    /// `acc[p*32 + l] (+)= sum_i weights[i*32 + l] * x[p*sw + taps[i]]` for `p < pw`.
+    /// The chains `c[p*32 + l] = (start) + sum_i weights[i*32 + l] * x[p*sw + taps[i]]` for
+    /// `p < pw`, one FMA per tap in tap order, starting from zero or from `chain`, and ending
+    /// in `chain` or in `acc` (stored or added; see [`End`]).
     ///
     /// # Safety
     /// The CPU has AVX-512F; `x[p*sw + taps[i]]` is in bounds for `p < pw` and every `i`;
-    /// `acc` holds `pw * 32` values; `pw` in `1..=MAX_PW`, `sw` 1 or 2.
+    /// `acc` and `chain` hold `pw * 32` values; `pw` in `1..=MAX_PW`, `sw` 1 or 2.
     #[inline]
-    unsafe fn tile(&self, isa: Isa, pw: usize, sw: usize, x: &[f32], acc: &mut [f32]) {
-        debug_assert!(isa == Isa::Avx512 && acc.len() >= pw * LANES);
+    unsafe fn tile(
+        &self,
+        isa: Isa,
+        pw: usize,
+        sw: usize,
+        x: &[f32],
+        acc: &mut [f32],
+        chain: &mut [f32],
+    ) {
+        debug_assert!(isa == Isa::Avx512 && acc.len() >= pw * LANES && chain.len() >= pw * LANES);
+        let (acc, chain) = (acc.as_mut_ptr(), chain.as_mut_ptr());
         macro_rules! widths {
             ($($w:literal)*) => {
                 match (pw, sw) {
                     $(
-                        ($w, 1) => tile_avx512::<$w, 1>(self, x.as_ptr(), acc.as_mut_ptr()),
-                        ($w, 2) => tile_avx512::<$w, 2>(self, x.as_ptr(), acc.as_mut_ptr()),
+                        ($w, 1) => tile_avx512::<$w, 1>(self, x.as_ptr(), acc, chain),
+                        ($w, 2) => tile_avx512::<$w, 2>(self, x.as_ptr(), acc, chain),
                     )*
                     _ => unreachable!("tiles are 1..=12 pixels, stride 1 or 2"),
                 }
@@ -428,12 +490,23 @@ impl Chunk<'_> {
 /// See [`Chunk::tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const PW: usize, const SW: usize>(c: &Chunk, x: *const f32, acc: *mut f32) {
+unsafe fn tile_avx512<const PW: usize, const SW: usize>(
+    c: &Chunk,
+    x: *const f32,
+    acc: *mut f32,
+    chain: *mut f32,
+) {
     use std::arch::x86_64::*;
     // SAFETY: the bounds are the caller's (see `Chunk::tile`).
     unsafe {
         let mut lo = [_mm512_setzero_ps(); PW];
         let mut hi = [_mm512_setzero_ps(); PW];
+        if c.start == Start::Chain {
+            for p in 0..PW {
+                lo[p] = _mm512_loadu_ps(chain.add(p * LANES));
+                hi[p] = _mm512_loadu_ps(chain.add(p * LANES + 16));
+            }
+        }
         // One tap per step, its offset loaded from the table: written as loops over
         // (ci, ky, kx), LLVM reused the broadcasts of neighbouring kx across steps and spilled
         // the accumulators (the tile ran at 60% of this speed).
@@ -448,15 +521,16 @@ unsafe fn tile_avx512<const PW: usize, const SW: usize>(c: &Chunk, x: *const f32
                 hi[p] = _mm512_fmadd_ps(v, w1, hi[p]);
             }
         }
-        // The chunk's sums, from zero, added to the earlier chunks' (the GEMM's order).
+        // A block's sums, from zero, added to the earlier blocks' (the GEMM's order).
+        let to = if c.end == End::Chain { chain } else { acc };
         for p in 0..PW {
-            let (a0, a1) = (acc.add(p * LANES), acc.add(p * LANES + 16));
-            if c.first {
-                _mm512_storeu_ps(a0, lo[p]);
-                _mm512_storeu_ps(a1, hi[p]);
-            } else {
+            let (a0, a1) = (to.add(p * LANES), to.add(p * LANES + 16));
+            if c.end == End::Add {
                 _mm512_storeu_ps(a0, _mm512_add_ps(_mm512_loadu_ps(a0), lo[p]));
                 _mm512_storeu_ps(a1, _mm512_add_ps(_mm512_loadu_ps(a1), hi[p]));
+            } else {
+                _mm512_storeu_ps(a0, lo[p]);
+                _mm512_storeu_ps(a1, hi[p]);
             }
         }
     }
@@ -464,7 +538,12 @@ unsafe fn tile_avx512<const PW: usize, const SW: usize>(c: &Chunk, x: *const f32
 
 /// Without x86-64 there is no AVX-512 ([`applies`] is false everywhere).
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_avx512<const PW: usize, const SW: usize>(_: &Chunk, _: *const f32, _: *mut f32) {
+unsafe fn tile_avx512<const PW: usize, const SW: usize>(
+    _: &Chunk,
+    _: *const f32,
+    _: *mut f32,
+    _: *mut f32,
+) {
     unreachable!("AVX-512 tiles on a CPU without AVX-512")
 }
 
@@ -551,6 +630,22 @@ pub(super) fn transpose_16x16(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_cover_the_depth_in_order_inside_its_blocks() {
+        for k in [1, 9, 127, 128, 129, 256, 257, 360, 576, 1170] {
+            let mut next = 0;
+            for (k0, s0, len) in pieces(k, SUB_TAPS) {
+                assert_eq!(k0 + s0, next, "k {k}");
+                assert!(k0.is_multiple_of(KC) && (1..=SUB_TAPS).contains(&len));
+                assert!(s0 + len <= KC, "k {k}: a piece crosses a depth block");
+                next += len;
+            }
+            assert_eq!(next, k);
+        }
+        let cut: Vec<_> = pieces(360, SUB_TAPS).collect();
+        assert_eq!(cut, vec![(0, 0, 128), (0, 128, 128), (256, 0, 104)]);
+    }
 
     #[test]
     fn row_tiles_cover_the_row_evenly() {

@@ -1078,6 +1078,9 @@ mod tests {
             // FMA chains passed between the first block's pieces (`conv/direct.rs`); 35
             // output channels: a second block of 3 lanes.
             (2, 40, 12, 12, 35, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // Stride 2 along rows 28 wide: the direct forward's widest tiles (14 + 14 pixels)
+            // reading every other input.
+            (1, 3, 10, 56, 33, 3, 3, (2, 2), (1, 1), (1, 1), 1),
         ]
     }
 

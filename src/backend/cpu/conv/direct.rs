@@ -5,7 +5,7 @@
 //! ```text
 //! out[n, co, oy, ox] = sum_{kk = (ci, ky, kx)} W[co, kk] * xpad[n, ci, oy*sh + ky*dh, ox*sw + kx*dw]
 //! ```
-//! A register tile is 32 output channels (two 16-lane vectors) x `PW <= 12` pixels: 24
+//! A register tile is 32 output channels (two 16-lane vectors) x `PW <= 14` pixels: 28
 //! accumulators. Per tap `kk` it loads the 32 weights `W[co0..co0+32, kk]` (packed once per
 //! call, tap-major: `wpk[block][kk][32]`) and broadcasts the `PW` inputs the tap reads, which
 //! lie `sw` apart in the padded input ([`PaddedInput`]): 2 vector loads and `PW` broadcasts
@@ -47,8 +47,10 @@ use rayon::prelude::*;
 
 /// Output channels per register tile (two AVX-512 vectors).
 pub(super) const LANES: usize = 32;
-/// Most pixels per register tile: 2 x 12 accumulators, 2 weight vectors, 1 broadcast.
-const MAX_PW: usize = 12;
+/// Most pixels per register tile: 2 x 14 accumulators, 2 weight vectors and 1 broadcast, 31 of
+/// the 32 registers (12 pixels, 24 accumulators, were 1-2% slower on 64x64 maps: the tap
+/// loop's loads and bookkeeping spread over fewer FMAs; docs/PERF.md, session 22).
+const MAX_PW: usize = 14;
 /// Fewest output channels per group (the weights of a block beyond them are zero lanes).
 pub(super) const MIN_COUT: usize = 32;
 /// Narrowest output rows.
@@ -351,10 +353,10 @@ struct Tile {
 ///
 /// - Stride 1: the band is read as one run over the padded width, `q = r * Wp + ox`, whose
 ///   input at a tap is `q` past the band's origin; the `Wp - OW` columns past each row's end
-///   are computed and thrown away (the buffer's rows are `Wp` apart). Tiles of 12 then run
-///   across row ends: on 8x8 maps, per-row tiles would hold 8 pixels, and on 16x16 ones 8 + 8,
-///   with 16 accumulators instead of 24 (the FMA latency shows), for 20% and 11% of wasted
-///   columns.
+///   are computed and thrown away (the buffer's rows are `Wp` apart). Tiles of [`MAX_PW`]
+///   then run across row ends: on 8x8 maps, per-row tiles would hold 8 pixels, and on 16x16
+///   ones 8 + 8, with 16 accumulators instead of 28 (the FMA latency shows), for 20% and 11%
+///   of wasted columns.
 /// - Otherwise each output row is cut into tiles ([`row_tiles`]), the buffer's rows `OW` apart.
 struct TileLayout {
     /// Buffer pixels from one output row to the next.
@@ -475,12 +477,12 @@ impl Chunk<'_> {
                         ($w, 1) => tile_avx512::<$w, 1>(self, x.as_ptr(), acc, chain),
                         ($w, 2) => tile_avx512::<$w, 2>(self, x.as_ptr(), acc, chain),
                     )*
-                    _ => unreachable!("tiles are 1..=12 pixels, stride 1 or 2"),
+                    _ => unreachable!("tiles are 1..=14 pixels, stride 1 or 2"),
                 }
             };
         }
         // SAFETY: forwarded (see above).
-        unsafe { widths!(1 2 3 4 5 6 7 8 9 10 11 12) }
+        unsafe { widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14) }
     }
 }
 
@@ -652,7 +654,9 @@ mod tests {
         assert_eq!(row_tiles(32), vec![11, 11, 10]);
         assert_eq!(row_tiles(16), vec![8, 8]);
         assert_eq!(row_tiles(12), vec![12]);
-        assert_eq!(row_tiles(56), vec![12, 11, 11, 11, 11]);
+        assert_eq!(row_tiles(56), vec![14, 14, 14, 14]);
+        assert_eq!(row_tiles(14), vec![14]);
+        assert_eq!(row_tiles(15), vec![8, 7]);
         for ow in 1..200 {
             let t = row_tiles(ow);
             assert_eq!(t.iter().sum::<usize>(), ow);

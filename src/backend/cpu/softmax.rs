@@ -24,11 +24,15 @@
 //! Regular stores, also past the last-level cache: computing each row in a scratch row and
 //! streaming it out (`stream.rs`) saves y's read-for-ownership but made the 128 MiB softmax
 //! 6% slower on the Ice Lake VM; like GELU, its per-element `exp` keeps it compute-bound there.
+//! Instead, past the last-level cache and where the CPU has `PREFETCHW`, each piece of the exp
+//! loop also asks for the matching 8 lines of the next row's output ready to be written, so
+//! that the next row's first stores do not each wait for a read-for-ownership: 11.9-12.2 ->
+//! 11.3-11.7 ms on the same 128 MiB softmax (docs/PERF.md, session 22).
 
 use super::elementwise::{assume_init, written_vec};
 use super::lanes::{map_reduce2_wide, max_reduce, sum_wide};
 use super::simd::vectorized;
-use super::stream::{next_row, prefetch_piece};
+use super::stream::{has_prefetch_write, next_row, prefetch_piece, prefetch_write_all, streams};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
 use crate::tensor::Layout;
@@ -69,7 +73,8 @@ fn row_max<T: Float>(m: T, v: T) -> T {
 /// anything reads it). Always inlined into the caller's [`vectorized`] closure, so its loops are
 /// compiled for the wide instruction set. `next` is the next row when `inner == 1` (else
 /// empty): the exp loop runs in pieces of [`PIECE`] elements, each first prefetching the
-/// matching 8 lines of `next`, so that row's reads from memory overlap this row's arithmetic.
+/// matching 8 lines of `next`, so that row's reads from memory overlap this row's arithmetic,
+/// and with `write_ahead` (the CPU has `PREFETCHW`) the same lines of the next row's output.
 #[inline(always)]
 fn forward_slab<T: Float>(
     kind: SoftmaxKind,
@@ -77,13 +82,21 @@ fn forward_slab<T: Float>(
     y: &mut [MaybeUninit<T>],
     inner: usize,
     next: &[T],
+    write_ahead: bool,
 ) {
     if inner == 1 {
         // Three separate flat loops (max, exp, sum) so each vectorizes: a running sum fused
         // into the exp loop would be a serial dependency that keeps the whole loop scalar.
         let max = max_reduce(x, T::NEG_INFINITY, row_max);
+        // The next row's output follows this one's in the same buffer (when there is a next
+        // row): its lines are asked for ready to be written, piece by piece beside its input.
+        let next_out = y.as_ptr().wrapping_add(y.len());
         for (c, (y, x)) in y.chunks_mut(PIECE).zip(x.chunks(PIECE)).enumerate() {
             prefetch_piece(next, c, PIECE);
+            if write_ahead && !next.is_empty() {
+                let start = (c * PIECE).min(next.len());
+                prefetch_write_all(next_out.wrapping_add(start), PIECE.min(next.len() - start));
+            }
             for (o, &v) in y.iter_mut().zip(x) {
                 o.write((v - max).exp_fused());
             }
@@ -202,6 +215,9 @@ fn forward_typed<T: Float>(kind: SoftmaxKind, x: &[T], layout: &Layout, dim: usi
     if slab == 0 {
         return vec![T::ZERO; x.len()];
     }
+    // Past the last-level cache (the streaming stores' threshold), where y's lines come from
+    // memory: in L2 the hint cost 3-5% (0.059-0.061 -> 0.062 ms for 128 x 1024).
+    let write_ahead = has_prefetch_write() && streams(std::mem::size_of_val(&x[..]));
     // SAFETY: the slabs cover `x.len()` (a whole number of them) and each is written whole.
     unsafe {
         written_vec(x.len(), |y| {
@@ -218,7 +234,7 @@ fn forward_typed<T: Float>(kind: SoftmaxKind, x: &[T], layout: &Layout, dim: usi
                     };
                     vectorized(
                         #[inline(always)]
-                        || forward_slab(kind, xr, y, inner, next),
+                        || forward_slab(kind, xr, y, inner, next, write_ahead),
                     )
                 })
         })

@@ -237,6 +237,51 @@ pub(crate) fn prefetch_piece<T>(next: &[T], c: usize, piece: usize) {
     prefetch_all(&next[start..(start + piece).min(next.len())]);
 }
 
+/// Whether this CPU has `PREFETCHW` (CPUID leaf 0x8000_0001, ECX bit 8: Intel from Broadwell,
+/// AMD since the K6), asked once.
+pub(crate) fn has_prefetch_write() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            // Leaf 0x8000_0001 is asked only when the highest extended leaf reaches it.
+            use std::arch::x86_64::__cpuid;
+            __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Asks for every cache line of the `len` elements from `p` to be brought into L1 ready to be
+/// written (`PREFETCHW`): the stores that follow then find their lines owned, instead of each
+/// line's first store waiting for a read-for-ownership from memory. A hint: it never faults and
+/// reads or writes nothing, whatever the address (so `p` may point anywhere). Only call it when
+/// [`has_prefetch_write`] (the compiler emits `PREFETCHW` only for a target feature that
+/// stable Rust cannot enable, hence the assembly).
+#[inline(always)]
+pub(crate) fn prefetch_write_all<T>(p: *const T, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let per = (LINE / size_of::<T>().max(1)).max(1);
+        for i in (0..len).step_by(per) {
+            // SAFETY: a prefetch never faults and accesses no memory the program sees.
+            unsafe {
+                std::arch::asm!(
+                    "prefetchw [{0}]",
+                    in(reg) p.wrapping_add(i),
+                    options(nostack, preserves_flags, readonly)
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// Copies `bytes` bytes from `src` to `dst` (which must not overlap), the whole lines of
 /// `dst` with streaming stores, the partial lines at either end with regular ones. Ends with
 /// a store fence, so the data is visible to whichever thread synchronizes with this one next.

@@ -27,9 +27,11 @@
 //!
 //! `TESSERA_STREAMING_STORES=off` in the environment turns streaming off (to measure it).
 //!
-//! The module also holds the read side's hint: `next_row` and `prefetch_piece`, with which a
+//! The module also holds the prefetch hints: `next_row` and `prefetch_piece`, with which a
 //! row kernel asks for the next row, piece by piece, while it computes on this one (the
-//! softmax's exp loop, the layer-norm backward's first pass).
+//! softmax's exp loop, the layer-norm backward's first pass), and `prefetch_write_all`
+//! (`PREFETCHW`, where `has_prefetch_write`), with which the softmax asks for its next output
+//! row's lines ready to be written, past the last-level cache, where its stores stay regular.
 
 use std::mem::{size_of, MaybeUninit};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -238,7 +240,7 @@ pub(crate) fn prefetch_piece<T>(next: &[T], c: usize, piece: usize) {
 }
 
 /// Whether this CPU has `PREFETCHW` (CPUID leaf 0x8000_0001, ECX bit 8: Intel from Broadwell,
-/// AMD since the K6), asked once.
+/// AMD since 3DNow!), asked once.
 pub(crate) fn has_prefetch_write() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

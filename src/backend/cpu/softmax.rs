@@ -32,7 +32,7 @@
 use super::elementwise::{assume_init, written_vec};
 use super::lanes::{map_reduce2_wide, max_reduce, sum_wide};
 use super::simd::vectorized;
-use super::stream::{has_prefetch_write, next_row, prefetch_piece, prefetch_write_all, streams};
+use super::stream::{has_prefetch_write, next_row, prefetch_piece, prefetch_write_piece, streams};
 use super::{contiguous_cow, CpuData, CpuStorage, Float};
 use crate::backend::softmax::{SoftmaxBackend, SoftmaxKind};
 use crate::tensor::Layout;
@@ -93,9 +93,8 @@ fn forward_slab<T: Float>(
         let next_out = y.as_ptr().wrapping_add(y.len());
         for (c, (y, x)) in y.chunks_mut(PIECE).zip(x.chunks(PIECE)).enumerate() {
             prefetch_piece(next, c, PIECE);
-            if write_ahead && !next.is_empty() {
-                let start = (c * PIECE).min(next.len());
-                prefetch_write_all(next_out.wrapping_add(start), PIECE.min(next.len() - start));
+            if write_ahead {
+                prefetch_write_piece(next_out, next.len(), c, PIECE);
             }
             for (o, &v) in y.iter_mut().zip(x) {
                 o.write((v - max).exp_fused());

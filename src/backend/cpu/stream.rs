@@ -239,6 +239,16 @@ pub(crate) fn prefetch_piece<T>(next: &[T], c: usize, piece: usize) {
     prefetch_all(&next[start..(start + piece).min(next.len())]);
 }
 
+/// [`prefetch_piece`] for writing: piece `c` of the `len` elements from `p` (cut at `len`;
+/// nothing past it) asked for ready to be written ([`prefetch_write_all`]), so a row kernel's
+/// next output row is owned before its stores reach it. Only call it when
+/// [`has_prefetch_write`].
+#[inline(always)]
+pub(crate) fn prefetch_write_piece<T>(p: *const T, len: usize, c: usize, piece: usize) {
+    let start = (c * piece).min(len);
+    prefetch_write_all(p.wrapping_add(start), piece.min(len - start));
+}
+
 /// Whether this CPU has `PREFETCHW` (CPUID leaf 0x8000_0001, ECX bit 8: Intel from Broadwell,
 /// AMD since 3DNow!), asked once.
 pub(crate) fn has_prefetch_write() -> bool {
@@ -346,6 +356,10 @@ mod tests {
         for c in 0..5 {
             prefetch_piece(&v[4..8], c, 3);
             prefetch_piece(&[] as &[f32], c, 3);
+            if has_prefetch_write() {
+                prefetch_write_piece(v[4..].as_ptr(), 4, c, 3);
+                prefetch_write_piece(v.as_ptr(), 0, c, 3);
+            }
         }
     }
 

@@ -1,5 +1,5 @@
-//! Outputs larger than the last-level cache are written with streaming stores through scratch
-//! pieces (`backend::cpu::stream`). That must change the stores only, never a value: every op
+//! Outputs larger than the last-level cache are written with streaming stores, line by line
+//! or through a scratch row (`backend::cpu::stream`). That must change the stores only, never a value: every op
 //! that can stream is run with streaming off and again with it forced on for every size, on
 //! random inputs whose rows are neither a whole number of cache lines nor of 4 KiB pieces,
 //! and the results are compared bit for bit. (Its own test binary: the threshold is
@@ -38,6 +38,24 @@ fn run_all(dtype: DType) -> Result<Vec<(String, Vec<f64>)>> {
     z.backward_with(&y)?;
     push("relu", &z)?;
     push("relu grad", &xg.grad().expect("grad"))?;
+    // The element functions with a transcendental in them, forward and backward.
+    push("exp", &x.exp()?)?;
+    push("log", &x.abs()?.add_scalar(0.5)?.log()?)?;
+    push("powf", &x.abs()?.powf(1.7)?)?;
+    push("tanh", &x.tanh()?)?;
+    push("sigmoid", &x.sigmoid()?)?;
+    push("gelu tanh", &x.gelu_tanh()?)?;
+    for (name, f) in [
+        ("gelu", Tensor::gelu as fn(&Tensor) -> Result<Tensor>),
+        ("silu", Tensor::silu),
+    ] {
+        let xg = x.detach();
+        xg.set_requires_grad(true)?;
+        let z = f(&xg)?;
+        z.backward_with(&y)?;
+        push(name, &z)?;
+        push(&format!("{name} grad"), &xg.grad().expect("grad"))?;
+    }
     // Layer norm over rows of 1031, group norm with rows of 4 x 1031 / 2 groups.
     for (name, shape, channels) in [
         ("layer_norm", vec![37usize, 1031], 1031usize),

@@ -183,19 +183,6 @@ macro_rules! with_unary_fn {
     }};
 }
 
-/// Whether `op`'s loops (forward and backward) wait on memory rather than on arithmetic, so
-/// that streaming stores pay for their extra pass through a scratch piece. Measured on the Ice
-/// Lake VM, 128 MiB f32, 2 threads (docs/PERF.md, session 20): relu, affine and sqrt ran
-/// 1.2-1.4x faster streamed; exp, SiLU and GELU, whose element functions are 15-40 vector
-/// operations per 16 values, ran 7-11% slower, so the transcendental ones do not stream.
-fn streams_well(op: UnaryOp) -> bool {
-    use UnaryOp::*;
-    !matches!(
-        op,
-        Exp | Log | GeluErf | GeluTanh | Silu | Sigmoid | Tanh | Powf(_)
-    )
-}
-
 /// `out = a op b` over two views of one shape, with the match on `op` outside the loop: each
 /// op gets its own monomorphized loop the compiler vectorizes. (One closure that matched on
 /// `op` per element compiled to a scalar loop with a jump table in it: an f32 add ran at ~1 ns
@@ -208,7 +195,6 @@ fn binary_map<T: Float>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout
                 la,
                 b,
                 lb,
-                true,
                 #[inline(always)]
                 |$x: T, $y: T| $e,
             )
@@ -340,13 +326,14 @@ fn apply1<A: Copy, O>(o: &mut [MaybeUninit<O>], a: &[A], f: &impl Fn(A) -> O) {
     }
 }
 
-/// `out[i] = f(a[i])` over one strided view. `memory_bound`: `f` is cheap enough that the
-/// loop waits on memory (see [`streams_well`]), so an output larger than the last-level cache
-/// is written with streaming stores (`stream.rs`).
+/// `out[i] = f(a[i])` over one strided view. A contiguous output larger than the last-level
+/// cache is written with streaming stores, one line at a time (`stream::write_chunked`), each
+/// line first prefetching the input [`stream::prefetch_ahead`] of it: whatever `f` costs,
+/// from a copy to GELU's 39 vector operations per 16 values, that beat regular stores on
+/// 128 MiB (docs/PERF.md, session 23).
 pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync>(
     a: &[A],
     la: &Layout,
-    memory_bound: bool,
     f: impl Fn(A) -> O + Sync + Send,
 ) -> Vec<O> {
     let n = la.elem_count();
@@ -354,7 +341,7 @@ pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync>(
         return Vec::new();
     }
     if let Some((s, e)) = la.contiguous_range() {
-        let stream = memory_bound && stream::streams(n * size_of::<O>());
+        let stream = stream::streams(n * size_of::<O>());
         // SAFETY: the chunks cover the output and `apply1` writes each of them whole.
         return unsafe {
             written_vec(n, |out| {
@@ -368,7 +355,10 @@ pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync>(
                                     o,
                                     stream,
                                     #[inline(always)]
-                                    |off, o| apply1(o, &a[off..], &f),
+                                    |off, o| {
+                                        stream::prefetch_ahead(a, off);
+                                        apply1(o, &a[off..], &f)
+                                    },
                                 )
                             },
                         )
@@ -405,14 +395,12 @@ pub(crate) fn map1<A: Copy + Send + Sync, O: Copy + Send + Sync>(
     }
 }
 
-/// `out[i] = f(a[i], b[i])` over two strided views of one shape (`memory_bound` as in
-/// [`map1`]).
+/// `out[i] = f(a[i], b[i])` over two strided views of one shape (streamed as in [`map1`]).
 pub(crate) fn map2<A: Copy + Send + Sync, B: Copy + Send + Sync, O: Copy + Send + Sync>(
     a: &[A],
     la: &Layout,
     b: &[B],
     lb: &Layout,
-    memory_bound: bool,
     f: impl Fn(A, B) -> O + Sync + Send,
 ) -> Vec<O> {
     let n = la.elem_count();
@@ -420,7 +408,7 @@ pub(crate) fn map2<A: Copy + Send + Sync, B: Copy + Send + Sync, O: Copy + Send 
         return Vec::new();
     }
     if let (Some((sa, ea)), Some((sb, eb))) = (la.contiguous_range(), lb.contiguous_range()) {
-        let stream = memory_bound && stream::streams(n * size_of::<O>());
+        let stream = stream::streams(n * size_of::<O>());
         // SAFETY: the chunks cover the output and each is written whole (`a` and `b` have the
         // output's length, so their chunks are as long as the output's).
         return unsafe {
@@ -440,6 +428,8 @@ pub(crate) fn map2<A: Copy + Send + Sync, B: Copy + Send + Sync, O: Copy + Send 
                                     stream,
                                     #[inline(always)]
                                     |off, o| {
+                                        stream::prefetch_ahead(a, off);
+                                        stream::prefetch_ahead(b, off);
                                         let end = off + o.len();
                                         let (a, b) = (&a[off..end], &b[off..end]);
                                         for i in 0..o.len() {
@@ -521,7 +511,6 @@ fn cmp_map<T: PartialOrd + Copy + Send + Sync>(
                 la,
                 b,
                 lb,
-                true,
                 #[inline(always)]
                 |$x: T, $y: T| u8::from($e),
             )
@@ -546,7 +535,7 @@ fn where_typed<T: WithDType + Default>(
     lf: &Layout,
 ) -> Vec<T> {
     let (t, f) = (contiguous_cow(t, lt), contiguous_cow(f, lf));
-    map1(c, lc, true, |x| x)
+    map1(c, lc, |x| x)
         .into_iter()
         .zip(t.iter().zip(f.iter()))
         .map(|(c, (&t, &f))| if c != 0 { t } else { f })
@@ -563,7 +552,6 @@ impl ElementwiseBackend for CpuStorage {
             |v| with_unary_fn!(op, fwd, |f| map1(
                 v,
                 layout,
-                streams_well(op),
                 #[inline(always)]
                 |x| f(x)
             ))
@@ -583,7 +571,6 @@ impl ElementwiseBackend for CpuStorage {
                 x_layout,
                 g,
                 dy_layout,
-                streams_well(op),
                 #[inline(always)]
                 |x, g| f(x, g)
             ))),
@@ -592,7 +579,6 @@ impl ElementwiseBackend for CpuStorage {
                 x_layout,
                 g,
                 dy_layout,
-                streams_well(op),
                 #[inline(always)]
                 |x, g| f(x, g)
             ))),

@@ -23,7 +23,7 @@
 use super::elementwise::written_vec;
 use super::lanes::sum_by_wide;
 use super::simd::vectorized;
-use super::stream::{self, RowScratch};
+use super::stream::{self, write_chunked, RowScratch};
 use super::{contiguous_cow, CpuStorage, Float};
 use crate::backend::norm::{NormBackend, NormDims, Param};
 use crate::backend::BackendStorage;
@@ -191,12 +191,32 @@ fn group_fwd<T: Float>(
                             let c0 = (r % groups) * cg;
                             let (wg, bg) = (&w[c0..c0 + cg], &b[c0..c0 + cg]);
                             let (mu, rs) = (*mu, *rs);
-                            scratch.write_row(
-                                yr,
-                                stream,
-                                #[inline(always)]
-                                |yr| affine_rows(xr, yr, d.s, mu, rs, wg, bg),
-                            );
+                            if d.s == 1 {
+                                // Layer norm: elementwise along the row, so streamed line by
+                                // line as it is computed (`stream::write_chunked`).
+                                let next = stream::next_row(x, r, m);
+                                write_chunked(
+                                    yr,
+                                    stream,
+                                    #[inline(always)]
+                                    |off, y| {
+                                        if let Some(v) = next.get(off) {
+                                            stream::prefetch(v);
+                                        }
+                                        let end = off + y.len();
+                                        let (x, w, b) =
+                                            (&xr[off..end], &wg[off..end], &bg[off..end]);
+                                        affine_rows(x, y, 1, mu, rs, w, b)
+                                    },
+                                );
+                            } else {
+                                scratch.write_row(
+                                    yr,
+                                    stream,
+                                    #[inline(always)]
+                                    |yr| affine_rows(xr, yr, d.s, mu, rs, wg, bg),
+                                );
+                            }
                         },
                     )
                 })
@@ -239,7 +259,7 @@ struct BwdRow<'a, T> {
 /// 2. the row sums `sum g w` and `sum g w x` in f64 (`sum_by_wide`; products of two f32 are
 ///    exact in f64, so `sum g w xhat = rs (sum g w x - mu sum g w)` loses nothing to the
 ///    subtraction that f32 `xhat` would not);
-/// 3. `dx`.
+/// 3. `dx`, streamed line by line past the last-level cache (`stream`, `write_chunked`).
 ///
 /// Passes 1 and 2 used to be one loop with the f64 lane accumulators inside it; LLVM kept those
 /// 16 accumulators on the stack (a load and a store per add) and ran the f32 work at 8 lanes;
@@ -251,6 +271,7 @@ fn layer_row_bwd<T: Float>(
     row: BwdRow<T>,
     next: (&[T], &[T]),
     dx: &mut [MaybeUninit<T>],
+    stream: bool,
     gw: &mut [T],
     pw: &mut [T],
     pb: &mut [T],
@@ -281,10 +302,18 @@ fn layer_row_bwd<T: Float>(
     let a = sum_gw / m as f64;
     let bb = rs.to_f64() * (sum_gwx - mu.to_f64() * sum_gw) / m as f64;
     let (a, bb) = (T::from_f64(a), T::from_f64(bb));
-    for i in 0..m {
-        let xh = (x[i] - mu) * rs;
-        dx[i] = MaybeUninit::new(rs * (gw[i] - a - xh * bb));
-    }
+    write_chunked(
+        dx,
+        stream,
+        #[inline(always)]
+        |off, dx| {
+            let end = off + dx.len();
+            for ((o, &x), &gw) in dx.iter_mut().zip(&x[off..end]).zip(&gw[off..end]) {
+                let xh = (x - mu) * rs;
+                *o = MaybeUninit::new(rs * (gw - a - xh * bb));
+            }
+        },
+    );
 }
 
 /// The backward of one group-norm row: `cg` channels of `s` contiguous elements, the same
@@ -382,12 +411,7 @@ fn group_bwd<T: Float>(
                                     let gw = &mut gw;
                                     let next =
                                         (stream::next_row(x, r, m), stream::next_row(dy, r, m));
-                                    scratch.write_row(
-                                        dxr,
-                                        stream,
-                                        #[inline(always)]
-                                        |dxr| layer_row_bwd(row, next, dxr, gw, lw, lb),
-                                    );
+                                    layer_row_bwd(row, next, dxr, stream, gw, lw, lb);
                                 } else {
                                     let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
                                     scratch.write_row(

@@ -18,9 +18,9 @@
 //! unchanged:
 //! - `RowScratch::write_row`: the kernel fills a whole row (softmax, a norm's row) in a
 //!   task's scratch buffer that stays in L1/L2, which is then streamed to the output;
-//! - `write_chunked`: for elementwise loops, the same in 4 KiB pieces on the stack. (A
-//!   thread-local scratch taken and put back per piece made GELU 25-33% slower: keep the
-//!   scratch out of thread-local storage in inner loops.)
+//! - `write_chunked`: for elementwise loops, one cache line at a time, each streamed as soon
+//!   as it is computed. (A thread-local scratch taken and put back per 4 KiB piece made GELU
+//!   25-33% slower: keep the scratch out of thread-local storage in inner loops.)
 //!
 //! With streaming off both call the kernel on the output directly. Either way the values are
 //! the same bits; only the stores differ.
@@ -38,8 +38,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of a cache line, the unit of a streaming store.
 const LINE: usize = 64;
-/// The piece [`write_chunked`] fills at a time: 4 KiB, well inside L1.
-const PIECE_BYTES: usize = 4096;
 /// Rows larger than this are written directly: their scratch copy would not stay in L2.
 const MAX_ROW_BYTES: usize = 256 << 10;
 /// The LLC size assumed when sysfs does not say.
@@ -175,8 +173,16 @@ impl RowScratch {
 }
 
 /// [`RowScratch::write_row`] for loops whose elements are independent: `fill(offset, piece)`
-/// writes the `piece` that stands for `out[offset..offset + piece.len()]`, in 4 KiB pieces on
-/// the stack when streaming, so the scratch stays in L1 (one call over all of `out` otherwise).
+/// writes the `piece` that stands for `out[offset..offset + piece.len()]`. When streaming,
+/// the pieces are single cache lines, each computed into a 64-byte scratch that stays in a
+/// register and streamed as soon as it is done (the partial lines at either end of `out` are
+/// written directly), then one store fence; otherwise one call over all of `out`.
+///
+/// One line at a time, not a burst: computing 4 KiB pieces into scratch and then streaming
+/// their 64 lines back to back held the core's line-fill buffers, which the loads ahead also
+/// need, so the arithmetic and the memory traffic took turns. Line by line, on 128 MiB with 2
+/// threads: GELU 12.4-13.9 -> 10.9-11.6 ms, exp 14.9-15.5 -> 11.4-11.8, add 12.9-13.7 ->
+/// 11.6-12.0, relu 8.9-9.1 -> 7.3-7.4 (docs/PERF.md, session 23).
 #[inline(always)]
 pub(crate) fn write_chunked<T: Copy>(
     out: &mut [MaybeUninit<T>],
@@ -184,22 +190,30 @@ pub(crate) fn write_chunked<T: Copy>(
     mut fill: impl FnMut(usize, &mut [MaybeUninit<T>]),
 ) {
     const { assert!(std::mem::align_of::<T>() <= LINE) };
-    if !stream {
+    let size = size_of::<T>();
+    if !stream || size == 0 || !LINE.is_multiple_of(size) || !has_full_line_stores() {
         fill(0, out);
         return;
     }
-    let mut buf = MaybeUninit::<[Line; PIECE_BYTES / LINE]>::uninit();
-    let per = (PIECE_BYTES / size_of::<T>().max(1)).max(1);
-    for (i, piece) in out.chunks_mut(per).enumerate() {
-        // SAFETY: `buf` holds `PIECE_BYTES >= per * size_of T` bytes, aligned to a line.
+    let per_line = LINE / size;
+    let len = out.len();
+    // Elements before the first line boundary, then whole lines, then the rest.
+    let head = ((out.as_ptr() as usize).wrapping_neg() % LINE / size).min(len);
+    let end = head + (len - head) / per_line * per_line;
+    fill(0, &mut out[..head]);
+    let mut line = MaybeUninit::<Line>::uninit();
+    for start in (head..end).step_by(per_line) {
+        // SAFETY: `line` holds 64 bytes on a line boundary, `per_line` elements of `T`.
         let scratch = unsafe {
-            std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<MaybeUninit<T>>(), piece.len())
+            std::slice::from_raw_parts_mut(line.as_mut_ptr().cast::<MaybeUninit<T>>(), per_line)
         };
-        fill(i * per, scratch);
-        let bytes = std::mem::size_of_val(piece);
-        // SAFETY: `fill` wrote all of `scratch`, which is as long as `piece` and distinct.
-        unsafe { copy_streaming(scratch.as_ptr().cast(), piece.as_mut_ptr().cast(), bytes) };
+        fill(start, scratch);
+        // SAFETY: `fill` wrote the whole line; `out[start..start + per_line]` is one whole
+        // line of `out` (it starts on a boundary), and AVX-512F is present.
+        unsafe { stream_line(scratch.as_ptr().cast(), out[start..].as_mut_ptr().cast()) };
     }
+    fill(end, &mut out[end..]);
+    fence();
 }
 
 /// Asks for the cache line holding `v` to be brought into L1, without waiting for it.
@@ -213,6 +227,31 @@ pub(crate) fn prefetch<T>(v: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = v;
+}
+
+/// How far ahead of the line it computes an elementwise loop prefetches its input: 8 KiB. The
+/// hardware's L2 streamer stops at each 4 KiB page and restarts on the next page's first
+/// misses; the software prefetch keeps the reads going across pages. Prefetching each line's
+/// input 2, 4, 8, 16 and 32 KiB ahead, GELU on 128 MiB (2 threads) took 8.9-9.7, 8.7-9.3,
+/// 8.4-9.1, 8.9-9.2 and 9.7-9.9 ms, 10.8-11.5 without (docs/PERF.md, session 23).
+const PREFETCH_AHEAD_BYTES: usize = 8 << 10;
+
+/// Prefetches the line of `v` [`PREFETCH_AHEAD_BYTES`] past element `off` (past the end of
+/// `v` too: a prefetch never faults, and in a loop split over tasks the next task's input is
+/// what follows).
+#[inline(always)]
+pub(crate) fn prefetch_ahead<T>(v: &[T], off: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ahead = PREFETCH_AHEAD_BYTES / size_of::<T>().max(1);
+        // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(off + ahead).cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, off);
 }
 
 /// Prefetches every cache line of `v` (see [`prefetch`]).
@@ -319,6 +358,38 @@ pub(crate) unsafe fn copy_streaming(src: *const u8, dst: *mut u8, bytes: usize) 
     }
     // SAFETY: as above.
     unsafe { std::ptr::copy_nonoverlapping(src, dst, bytes) };
+}
+
+/// One 64-byte line from `src` to `dst` (both on a line), streamed. Inlined into the caller's
+/// AVX-512 loop, it is one load, which the compiler folds into the register just computed, and
+/// one `vmovntdq`.
+///
+/// # Safety
+/// AVX-512F must be present; `src` and `dst` 64-byte aligned and valid for 64 bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_line(src: *const u8, dst: *mut u8) {
+    use std::arch::x86_64::{__m512i, _mm512_load_si512, _mm512_stream_si512};
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_stream_si512(dst.cast::<__m512i>(), _mm512_load_si512(src.cast())) };
+}
+
+/// Without x86-64 nothing streams ([`has_full_line_stores`] is false), so this never runs.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn stream_line(_: *const u8, _: *mut u8) {
+    unreachable!("streaming stores are x86-64 only")
+}
+
+/// A store fence (`SFENCE`) where streaming stores are used: the lines streamed before it are
+/// visible to whichever thread synchronizes with this one next.
+#[inline(always)]
+fn fence() {
+    #[cfg(target_arch = "x86_64")]
+    if has_full_line_stores() {
+        // SAFETY: SSE is part of x86-64.
+        unsafe { std::arch::x86_64::_mm_sfence() };
+    }
 }
 
 /// `lines` 64-byte lines from `src` (any alignment) to `dst` (on a line), streamed.

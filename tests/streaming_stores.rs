@@ -1,9 +1,9 @@
 //! Outputs larger than the last-level cache are written with streaming stores, line by line
-//! or through a scratch row (`backend::cpu::stream`). That must change the stores only, never a value: every op
-//! that can stream is run with streaming off and again with it forced on for every size, on
-//! random inputs whose rows are neither a whole number of cache lines nor of 4 KiB pieces,
-//! and the results are compared bit for bit. (Its own test binary: the threshold is
-//! process-wide.)
+//! or through a scratch row (`backend::cpu::stream`). That must change the stores only, never
+//! a value: every op that can stream is run with streaming off and again with it forced on for
+//! every size, on random inputs whose rows are not a whole number of cache lines (so outputs
+//! and rows start and end inside lines), and the results are compared bit for bit. (Its own
+//! test binary: the threshold is process-wide.)
 
 use tessera::backend::cpu::stream::force_threshold;
 use tessera::{DType, Device, Result, Tensor};
@@ -11,7 +11,7 @@ use tessera::{DType, Device, Result, Tensor};
 fn run_all(dtype: DType) -> Result<Vec<(String, Vec<f64>)>> {
     let dev = Device::Cpu;
     // 37 x 1031: rows of 4124 bytes in f32 (not whole lines), 38147 elements in all (a
-    // partial last Rayon chunk and a partial last 4 KiB piece).
+    // partial last Rayon chunk and a partial last line).
     let x = Tensor::randn_with_seed((37, 1031), dtype, dev, 1, 0)?.mul_scalar(2.0)?;
     let y = Tensor::randn_with_seed((37, 1031), dtype, dev, 2, 0)?;
     let mut out = Vec::new();

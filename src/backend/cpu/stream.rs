@@ -27,9 +27,10 @@
 //!
 //! `TESSERA_STREAMING_STORES=off` in the environment turns streaming off (to measure it).
 //!
-//! The module also holds the prefetch hints: `next_row` and `prefetch_piece`, with which a
-//! row kernel asks for the next row, piece by piece, while it computes on this one (the
-//! softmax's exp loop, the layer-norm backward's first pass), and `prefetch_write_all`
+//! The module also holds the prefetch hints: `prefetch_ahead`, with which an elementwise loop
+//! asks for its input 8 KiB ahead of the line it computes; `next_row` and `prefetch_piece`,
+//! with which a row kernel asks for the next row, piece by piece, while it computes on this
+//! one (the softmax's exp loop, the layer-norm backward's first pass); and `prefetch_write_all`
 //! (`PREFETCHW`, where `has_prefetch_write`), with which the softmax asks for its next output
 //! row's lines ready to be written, past the last-level cache, where its stores stay regular.
 
@@ -181,7 +182,7 @@ impl RowScratch {
 /// One line at a time, not a burst: computing 4 KiB pieces into scratch and then streaming
 /// their 64 lines back to back held the core's line-fill buffers, which the loads ahead also
 /// need, so the arithmetic and the memory traffic took turns. Line by line, on 128 MiB with 2
-/// threads: GELU 12.4-13.9 -> 10.9-11.6 ms, exp 14.9-15.5 -> 11.4-11.8, add 12.9-13.7 ->
+/// threads: GELU 13.5-14.0 -> 10.9-11.6 ms, exp 14.9-15.5 -> 11.4-11.8, add 12.9-13.7 ->
 /// 11.6-12.0, relu 8.9-9.1 -> 7.3-7.4 (docs/PERF.md, session 23).
 #[inline(always)]
 pub(crate) fn write_chunked<T: Copy>(

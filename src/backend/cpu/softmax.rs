@@ -23,7 +23,10 @@
 //! worse than one in pieces of 128); in the backward, the same gained nothing measurable.
 //! Regular stores, also past the last-level cache: computing each row in a scratch row and
 //! streaming it out (`stream.rs`) saves y's read-for-ownership but made the 128 MiB softmax
-//! 6% slower on the Ice Lake VM; like GELU, its per-element `exp` keeps it compute-bound there.
+//! 6% slower on the Ice Lake VM (session 20), and streaming it line by line as the elementwise
+//! ops do since session 23 did not pay either: after the arithmetic (a burst of 64 stores per
+//! row, 13.2-13.6 against 11.6-11.9 ms) nor spread over the next row's exp loop (11.85-11.90
+//! against 11.47-11.75; docs/PERF.md, session 23).
 //! Instead, past the last-level cache and where the CPU has `PREFETCHW`, each piece of the exp
 //! loop also asks for the matching 8 lines of the next row's output ready to be written, so
 //! that the next row's first stores do not each wait for a read-for-ownership: 11.9-12.2 ->

@@ -220,14 +220,21 @@ pub(crate) fn write_chunked<T: Copy>(
 /// Asks for the cache line holding `v` to be brought into L1, without waiting for it.
 #[inline(always)]
 pub(crate) fn prefetch<T>(v: &T) {
+    prefetch_address(v as *const T);
+}
+
+/// [`prefetch`] of any address: a prefetch never faults and reads nothing the program sees,
+/// so `p` may point anywhere (past a slice's end included).
+#[inline(always)]
+fn prefetch_address<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults, whatever the address.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((v as *const T).cast());
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
+    let _ = p;
 }
 
 /// How far ahead of the line it computes an elementwise loop prefetches its input: 8 KiB. The
@@ -242,17 +249,8 @@ const PREFETCH_AHEAD_BYTES: usize = 8 << 10;
 /// what follows).
 #[inline(always)]
 pub(crate) fn prefetch_ahead<T>(v: &[T], off: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let ahead = PREFETCH_AHEAD_BYTES / size_of::<T>().max(1);
-        // SAFETY: a prefetch is a hint: it never faults, whatever the address.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(off + ahead).cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (v, off);
+    let ahead = PREFETCH_AHEAD_BYTES / size_of::<T>().max(1);
+    prefetch_address(v.as_ptr().wrapping_add(off + ahead));
 }
 
 /// Prefetches every cache line of `v` (see [`prefetch`]).

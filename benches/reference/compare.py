@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side by side: `tessera bench` and the same cases in numpy (OpenBLAS) and PyTorch, in one run.
 
-    python3 benches/reference/compare.py --suite gemm [--threads 2] [--seconds 1] [--filter X] [--markdown]
+    python3 benches/reference/compare.py --suite gemm [--threads 2] [--seconds 1] [--rounds N]
+                                         [--filter X] [--markdown]
 
 Runs `target/release/tessera bench --suite S --json` (build it first with `cargo build --release`),
 then times every case it printed with the reference library, the same way (one warm-up, then
@@ -19,6 +20,12 @@ repeated runs for the same time budget, median), on the same number of threads:
 and prints one row per case: ours, theirs, and theirs/ours in time (> 1 means tessera is faster),
 plus peak memory (ours: bytes held by tensors; PyTorch: growth of the process's peak RSS while the
 case ran, measured in a fresh subprocess for train cases).
+
+`--rounds N` runs both sides N times, alternating which goes first, and compares each side's best
+round per case (the least disturbed one), printing every round's ratio beside it. On a shared
+virtual machine whose speed drifts for seconds at a time (one side's run can land in a slow spell
+and halve its speed), a single round's ratio is noise; the best of three is what the tables in
+docs/PERF.md use from session 24 on.
 """
 import argparse
 import json
@@ -225,10 +232,28 @@ def cpu_ticks():
     return v[7] if len(v) > 7 else 0, sum(v[:8])
 
 
-def steal_share(before, after):
-    if before is None or after is None or after[1] == before[1]:
-        return "n/a"
-    return f"{100 * (after[0] - before[0]) / (after[1] - before[1]):.1f}%"
+def run_ours(a):
+    """One `tessera bench` process over the suite's (filtered) cases: its JSON lines."""
+    cmd = [a.bin, "--threads", str(a.threads), "bench", "--suite", a.suite, "--json",
+           "--seconds", str(a.seconds), "--min-reps", str(a.min_reps)]
+    if a.filter:
+        cmd += ["--filter", a.filter]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def run_refs(a, cases):
+    """The reference of every case: {case: (ms, reference name, peak bytes or None)}."""
+    refs = {"gemm": ref_gemm, "conv": ref_conv, "attention": ref_attention, "norm": ref_norm}
+    out = {}
+    for c in cases:
+        if a.suite == "train":
+            r = ref_train(c, a.threads, a.seconds, a.min_reps)
+            out[c["case"]] = (r["ms"], r["ref"], r["rss_growth_bytes"])
+        else:
+            fn, ref = refs[a.suite](c)
+            out[c["case"]] = (timed(fn, a.seconds, a.min_reps), ref, None)
+    return out
 
 
 def main():
@@ -237,21 +262,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--min-reps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run both sides this many times, alternating which goes first, and "
+                         "compare each side's best round (for machines whose speed drifts)")
     ap.add_argument("--filter")
     ap.add_argument("--markdown", action="store_true", help="print a docs/PERF.md table")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "tessera"))
     a = ap.parse_args()
+    if a.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
 
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(a.threads)
     os.environ["MKL_NUM_THREADS"] = str(a.threads)
-    cmd = [a.bin, "--threads", str(a.threads), "bench", "--suite", a.suite, "--json",
-           "--seconds", str(a.seconds), "--min-reps", str(a.min_reps)]
-    if a.filter:
-        cmd += ["--filter", a.filter]
-    t0 = cpu_ticks()
-    ours = [json.loads(l) for l in subprocess.run(cmd, check=True, capture_output=True,
-                                                   text=True).stdout.splitlines() if l.startswith("{")]
-    t1 = cpu_ticks()
     try:
         import torch
         torch.set_num_threads(a.threads)
@@ -259,30 +281,57 @@ def main():
     except ImportError:
         if a.suite != "gemm":
             raise
-    refs = {"gemm": ref_gemm, "conv": ref_conv, "attention": ref_attention, "norm": ref_norm}
-    rows = []
-    for c in ours:
-        if a.suite == "train":
-            r = ref_train(c, a.threads, a.seconds, a.min_reps)
-            theirs, ref, their_mem = r["ms"], r["ref"], r["rss_growth_bytes"]
-        else:
-            fn, ref = refs[a.suite](c)
-            theirs, their_mem = timed(fn, a.seconds, a.min_reps), None
-        rows.append((c, theirs, ref, their_mem))
-    t2 = cpu_ticks()
+    # Round r: tessera's whole suite, then every reference (odd rounds: the references
+    # first), so that a slow spell of the machine lands on both sides across the rounds.
+    ours_rounds, refs_rounds = [], []
+    stolen = {"ours": [0, 0], "refs": [0, 0]}
 
-    unit = next((u for u in ("gflops", "gbps", "steps_per_s") if ours and u in ours[0]), "gflops")
+    def timed_side(side, fn):
+        t0 = cpu_ticks()
+        out = fn()
+        t1 = cpu_ticks()
+        if t0 is not None and t1 is not None:
+            stolen[side][0] += t1[0] - t0[0]
+            stolen[side][1] += t1[1] - t0[1]
+        return out
+
+    cases = None
+    for r in range(a.rounds):
+        if r % 2 == 1:
+            refs_rounds.append(timed_side("refs", lambda: run_refs(a, cases)))
+        ours = timed_side("ours", lambda: run_ours(a))
+        if cases is None:
+            cases = ours
+        ours_rounds.append({c["case"]: c for c in ours})
+        if r % 2 == 0:
+            refs_rounds.append(timed_side("refs", lambda: run_refs(a, cases)))
+
+    # Each side's best round per case (the least disturbed), and the ratio of the two.
+    rows = []
+    for c0 in cases:
+        name = c0["case"]
+        mine = min((o[name] for o in ours_rounds), key=lambda c: c["ms"])
+        theirs, ref, their_mem = min((rr[name] for rr in refs_rounds), key=lambda t: t[0])
+        per_round = [rr[name][0] / o[name]["ms"] for o, rr in zip(ours_rounds, refs_rounds)]
+        rows.append((mine, theirs, ref, their_mem, per_round))
+
+    unit = next((u for u in ("gflops", "gbps", "steps_per_s") if cases and u in cases[0]), "gflops")
     label = {"gflops": "GFLOP/s", "gbps": "GB/s", "steps_per_s": "steps/s"}[unit]
     head = ["case", "tessera ms", f"tessera {label}", "of ceiling", "reference", "ref ms",
             f"ref {label}", "ref ms / tessera ms", "tessera peak MiB", "ref peak MiB"]
+    if a.rounds > 1:
+        head.append(f"ratio in each of {a.rounds} rounds")
     table = []
-    for c, theirs, ref, their_mem in rows:
+    for c, theirs, ref, their_mem, per_round in rows:
         rate = c[unit]
         their_rate = rate * c["ms"] / theirs
         frac = f"{100 * c['fraction']:.0f}%" if "fraction" in c else "-"
         mem = f"{their_mem / 2**20:.0f} (RSS)" if their_mem is not None else "-"
-        table.append([c["case"], f"{c['ms']:.3f}", f"{rate:.1f}", frac, ref, f"{theirs:.3f}",
-                      f"{their_rate:.1f}", f"{theirs / c['ms']:.2f}", f"{c['peak_bytes'] / 2**20:.1f}", mem])
+        row = [c["case"], f"{c['ms']:.3f}", f"{rate:.1f}", frac, ref, f"{theirs:.3f}",
+               f"{their_rate:.1f}", f"{theirs / c['ms']:.2f}", f"{c['peak_bytes'] / 2**20:.1f}", mem]
+        if a.rounds > 1:
+            row.append(" ".join(f"{x:.2f}" for x in per_round))
+        table.append(row)
     if a.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
@@ -294,11 +343,16 @@ def main():
         for r in table:
             print("  ".join(x.ljust(w[i]) for i, x in enumerate(r)))
     if table:
-        ratios = [theirs / c["ms"] for c, theirs, _, _ in rows]
-        print(f"# {a.suite}: {len(rows)} cases, {a.threads} threads; ref/tessera time ratio "
+        ratios = [theirs / c["ms"] for c, theirs, _, _, _ in rows]
+        best = f", each side's best of {a.rounds} rounds" if a.rounds > 1 else ""
+        print(f"# {a.suite}: {len(rows)} cases, {a.threads} threads{best}; ref/tessera time ratio "
               f"min {min(ratios):.2f}, median {sorted(ratios)[len(ratios) // 2]:.2f}")
+
+    def share(side):
+        steal, total = stolen[side]
+        return f"{100 * steal / total:.1f}%" if total else "n/a"
     print(f"# CPU time stolen by the host (/proc/stat steal) while each side ran: tessera "
-          f"{steal_share(t0, t1)}, reference {steal_share(t1, t2)}")
+          f"{share('ours')}, reference {share('refs')}")
 
 
 if __name__ == "__main__":

@@ -196,6 +196,14 @@ fn group_norm_matches_decomposition() {
             "group_norm",
         );
     }
+    // 45 samples in 3 groups: 135 statistic rows, three backward tasks of up to 64 rows, whose
+    // weight and bias partials are added in task order.
+    compare_with_reference(
+        |x| x[0].group_norm(3, Some(&x[1]), Some(&x[2]), eps),
+        |x| group_norm_ref(&x[0], 3, &x[1], &x[2], eps),
+        &[randn(&[45, 6, 2, 3], 33), randn(&[6], 34), randn(&[6], 35)],
+        "group_norm (three backward tasks)",
+    );
 }
 
 #[test]

@@ -375,65 +375,81 @@ fn group_bwd<T: Float>(
     let rows_per_task = BWD_ROWS_PER_TASK;
     let stream = stream::streams(std::mem::size_of_val(x));
     // Per task (a fixed run of statistic rows): dx, and partial sums for dw and db over all
-    // channels, accumulated in f64.
-    let mut partials: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    // channels, accumulated in f64, each task's in its own slice of one buffer
+    // (`[task][dw, db][channel]`), which the tasks initialise themselves. Kept as a `Vec` per
+    // task, the partials (16 KiB a task for 1024 channels, 8 MiB for a 128 MiB input in tasks
+    // of 64 rows) went back to the system when the call ended and were faulted in afresh by
+    // the next, page by page: 3-4 ms of a 15 ms backward (docs/PERF.md, session 24). One
+    // buffer of this size comes back from the caching allocator without faults.
+    let tasks = x.len().div_ceil(m * rows_per_task);
+    let mut dx = Vec::new();
     // SAFETY: `x.len()` is a whole number of rows of `m` (`check_args`), so the tasks' chunks
-    // cover dx in whole rows, and `layer_row_bwd` / `group_row_bwd` write each row whole.
-    let dx = unsafe {
-        written_vec(x.len(), |dx| {
-            partials = dx
-                .par_chunks_mut(m * rows_per_task)
-                .enumerate()
-                .map(|(t, dxt)| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            let mut scratch = RowScratch::default();
-                            let (mut pw, mut pb) = (vec![0.0f64; d.c], vec![0.0f64; d.c]);
-                            // Layer norm: the task's partials in `T` (one add per element,
-                            // its 64 rows), turned into f64 once at the end of the task.
-                            let layer = s == 1;
-                            let n_layer = if layer { d.c } else { 0 };
-                            let (mut lw, mut lb) = (vec![T::ZERO; n_layer], vec![T::ZERO; n_layer]);
-                            let mut gw = vec![T::ZERO; if layer { m } else { 0 }];
-                            for (k, dxr) in dxt.chunks_exact_mut(m).enumerate() {
-                                let r = t * rows_per_task + k;
-                                let c0 = (r % groups) * cg;
-                                let row = BwdRow {
-                                    x: &x[r * m..(r + 1) * m],
-                                    dy: &dy[r * m..(r + 1) * m],
-                                    w: &w[c0..c0 + cg],
-                                    mu: mean[r],
-                                    rs: rstd[r],
-                                };
-                                if layer {
-                                    let (lw, lb) = (&mut lw[c0..c0 + cg], &mut lb[c0..c0 + cg]);
-                                    let gw = &mut gw;
-                                    let next =
-                                        (stream::next_row(x, r, m), stream::next_row(dy, r, m));
-                                    layer_row_bwd(row, next, dxr, stream, gw, lw, lb);
-                                } else {
-                                    let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
-                                    scratch.write_row(
-                                        dxr,
-                                        stream,
-                                        #[inline(always)]
-                                        |dxr| group_row_bwd(row, s, dxr, pw, pb),
-                                    );
+    // cover dx in whole rows, and `layer_row_bwd` / `group_row_bwd` write each row whole; the
+    // dx chunks and the partials' chunks are both `tasks` many, and each task writes the
+    // whole of its partials' chunk before reading it.
+    let partials = unsafe {
+        written_vec(tasks * 2 * d.c, |parts| {
+            dx = written_vec(x.len(), |dx| {
+                dx.par_chunks_mut(m * rows_per_task)
+                    .zip(parts.par_chunks_mut(2 * d.c))
+                    .enumerate()
+                    .for_each(|(t, (dxt, part))| {
+                        for p in part.iter_mut() {
+                            p.write(0.0);
+                        }
+                        // SAFETY: every element was written just above.
+                        let part = &mut *(part as *mut [MaybeUninit<f64>] as *mut [f64]);
+                        let (pw, pb) = part.split_at_mut(d.c);
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                let mut scratch = RowScratch::default();
+                                // Layer norm: the task's partials in `T` (one add per element,
+                                // its 64 rows), turned into f64 once at the end of the task.
+                                let layer = s == 1;
+                                let n_layer = if layer { d.c } else { 0 };
+                                let (mut lw, mut lb) =
+                                    (vec![T::ZERO; n_layer], vec![T::ZERO; n_layer]);
+                                let mut gw = vec![T::ZERO; if layer { m } else { 0 }];
+                                for (k, dxr) in dxt.chunks_exact_mut(m).enumerate() {
+                                    let r = t * rows_per_task + k;
+                                    let c0 = (r % groups) * cg;
+                                    let row = BwdRow {
+                                        x: &x[r * m..(r + 1) * m],
+                                        dy: &dy[r * m..(r + 1) * m],
+                                        w: &w[c0..c0 + cg],
+                                        mu: mean[r],
+                                        rs: rstd[r],
+                                    };
+                                    if layer {
+                                        let (lw, lb) = (&mut lw[c0..c0 + cg], &mut lb[c0..c0 + cg]);
+                                        let gw = &mut gw;
+                                        let next =
+                                            (stream::next_row(x, r, m), stream::next_row(dy, r, m));
+                                        layer_row_bwd(row, next, dxr, stream, gw, lw, lb);
+                                    } else {
+                                        let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
+                                        scratch.write_row(
+                                            dxr,
+                                            stream,
+                                            #[inline(always)]
+                                            |dxr| group_row_bwd(row, s, dxr, pw, pb),
+                                        );
+                                    }
                                 }
-                            }
-                            for (p, l) in pw.iter_mut().zip(&lw).chain(pb.iter_mut().zip(&lb)) {
-                                *p = l.to_f64();
-                            }
-                            (pw, pb)
-                        },
-                    )
-                })
-                .collect();
+                                let pairs = pw.iter_mut().zip(&lw).chain(pb.iter_mut().zip(&lb));
+                                for (p, l) in pairs {
+                                    *p = l.to_f64();
+                                }
+                            },
+                        )
+                    });
+            });
         })
     };
     let (mut dw, mut db) = (vec![0.0f64; d.c], vec![0.0f64; d.c]);
-    for (pw, pb) in &partials {
+    for part in partials.chunks_exact(2 * d.c) {
+        let (pw, pb) = part.split_at(d.c);
         dw.iter_mut().zip(pw).for_each(|(o, &p)| *o += p);
         db.iter_mut().zip(pb).for_each(|(o, &p)| *o += p);
     }

@@ -378,9 +378,10 @@ fn group_bwd<T: Float>(
     // channels, accumulated in f64, each task's in its own slice of one buffer
     // (`[task][dw, db][channel]`), which the tasks initialise themselves. Kept as a `Vec` per
     // task, the partials (16 KiB a task for 1024 channels, 8 MiB for a 128 MiB input in tasks
-    // of 64 rows) went back to the system when the call ended and were faulted in afresh by
-    // the next, page by page: 3-4 ms of a 15 ms backward (docs/PERF.md, session 24). One
-    // buffer of this size comes back from the caching allocator without faults.
+    // of 64 rows) could go back to the system when the call ended (glibc trims its heaps) and
+    // be faulted in afresh by the next, page by page: 3 ms of a 15 ms backward in a probe
+    // process (docs/PERF.md, session 24). One buffer of this size comes back from the
+    // caching allocator without faults.
     let tasks = x.len().div_ceil(m * rows_per_task);
     let mut dx = Vec::new();
     // SAFETY: `x.len()` is a whole number of rows of `m` (`check_args`), so the tasks' chunks

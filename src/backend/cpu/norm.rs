@@ -350,6 +350,72 @@ fn group_row_bwd<T: Float>(
     }
 }
 
+/// What every task of [`group_bwd`] reads: the input, the output gradient, the saved
+/// statistics (one per row of `cg * s` elements), the weight (ones when there is none), and
+/// whether `dx` is streamed.
+struct BwdInputs<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    mean: &'a [T],
+    rstd: &'a [T],
+    w: &'a [T],
+    cg: usize,
+    s: usize,
+    groups: usize,
+    stream: bool,
+}
+
+/// One task of [`group_bwd`]: the statistic rows from `r0` on, one per row of `dxt`, and the
+/// task's partial sums for dw and db over all channels (`pw`, `pb`, in f64, zeroed by the
+/// caller). Layer norm (`s == 1`) sums its partials in `T` (one add per element over the
+/// task's rows) and turns them into f64 once at the end.
+#[inline(always)]
+fn bwd_task<T: Float>(
+    inp: &BwdInputs<T>,
+    r0: usize,
+    dxt: &mut [MaybeUninit<T>],
+    pw: &mut [f64],
+    pb: &mut [f64],
+) {
+    let (cg, s) = (inp.cg, inp.s);
+    let m = cg * s;
+    let layer = s == 1;
+    let n_layer = if layer { pw.len() } else { 0 };
+    let (mut lw, mut lb) = (vec![T::ZERO; n_layer], vec![T::ZERO; n_layer]);
+    let mut gw = vec![T::ZERO; if layer { m } else { 0 }];
+    let mut scratch = RowScratch::default();
+    for (k, dxr) in dxt.chunks_exact_mut(m).enumerate() {
+        let r = r0 + k;
+        let c0 = (r % inp.groups) * cg;
+        let row = BwdRow {
+            x: &inp.x[r * m..(r + 1) * m],
+            dy: &inp.dy[r * m..(r + 1) * m],
+            w: &inp.w[c0..c0 + cg],
+            mu: inp.mean[r],
+            rs: inp.rstd[r],
+        };
+        if layer {
+            let (lw, lb) = (&mut lw[c0..c0 + cg], &mut lb[c0..c0 + cg]);
+            let next = (
+                stream::next_row(inp.x, r, m),
+                stream::next_row(inp.dy, r, m),
+            );
+            layer_row_bwd(row, next, dxr, inp.stream, &mut gw, lw, lb);
+        } else {
+            let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
+            scratch.write_row(
+                dxr,
+                inp.stream,
+                #[inline(always)]
+                |dxr| group_row_bwd(row, s, dxr, pw, pb),
+            );
+        }
+    }
+    for (p, l) in pw.iter_mut().zip(&lw).chain(pb.iter_mut().zip(&lb)) {
+        *p = l.to_f64();
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn group_bwd<T: Float>(
     x: &[T],
@@ -383,6 +449,17 @@ fn group_bwd<T: Float>(
     // process (docs/PERF.md, session 24). One buffer of this size comes back from the
     // caching allocator without faults.
     let tasks = x.len().div_ceil(m * rows_per_task);
+    let inputs = BwdInputs {
+        x,
+        dy,
+        mean,
+        rstd,
+        w,
+        cg,
+        s,
+        groups,
+        stream,
+    };
     let mut dx = Vec::new();
     // SAFETY: `x.len()` is a whole number of rows of `m` (`check_args`), so the tasks' chunks
     // cover dx in whole rows, and `layer_row_bwd` / `group_row_bwd` write each row whole; the
@@ -401,49 +478,11 @@ fn group_bwd<T: Float>(
                         // SAFETY: every element was written just above.
                         let part = &mut *(part as *mut [MaybeUninit<f64>] as *mut [f64]);
                         let (pw, pb) = part.split_at_mut(d.c);
+                        let r0 = t * rows_per_task;
                         vectorized(
                             #[inline(always)]
-                            || {
-                                let mut scratch = RowScratch::default();
-                                // Layer norm: the task's partials in `T` (one add per element,
-                                // its 64 rows), turned into f64 once at the end of the task.
-                                let layer = s == 1;
-                                let n_layer = if layer { d.c } else { 0 };
-                                let (mut lw, mut lb) =
-                                    (vec![T::ZERO; n_layer], vec![T::ZERO; n_layer]);
-                                let mut gw = vec![T::ZERO; if layer { m } else { 0 }];
-                                for (k, dxr) in dxt.chunks_exact_mut(m).enumerate() {
-                                    let r = t * rows_per_task + k;
-                                    let c0 = (r % groups) * cg;
-                                    let row = BwdRow {
-                                        x: &x[r * m..(r + 1) * m],
-                                        dy: &dy[r * m..(r + 1) * m],
-                                        w: &w[c0..c0 + cg],
-                                        mu: mean[r],
-                                        rs: rstd[r],
-                                    };
-                                    if layer {
-                                        let (lw, lb) = (&mut lw[c0..c0 + cg], &mut lb[c0..c0 + cg]);
-                                        let gw = &mut gw;
-                                        let next =
-                                            (stream::next_row(x, r, m), stream::next_row(dy, r, m));
-                                        layer_row_bwd(row, next, dxr, stream, gw, lw, lb);
-                                    } else {
-                                        let (pw, pb) = (&mut pw[c0..c0 + cg], &mut pb[c0..c0 + cg]);
-                                        scratch.write_row(
-                                            dxr,
-                                            stream,
-                                            #[inline(always)]
-                                            |dxr| group_row_bwd(row, s, dxr, pw, pb),
-                                        );
-                                    }
-                                }
-                                let pairs = pw.iter_mut().zip(&lw).chain(pb.iter_mut().zip(&lb));
-                                for (p, l) in pairs {
-                                    *p = l.to_f64();
-                                }
-                            },
-                        )
+                            || bwd_task(&inputs, r0, dxt, pw, pb),
+                        );
                     });
             });
         })

@@ -20,7 +20,7 @@
 //! sums are produced per fixed run of rows and summed in a fixed order afterwards, so results
 //! do not depend on the thread count.
 
-use super::elementwise::written_vec;
+use super::elementwise::{assume_init, written_vec};
 use super::lanes::sum_by_wide;
 use super::simd::vectorized;
 use super::stream::{self, write_chunked, RowScratch};
@@ -472,11 +472,9 @@ fn group_bwd<T: Float>(
                     .zip(parts.par_chunks_mut(2 * d.c))
                     .enumerate()
                     .for_each(|(t, (dxt, part))| {
-                        for p in part.iter_mut() {
-                            p.write(0.0);
-                        }
+                        part.fill(MaybeUninit::new(0.0));
                         // SAFETY: every element was written just above.
-                        let part = &mut *(part as *mut [MaybeUninit<f64>] as *mut [f64]);
+                        let part = assume_init(part);
                         let (pw, pb) = part.split_at_mut(d.c);
                         let r0 = t * rows_per_task;
                         vectorized(

@@ -18,7 +18,7 @@
 //! block's sums are added to a channel-last buffer (`[pixel][32]`). A task
 //! (image, block of 32 channels, band of output rows) finally transposes that buffer into its
 //! NCHW planes, 16 x 16 at a time in registers. How a band is cut into tiles: [`TileLayout`]
-//! (at stride 1 the tiles run along the padded width, across row ends).
+//! (blocks of up to 4 output rows, so that a row of 16 makes tiles of 3 x 4 pixels).
 //!
 //! Sums: every output element is `(blk_0 + blk_1) + ...` over depth blocks of [`KC`] taps,
 //! each block one chain of FMAs from zero in tap order: exactly the implicit GEMM's sums, so
@@ -214,10 +214,10 @@ fn pack_weights(w: &[f32], g: &Conv2dGeom, blocks: &[(usize, usize, usize)]) -> 
     wpk
 }
 
-/// The pixel widths one output row is cut into: as few tiles as [`MAX_PW`] allows, their
-/// widths as equal as possible (32 -> 11 + 11 + 10).
-fn row_tiles(ow: usize) -> Vec<usize> {
-    let tiles = ow.div_ceil(MAX_PW);
+/// The pixel widths one output row is cut into: as few tiles as `max` pixels each allow,
+/// their widths as equal as possible (32 by 14 -> 11 + 11 + 10).
+fn row_tiles(ow: usize, max: usize) -> Vec<usize> {
+    let tiles = ow.div_ceil(max);
     (0..tiles)
         .map(|i| ow / tiles + usize::from(i < ow % tiles))
         .collect()
@@ -261,8 +261,8 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
         .for_each_init(
             || {
                 (
-                    AlignedVec::zeroed(band * layout.pitch * LANES),
-                    AlignedVec::zeroed(band * layout.pitch * LANES),
+                    AlignedVec::zeroed(band * g.ow * LANES),
+                    AlignedVec::zeroed(band * g.ow * LANES),
                     Vec::new(),
                     Vec::new(),
                 )
@@ -275,8 +275,8 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
                 );
                 let (gi, c0, nch) = blocks[b];
                 let (oy0, rows) = (bi * band, band.min(g.oh - bi * band));
-                let acc = &mut acc[..rows * layout.pitch * LANES];
-                let chains = &mut chains[..rows * layout.pitch * LANES];
+                let acc = &mut acc[..rows * g.ow * LANES];
+                let chains = &mut chains[..rows * g.ow * LANES];
                 // Where the band's first pixel reads at tap (0, 0, 0).
                 let origin = (n * g.c_in + gi * g.cin_g()) * hp * wp + oy0 * g.stride.0 * wp;
                 layout.tiles(rows, tiles);
@@ -297,20 +297,31 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
                     for tile in tiles.iter() {
                         let at = origin + tile.x;
                         // The last input this tile reads: its last pixel at the last tap.
-                        let last = at + (tile.pixels - 1) * sw + task.taps[sc - 1];
+                        let last = at
+                            + (tile.rows - 1) * layout.row_step
+                            + (tile.pixels - 1) * sw
+                            + task.taps[sc - 1];
                         assert!(last < xdata.len());
-                        let range = tile.acc * LANES..(tile.acc + tile.pixels) * LANES;
+                        let (first, end) = (tile.acc, tile.acc + (tile.rows - 1) * g.ow);
+                        let range = first * LANES..(end + tile.pixels) * LANES;
                         let (dst, chain) = (&mut acc[range.clone()], &mut chains[range]);
+                        let shape = TileShape {
+                            rows: tile.rows,
+                            pixels: tile.pixels,
+                            sw,
+                            row_step: layout.row_step,
+                            pitch: g.ow,
+                        };
                         // SAFETY: the CPU has AVX-512F (`applies`); every input read is at
-                        // `at + p*sw + taps[i]` <= `last` (the taps increase), in bounds
-                        // (checked above); `dst` and `chain` hold the tile's `pixels * 32`
-                        // sums.
-                        unsafe { task.tile(isa, tile.pixels, sw, &xdata[at..], dst, chain) };
+                        // `at + r*row_step + p*sw + taps[i]` <= `last` (the taps increase), in
+                        // bounds (checked above); `dst` and `chain` hold the tile's sums, its
+                        // last row's last pixel's 32 the last.
+                        unsafe { task.tile(isa, shape, &xdata[at..], dst, chain) };
                     }
                 }
                 // The band's sums, channel-last, into the NCHW output planes: transposed
-                // 16 x 16 at a time, then each channel's rows copied out.
-                let span = (rows - 1) * layout.pitch + g.ow;
+                // 16 x 16 at a time, then each channel's band copied out.
+                let span = rows * g.ow;
                 let stride = span.next_multiple_of(16);
                 trans.resize(LANES * stride, 0.0);
                 // SAFETY: the CPU has AVX-512F; `acc` holds `span` pixels' 32 sums and
@@ -324,12 +335,9 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
                         for l in 0..nch {
                             let co = gi * g.cout_g() + c0 + l;
                             let plane = (n * g.c_out + co) * p + oy0 * g.ow;
-                            for r in 0..rows {
-                                let src = &trans[l * stride + r * layout.pitch..][..g.ow];
-                                // SAFETY: each task writes its own band of its own channels'
-                                // planes.
-                                unsafe { sink.write(plane + r * g.ow, src) };
-                            }
+                            // SAFETY: each task writes its own band of its own channels'
+                            // planes (whole rows: one run).
+                            unsafe { sink.write(plane, &trans[l * stride..][..span]) };
                         }
                     },
                 );
@@ -340,67 +348,75 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
     out
 }
 
-/// One register tile of a band: its first pixel's input offset from the band's origin (at
-/// tap (0, 0, 0)), its first sum's index in the band's buffer, and its pixel count.
+/// One register tile of a band: `rows x pixels` output pixels, its first pixel's input offset
+/// from the band's origin (at tap (0, 0, 0)) and its first sum's index in the band's buffer;
+/// pixel `(r, p)` of the tile reads `r * row_step + p * SW` further and sums `r * OW + p`
+/// further.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Tile {
     x: usize,
     acc: usize,
+    rows: usize,
     pixels: usize,
 }
 
-/// How a band's output pixels are cut into register tiles.
-///
-/// - Stride 1: the band is read as one run over the padded width, `q = r * Wp + ox`, whose
-///   input at a tap is `q` past the band's origin; the `Wp - OW` columns past each row's end
-///   are computed and thrown away (the buffer's rows are `Wp` apart). Tiles of [`MAX_PW`]
-///   then run across row ends: on 8x8 maps, per-row tiles would hold 8 pixels, and on 16x16
-///   ones 8 + 8, with 16 accumulators instead of 28 (the FMA latency shows), for 20% and 11%
-///   of wasted columns.
-/// - Otherwise each output row is cut into tiles ([`row_tiles`]), the buffer's rows `OW` apart.
+/// How a band's output pixels are cut into register tiles: blocks of `R` output rows, each
+/// cut into tiles of `R x H <= MAX_PW` pixels ([`row_tiles`]), `R` the row count that gives
+/// the fewest tiles per pixel ([`rows_per_tile`]). The buffer's rows are `OW` apart: every
+/// pixel a tile computes is an output pixel. (Until session 25, at stride 1, the band was read
+/// as one run over the padded width, with tiles of 14 across row ends: the `Wp - OW` columns
+/// past each row's end were computed and thrown away, 11% of the FMAs on 16x16 maps.)
 struct TileLayout {
-    /// Buffer pixels from one output row to the next.
-    pitch: usize,
     /// Input offset from one output row to the next.
     row_step: usize,
     ow: usize,
     /// Stride along the row.
     sw: usize,
-    padded_width: bool,
+    /// Output rows per tile (the last block of a band may have fewer).
+    rows_per_tile: usize,
+}
+
+/// The output rows per register tile for rows `ow` wide: the `R <= 4` whose `R x H` tiles
+/// ([`row_tiles`] of `ow` with `H <= MAX_PW / R`) hold the most pixels on average, the
+/// smallest such `R` (16 -> 3 rows of 4 + 4 + 4 + 4, 32 -> 2 rows of 7 + 7 + 6 + 6 + 6,
+/// 14, 28 and 56 -> 1).
+fn rows_per_tile(ow: usize) -> usize {
+    // Pixels per tile R * ow / tiles, compared as fractions by cross-multiplying.
+    let tiles = |r: usize| ow.div_ceil(MAX_PW / r);
+    (1..=4)
+        .reduce(|best, r| {
+            if r * ow * tiles(best) > best * ow * tiles(r) {
+                r
+            } else {
+                best
+            }
+        })
+        .unwrap_or(1)
 }
 
 impl TileLayout {
     fn of(g: &Conv2dGeom, wp: usize) -> Self {
-        let padded_width = g.stride == (1, 1);
         TileLayout {
-            pitch: if padded_width { wp } else { g.ow },
             row_step: g.stride.0 * wp,
             ow: g.ow,
             sw: g.stride.1,
-            padded_width,
+            rows_per_tile: rows_per_tile(g.ow),
         }
     }
 
     /// The tiles of a band of `rows` output rows, into `out` (cleared first).
     fn tiles(&self, rows: usize, out: &mut Vec<Tile>) {
         out.clear();
-        if self.padded_width {
-            let span = (rows - 1) * self.pitch + self.ow;
-            for q in (0..span).step_by(MAX_PW) {
-                let pixels = MAX_PW.min(span - q);
+        for r0 in (0..rows).step_by(self.rows_per_tile) {
+            let tr = self.rows_per_tile.min(rows - r0);
+            let mut ox = 0;
+            for pixels in row_tiles(self.ow, MAX_PW / tr) {
                 out.push(Tile {
-                    x: q,
-                    acc: q,
+                    x: r0 * self.row_step + ox * self.sw,
+                    acc: r0 * self.ow + ox,
+                    rows: tr,
                     pixels,
                 });
-            }
-            return;
-        }
-        for r in 0..rows {
-            let mut ox = 0;
-            for pixels in row_tiles(self.ow) {
-                let (x, acc) = (r * self.row_step + ox * self.sw, r * self.pitch + ox);
-                out.push(Tile { x, acc, pixels });
                 ox += pixels;
             }
         }
@@ -451,62 +467,97 @@ struct Chunk<'a> {
 }
 
 impl Chunk<'_> {
-    /// The chains `c[p*32 + l] = (start) + sum_i weights[i*32 + l] * x[p*sw + taps[i]]` for
-    /// `p < pw`, one FMA per tap in tap order, starting from zero or from `chain`, and ending
-    /// in `chain` or in `acc` (stored or added; see [`End`]).
+    /// The chains `c[(r*pitch + p)*32 + l] = (start) + sum_i weights[i*32 + l] * x[r*row_step
+    /// + p*sw + taps[i]]` for the tile's pixels `(r, p)`, one FMA per tap in tap order,
+    /// starting from zero or from `chain`, and ending in `chain` or in `acc` (stored or added;
+    /// see [`End`]).
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `x[p*sw + taps[i]]` is in bounds for `p < pw` and every `i`;
-    /// `acc` and `chain` hold `pw * 32` values; `pw` in `1..=MAX_PW`, `sw` 1 or 2.
+    /// The CPU has AVX-512F; `x[r*row_step + p*sw + taps[i]]` is in bounds for every pixel and
+    /// every `i`; `acc` and `chain` hold `((rows-1)*pitch + pixels) * 32` values; `rows x
+    /// pixels` is one of the shapes [`rows_per_tile`] and [`row_tiles`] give (`rows <= 4`,
+    /// `rows * pixels <= MAX_PW`), `sw` 1 or 2.
     #[inline]
     unsafe fn tile(
         &self,
         isa: Isa,
-        pw: usize,
-        sw: usize,
+        shape: TileShape,
         x: &[f32],
         acc: &mut [f32],
         chain: &mut [f32],
     ) {
-        debug_assert!(isa == Isa::Avx512 && acc.len() >= pw * LANES && chain.len() >= pw * LANES);
-        let (acc, chain) = (acc.as_mut_ptr(), chain.as_mut_ptr());
-        macro_rules! widths {
-            ($($w:literal)*) => {
-                match (pw, sw) {
-                    $(
-                        ($w, 1) => tile_avx512::<$w, 1>(self, x.as_ptr(), acc, chain),
-                        ($w, 2) => tile_avx512::<$w, 2>(self, x.as_ptr(), acc, chain),
-                    )*
-                    _ => unreachable!("tiles are 1..=14 pixels, stride 1 or 2"),
+        let TileShape {
+            rows,
+            pixels,
+            sw,
+            row_step,
+            pitch,
+        } = shape;
+        let len = ((rows - 1) * pitch + pixels) * LANES;
+        debug_assert!(isa == Isa::Avx512 && acc.len() >= len && chain.len() >= len);
+        let (x, acc, chain) = (x.as_ptr(), acc.as_mut_ptr(), chain.as_mut_ptr());
+        let strides = (row_step, pitch);
+        macro_rules! shapes {
+            ($(($r:literal, $($w:literal)*))*) => {
+                match (rows, pixels, sw) {
+                    $($(
+                        ($r, $w, 1) => tile_avx512::<$r, $w, 1>(self, x, strides, acc, chain),
+                        ($r, $w, 2) => tile_avx512::<$r, $w, 2>(self, x, strides, acc, chain),
+                    )*)*
+                    _ => unreachable!("tiles are 1-4 rows of at most 14 pixels, stride 1 or 2"),
                 }
             };
         }
         // SAFETY: forwarded (see above).
-        unsafe { widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14) }
+        unsafe {
+            shapes!(
+                (1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+                (2, 1 2 3 4 5 6 7)
+                (3, 1 2 3 4)
+                (4, 1 2 3)
+            )
+        }
     }
 }
 
-/// The `32 x PW` register tile of [`Chunk::tile`] with the input stride `SW`.
+/// A register tile's shape: `rows x pixels` output pixels, `sw` apart along a row in the input
+/// and `row_step` from row to row; the rows' sums `pitch` pixels apart.
+#[derive(Clone, Copy, Debug)]
+struct TileShape {
+    rows: usize,
+    pixels: usize,
+    sw: usize,
+    row_step: usize,
+    pitch: usize,
+}
+
+/// The `32 x (R x PW)` register tile of [`Chunk::tile`] with the input stride `SW`;
+/// `(row_step, pitch)` as in [`TileShape`].
 ///
 /// # Safety
 /// See [`Chunk::tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const PW: usize, const SW: usize>(
+unsafe fn tile_avx512<const R: usize, const PW: usize, const SW: usize>(
     c: &Chunk,
     x: *const f32,
+    (row_step, pitch): (usize, usize),
     acc: *mut f32,
     chain: *mut f32,
 ) {
     use std::arch::x86_64::*;
+    // Sum `(r, p)`'s first lane, in `acc` and `chain`.
+    let at = |r: usize, p: usize| (r * pitch + p) * LANES;
     // SAFETY: the bounds are the caller's (see `Chunk::tile`).
     unsafe {
-        let mut lo = [_mm512_setzero_ps(); PW];
-        let mut hi = [_mm512_setzero_ps(); PW];
+        let mut lo = [[_mm512_setzero_ps(); PW]; R];
+        let mut hi = [[_mm512_setzero_ps(); PW]; R];
         if c.start == Start::Chain {
-            for p in 0..PW {
-                lo[p] = _mm512_loadu_ps(chain.add(p * LANES));
-                hi[p] = _mm512_loadu_ps(chain.add(p * LANES + 16));
+            for r in 0..R {
+                for p in 0..PW {
+                    lo[r][p] = _mm512_loadu_ps(chain.add(at(r, p)));
+                    hi[r][p] = _mm512_loadu_ps(chain.add(at(r, p) + 16));
+                }
             }
         }
         // One tap per step, its offset loaded from the table: written as loops over
@@ -516,23 +567,27 @@ unsafe fn tile_avx512<const PW: usize, const SW: usize>(
         for (i, &off) in c.taps.iter().enumerate() {
             let w0 = _mm512_loadu_ps(w.add(i * LANES));
             let w1 = _mm512_loadu_ps(w.add(i * LANES + 16));
-            let xi = x.add(off);
-            for p in 0..PW {
-                let v = _mm512_set1_ps(*xi.add(p * SW));
-                lo[p] = _mm512_fmadd_ps(v, w0, lo[p]);
-                hi[p] = _mm512_fmadd_ps(v, w1, hi[p]);
+            for r in 0..R {
+                let xi = x.add(off + r * row_step);
+                for p in 0..PW {
+                    let v = _mm512_set1_ps(*xi.add(p * SW));
+                    lo[r][p] = _mm512_fmadd_ps(v, w0, lo[r][p]);
+                    hi[r][p] = _mm512_fmadd_ps(v, w1, hi[r][p]);
+                }
             }
         }
         // A block's sums, from zero, added to the earlier blocks' (the GEMM's order).
         let to = if c.end == End::Chain { chain } else { acc };
-        for p in 0..PW {
-            let (a0, a1) = (to.add(p * LANES), to.add(p * LANES + 16));
-            if c.end == End::Add {
-                _mm512_storeu_ps(a0, _mm512_add_ps(_mm512_loadu_ps(a0), lo[p]));
-                _mm512_storeu_ps(a1, _mm512_add_ps(_mm512_loadu_ps(a1), hi[p]));
-            } else {
-                _mm512_storeu_ps(a0, lo[p]);
-                _mm512_storeu_ps(a1, hi[p]);
+        for r in 0..R {
+            for p in 0..PW {
+                let (a0, a1) = (to.add(at(r, p)), to.add(at(r, p) + 16));
+                if c.end == End::Add {
+                    _mm512_storeu_ps(a0, _mm512_add_ps(_mm512_loadu_ps(a0), lo[r][p]));
+                    _mm512_storeu_ps(a1, _mm512_add_ps(_mm512_loadu_ps(a1), hi[r][p]));
+                } else {
+                    _mm512_storeu_ps(a0, lo[r][p]);
+                    _mm512_storeu_ps(a1, hi[r][p]);
+                }
             }
         }
     }
@@ -540,9 +595,10 @@ unsafe fn tile_avx512<const PW: usize, const SW: usize>(
 
 /// Without x86-64 there is no AVX-512 ([`applies`] is false everywhere).
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_avx512<const PW: usize, const SW: usize>(
+unsafe fn tile_avx512<const R: usize, const PW: usize, const SW: usize>(
     _: &Chunk,
     _: *const f32,
+    _: (usize, usize),
     _: *mut f32,
     _: *mut f32,
 ) {
@@ -651,17 +707,76 @@ mod tests {
 
     #[test]
     fn row_tiles_cover_the_row_evenly() {
-        assert_eq!(row_tiles(32), vec![11, 11, 10]);
-        assert_eq!(row_tiles(16), vec![8, 8]);
-        assert_eq!(row_tiles(12), vec![12]);
-        assert_eq!(row_tiles(56), vec![14, 14, 14, 14]);
-        assert_eq!(row_tiles(14), vec![14]);
-        assert_eq!(row_tiles(15), vec![8, 7]);
-        for ow in 1..200 {
-            let t = row_tiles(ow);
-            assert_eq!(t.iter().sum::<usize>(), ow);
-            assert!(t.iter().all(|&w| (1..=MAX_PW).contains(&w)));
-            assert!(t.iter().max().unwrap() - t.iter().min().unwrap() <= 1);
+        assert_eq!(row_tiles(32, MAX_PW), vec![11, 11, 10]);
+        assert_eq!(row_tiles(16, MAX_PW), vec![8, 8]);
+        assert_eq!(row_tiles(12, MAX_PW), vec![12]);
+        assert_eq!(row_tiles(56, MAX_PW), vec![14, 14, 14, 14]);
+        assert_eq!(row_tiles(14, MAX_PW), vec![14]);
+        assert_eq!(row_tiles(15, MAX_PW), vec![8, 7]);
+        assert_eq!(row_tiles(16, 4), vec![4, 4, 4, 4]);
+        assert_eq!(row_tiles(32, 7), vec![7, 7, 6, 6, 6]);
+        for max in 1..=MAX_PW {
+            for ow in 1..200 {
+                let t = row_tiles(ow, max);
+                assert_eq!(t.iter().sum::<usize>(), ow);
+                assert!(t.iter().all(|&w| (1..=max).contains(&w)));
+                assert!(t.iter().max().unwrap() - t.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_per_tile_takes_the_fullest_tiles() {
+        let cases = [
+            (16, 3),
+            (32, 2),
+            (8, 3),
+            (14, 1),
+            (28, 1),
+            (56, 1),
+            (64, 1),
+            (7, 2),
+        ];
+        for (ow, rows) in cases {
+            assert_eq!(rows_per_tile(ow), rows, "ow {ow}");
+        }
+    }
+
+    /// A band's tiles cover each of its output pixels once, every tile a shape
+    /// [`Chunk::tile`] has, reading where that pixel reads and summing where it is stored.
+    #[test]
+    fn tiles_cover_each_pixel_once() {
+        for (ow, stride, wp) in [(16, 1, 18), (32, 1, 34), (8, 2, 18), (7, 1, 9), (1, 1, 3)] {
+            let layout = TileLayout {
+                row_step: stride * wp,
+                ow,
+                sw: stride,
+                rows_per_tile: rows_per_tile(ow),
+            };
+            for rows in 1..=9 {
+                let mut tiles = Vec::new();
+                layout.tiles(rows, &mut tiles);
+                let mut seen = vec![0; rows * ow];
+                for t in &tiles {
+                    assert!((1..=4).contains(&t.rows) && t.rows * t.pixels <= MAX_PW);
+                    assert!(t.pixels <= MAX_PW / t.rows);
+                    for r in 0..t.rows {
+                        for p in 0..t.pixels {
+                            let q = t.acc + r * ow + p;
+                            let (oy, ox) = (q / ow, q % ow);
+                            assert_eq!(
+                                t.x + r * layout.row_step + p * stride,
+                                oy * stride * wp + ox * stride
+                            );
+                            seen[q] += 1;
+                        }
+                    }
+                }
+                assert!(
+                    seen.iter().all(|&s| s == 1),
+                    "ow {ow} rows {rows}: {seen:?}"
+                );
+            }
         }
     }
 }

@@ -18,7 +18,9 @@
 //! block's sums are added to a channel-last buffer (`[pixel][32]`). A task
 //! (image, block of 32 channels, band of output rows) finally transposes that buffer into its
 //! NCHW planes, 16 x 16 at a time in registers. How a band is cut into tiles: [`TileLayout`]
-//! (blocks of up to 4 output rows, so that a row of 16 makes tiles of 3 x 4 pixels).
+//! (blocks of up to 4 output rows, so that a row of 16 makes tiles of 3 x 4 pixels); the top
+//! and bottom rows of a padded map are blocks of one row whose tiles skip the kernel rows that
+//! read only padding ([`EdgeRows`]).
 //!
 //! Sums: every output element is `(blk_0 + blk_1) + ...` over depth blocks of [`KC`] taps,
 //! each block one chain of FMAs from zero in tap order: exactly the implicit GEMM's sums, so
@@ -40,6 +42,7 @@
 use super::super::aligned::AlignedVec;
 use super::super::matmul::Isa;
 use super::super::Float;
+use super::dead_rows::live_rows;
 use super::pack::{vectorized, PaddedInput};
 use super::KC;
 use crate::backend::conv::Conv2dGeom;
@@ -244,6 +247,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
     // tile's last tap reads furthest.
     assert!(taps.windows(2).all(|t| t[0] < t[1]));
     let layout = TileLayout::of(g, wp);
+    let edges = EdgeRows::of(g);
     // Bands of output rows: about PIXELS_PER_TASK pixels, fewer if that leaves threads idle.
     let threads = rayon::current_num_threads().max(1);
     let mut band = PIXELS_PER_TASK.div_ceil(g.ow).clamp(1, g.oh);
@@ -279,7 +283,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
                 let chains = &mut chains[..rows * g.ow * LANES];
                 // Where the band's first pixel reads at tap (0, 0, 0).
                 let origin = (n * g.c_in + gi * g.cin_g()) * hp * wp + oy0 * g.stride.0 * wp;
-                layout.tiles(rows, tiles);
+                layout.tiles(oy0, rows, &edges, tiles);
                 for (k0, s0, sc) in pieces(k, SUB_TAPS) {
                     let kc = KC.min(k - k0);
                     let task = Chunk {
@@ -293,6 +297,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
                         } else {
                             End::Add
                         },
+                        live: None,
                     };
                     for tile in tiles.iter() {
                         let at = origin + tile.x;
@@ -311,6 +316,13 @@ pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32
                             sw,
                             row_step: layout.row_step,
                             pitch: g.ow,
+                        };
+                        let task = match tile.edge {
+                            Some(c) => Chunk {
+                                live: Some((edges.piece(c, k0 + s0, sc), k0 + s0)),
+                                ..task
+                            },
+                            None => task,
                         };
                         // SAFETY: the CPU has AVX-512F (`applies`); every input read is at
                         // `at + r*row_step + p*sw + taps[i]` <= `last` (the taps increase), in
@@ -358,6 +370,8 @@ struct Tile {
     acc: usize,
     rows: usize,
     pixels: usize,
+    /// The [`EdgeRows`] class of the tile's row (one row), if it skips taps.
+    edge: Option<usize>,
 }
 
 /// How a band's output pixels are cut into register tiles: blocks of `R` output rows, each
@@ -404,11 +418,20 @@ impl TileLayout {
         }
     }
 
-    /// The tiles of a band of `rows` output rows, into `out` (cleared first).
-    fn tiles(&self, rows: usize, out: &mut Vec<Tile>) {
+    /// The tiles of a band of `rows` output rows from `oy0`, into `out` (cleared first). An
+    /// edge row (`edges`) is a block of its own, whose tiles skip its dead taps.
+    fn tiles(&self, oy0: usize, rows: usize, edges: &EdgeRows, out: &mut Vec<Tile>) {
         out.clear();
-        for r0 in (0..rows).step_by(self.rows_per_tile) {
-            let tr = self.rows_per_tile.min(rows - r0);
+        let mut r0 = 0;
+        while r0 < rows {
+            let edge = edges.class[oy0 + r0];
+            let tr = if edge.is_some() {
+                1
+            } else {
+                (r0..rows.min(r0 + self.rows_per_tile))
+                    .take_while(|&r| edges.class[oy0 + r].is_none())
+                    .count()
+            };
             let mut ox = 0;
             for pixels in row_tiles(self.ow, MAX_PW / tr) {
                 out.push(Tile {
@@ -416,10 +439,64 @@ impl TileLayout {
                     acc: r0 * self.ow + ox,
                     rows: tr,
                     pixels,
+                    edge,
                 });
                 ox += pixels;
             }
+            r0 += tr;
         }
+    }
+}
+
+/// The output rows that read padding through whole kernel rows (the top and bottom rows of a
+/// padded map: with a 3x3 kernel and padding 1, kernel row 0 for output row 0), and per class
+/// of them the taps that read real rows. A tile of such a row runs only those: the others
+/// multiply zeros for every pixel of the tile, and skipping them leaves every sum the same
+/// chain of FMAs minus terms `fma(0, w, s) = s` (finite weights), the same bits, as the
+/// implicit GEMM's dead rows (`dead_rows.rs`). On 16x16 maps that is 4% of the products.
+struct EdgeRows {
+    /// Per output row, the index of its class in `live`, or `None` for a row that reads a
+    /// real row through every kernel row.
+    class: Vec<Option<usize>>,
+    /// Per class, the taps `kk = (ci, ky, kx)` whose kernel row `ky` reads a real row,
+    /// increasing.
+    live: Vec<Vec<u32>>,
+}
+
+impl EdgeRows {
+    fn of(g: &Conv2dGeom) -> Self {
+        let (khw, full) = (g.kh * g.kw, Some((0, g.kh - 1)));
+        let mut keys = Vec::new();
+        let mut live = Vec::new();
+        let class = (0..g.oh)
+            .map(|oy| {
+                let rows = live_rows(g, oy);
+                if rows == full {
+                    return None;
+                }
+                Some(keys.iter().position(|&r| r == rows).unwrap_or_else(|| {
+                    keys.push(rows);
+                    live.push(
+                        (0..g.k())
+                            .filter(|kk| {
+                                rows.is_some_and(|(lo, hi)| (lo..=hi).contains(&(kk % khw / g.kw)))
+                            })
+                            .map(|kk| u32::try_from(kk).expect("a kernel of 2^32 taps"))
+                            .collect(),
+                    );
+                    keys.len() - 1
+                }))
+            })
+            .collect();
+        EdgeRows { class, live }
+    }
+
+    /// The live taps of class `c` among the taps `first..first + len`.
+    fn piece(&self, c: usize, first: usize, len: usize) -> &[u32] {
+        let live = &self.live[c];
+        let a = live.partition_point(|&kk| (kk as usize) < first);
+        let b = live.partition_point(|&kk| (kk as usize) < first + len);
+        &live[a..b]
     }
 }
 
@@ -457,13 +534,18 @@ enum End {
     Add,
 }
 
-/// One piece of taps of one task: their offsets, their packed weights (`[kk][32]`), and how
-/// its chains start and end.
+/// One piece of taps of one task: their offsets, their packed weights (`[kk][32]`), how its
+/// chains start and end, and for a tile of an edge row the taps it runs.
+#[derive(Clone, Copy)]
 struct Chunk<'a> {
     taps: &'a [usize],
     weights: &'a [f32],
     start: Start,
     end: End,
+    /// `(live, first)`: run only the taps `live` (indices into the whole depth, increasing,
+    /// in `first..first + taps.len()`), the others reading padding for every pixel of the
+    /// tile ([`EdgeRows`]); `None`: every tap.
+    live: Option<(&'a [u32], usize)>,
 }
 
 impl Chunk<'_> {
@@ -495,6 +577,7 @@ impl Chunk<'_> {
         } = shape;
         let len = ((rows - 1) * pitch + pixels) * LANES;
         debug_assert!(isa == Isa::Avx512 && acc.len() >= len && chain.len() >= len);
+        assert_eq!(self.weights.len(), self.taps.len() * LANES);
         let (x, acc, chain) = (x.as_ptr(), acc.as_mut_ptr(), chain.as_mut_ptr());
         let strides = (row_step, pitch);
         macro_rules! shapes {
@@ -564,15 +647,32 @@ unsafe fn tile_avx512<const R: usize, const PW: usize, const SW: usize>(
         // (ci, ky, kx), LLVM reused the broadcasts of neighbouring kx across steps and spilled
         // the accumulators (the tile ran at 60% of this speed).
         let w = c.weights.as_ptr();
-        for (i, &off) in c.taps.iter().enumerate() {
-            let w0 = _mm512_loadu_ps(w.add(i * LANES));
-            let w1 = _mm512_loadu_ps(w.add(i * LANES + 16));
-            for r in 0..R {
-                let xi = x.add(off + r * row_step);
-                for p in 0..PW {
-                    let v = _mm512_set1_ps(*xi.add(p * SW));
-                    lo[r][p] = _mm512_fmadd_ps(v, w0, lo[r][p]);
-                    hi[r][p] = _mm512_fmadd_ps(v, w1, hi[r][p]);
+        // Tap `i` of the piece (`i < taps.len()`, so its 32 weights are in `weights`).
+        macro_rules! tap {
+            ($i:expr, $off:expr) => {{
+                let (i, off): (usize, usize) = ($i, $off);
+                let w0 = _mm512_loadu_ps(w.add(i * LANES));
+                let w1 = _mm512_loadu_ps(w.add(i * LANES + 16));
+                for r in 0..R {
+                    let xi = x.add(off + r * row_step);
+                    for p in 0..PW {
+                        let v = _mm512_set1_ps(*xi.add(p * SW));
+                        lo[r][p] = _mm512_fmadd_ps(v, w0, lo[r][p]);
+                        hi[r][p] = _mm512_fmadd_ps(v, w1, hi[r][p]);
+                    }
+                }
+            }};
+        }
+        match c.live {
+            None => {
+                for (i, &off) in c.taps.iter().enumerate() {
+                    tap!(i, off);
+                }
+            }
+            Some((live, first)) => {
+                for &kk in live {
+                    let i = kk as usize - first;
+                    tap!(i, c.taps[i]);
                 }
             }
         }
@@ -743,7 +843,8 @@ mod tests {
     }
 
     /// A band's tiles cover each of its output pixels once, every tile a shape
-    /// [`Chunk::tile`] has, reading where that pixel reads and summing where it is stored.
+    /// [`Chunk::tile`] has, reading where that pixel reads and summing where it is stored;
+    /// edge rows are tiles of one row that carry their class.
     #[test]
     fn tiles_cover_each_pixel_once() {
         for (ow, stride, wp) in [(16, 1, 18), (32, 1, 34), (8, 2, 18), (7, 1, 9), (1, 1, 3)] {
@@ -754,28 +855,97 @@ mod tests {
                 rows_per_tile: rows_per_tile(ow),
             };
             for rows in 1..=9 {
-                let mut tiles = Vec::new();
-                layout.tiles(rows, &mut tiles);
-                let mut seen = vec![0; rows * ow];
-                for t in &tiles {
-                    assert!((1..=4).contains(&t.rows) && t.rows * t.pixels <= MAX_PW);
-                    assert!(t.pixels <= MAX_PW / t.rows);
-                    for r in 0..t.rows {
-                        for p in 0..t.pixels {
-                            let q = t.acc + r * ow + p;
-                            let (oy, ox) = (q / ow, q % ow);
-                            assert_eq!(
-                                t.x + r * layout.row_step + p * stride,
-                                oy * stride * wp + ox * stride
-                            );
-                            seen[q] += 1;
+                for edged in [false, true] {
+                    // Edge rows 0 and 5 (class 0) and 6 (class 1) of rows 0..12.
+                    let mut class = vec![None; 12];
+                    if edged {
+                        (class[0], class[5], class[6]) = (Some(0), Some(0), Some(1));
+                    }
+                    let edges = EdgeRows {
+                        class,
+                        live: vec![Vec::new(), Vec::new()],
+                    };
+                    for oy0 in [0, 2] {
+                        let mut tiles = Vec::new();
+                        layout.tiles(oy0, rows, &edges, &mut tiles);
+                        let mut seen = vec![0; rows * ow];
+                        for t in &tiles {
+                            assert!((1..=4).contains(&t.rows) && t.rows * t.pixels <= MAX_PW);
+                            assert!(t.pixels <= MAX_PW / t.rows);
+                            for r in 0..t.rows {
+                                for p in 0..t.pixels {
+                                    let q = t.acc + r * ow + p;
+                                    let (oy, ox) = (q / ow, q % ow);
+                                    let at = oy * stride * wp + ox * stride;
+                                    assert_eq!(t.x + r * layout.row_step + p * stride, at);
+                                    assert_eq!(t.edge, edges.class[oy0 + oy]);
+                                    seen[q] += 1;
+                                }
+                            }
+                            assert!(t.edge.is_none() || t.rows == 1);
                         }
+                        assert!(
+                            seen.iter().all(|&s| s == 1),
+                            "ow {ow} rows {rows}: {seen:?}"
+                        );
                     }
                 }
-                assert!(
-                    seen.iter().all(|&s| s == 1),
-                    "ow {ow} rows {rows}: {seen:?}"
-                );
+            }
+        }
+    }
+
+    /// The edge rows are the output rows that read padding through a whole kernel row, and
+    /// their classes' taps are exactly those reading real rows, whatever the piece.
+    #[test]
+    fn edge_rows_run_exactly_the_live_taps() {
+        let geom = |h: usize, kh: usize, s: usize, p: usize, d: usize| {
+            let oh = (h + 2 * p - d * (kh - 1) - 1) / s + 1;
+            Conv2dGeom {
+                n: 1,
+                c_in: 3,
+                h,
+                w: 4,
+                c_out: 32,
+                kh,
+                kw: 2,
+                stride: (s, 1),
+                padding: (p, 0),
+                dilation: (d, 1),
+                groups: 1,
+                oh,
+                ow: 3,
+            }
+        };
+        for g in [
+            geom(16, 3, 1, 1, 1),
+            geom(5, 7, 2, 3, 1),
+            geom(6, 3, 1, 2, 2),
+            geom(1, 3, 1, 1, 1),
+        ] {
+            let edges = EdgeRows::of(&g);
+            let k = g.k();
+            for oy in 0..g.oh {
+                let reads = |kk: usize| {
+                    let ky = kk % (g.kh * g.kw) / g.kw;
+                    let at = (oy * g.stride.0 + ky * g.dilation.0) as isize - g.padding.0 as isize;
+                    at >= 0 && at < g.h as isize
+                };
+                let all_live = (0..k).all(reads);
+                assert_eq!(edges.class[oy].is_none(), all_live, "{g:?} oy {oy}");
+                let Some(c) = edges.class[oy] else { continue };
+                for len in [1, 4, k] {
+                    for first in (0..k).step_by(len) {
+                        let len = len.min(k - first);
+                        let got: Vec<usize> = edges
+                            .piece(c, first, len)
+                            .iter()
+                            .map(|&t| t as usize)
+                            .collect();
+                        let want: Vec<usize> =
+                            (first..first + len).filter(|&kk| reads(kk)).collect();
+                        assert_eq!(got, want, "{g:?} oy {oy} piece {first}+{len}");
+                    }
+                }
             }
         }
     }

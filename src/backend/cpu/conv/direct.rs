@@ -33,8 +33,8 @@
 //! groups ([`supports`]). The dispatch gives it the shapes where it beats the implicit GEMM
 //! ([`applies`]): at least [`MIN_COUT`] output channels per group (fewer leave lanes idle),
 //! rows at least [`MIN_WIDTH`] wide (shorter tiles no longer hide the FMA latency) and at
-//! least [`MIN_PIXELS`] output pixels in the batch, or [`PIXELS_PER_COUT`] per output channel
-//! if that is fewer (each weight is transposed into `wpk` once per call; with few pixels to
+//! least [`MIN_PIXELS`] output pixels in the batch ([`MIN_PIXELS_FEW_COUT`] with up to 128
+//! channels), or [`PIXELS_PER_COUT`] per output channel if that is fewer (each weight is transposed into `wpk` once per call; with few pixels to
 //! use it on, that costs more than the tiles gain, unless the channels are few). On this
 //! project's 2-core AVX-512 machine it runs the U-Net's and ResNet-18's 3x3 layers on maps of
 //! 16 px and more 1.1-1.4x faster than the implicit GEMM (docs/PERF.md, session 12).
@@ -58,12 +58,20 @@ const MAX_PW: usize = 14;
 pub(super) const MIN_COUT: usize = 32;
 /// Narrowest output rows.
 pub(super) const MIN_WIDTH: usize = 8;
-/// Narrowest output rows at stride 1 (tiles then run across row ends).
+/// Narrowest output rows at stride 1.
 pub(super) const MIN_WIDTH_STRIDE1: usize = 8;
 /// Fewest output pixels in the batch: each weight is packed once per call and used `N * P`
 /// times, and below this the packing (a transpose of all the weights) costs more than the
 /// tiles gain (ResNet-18's 7x7 maps at batch 2: 98 pixels, 1.6x slower than the GEMM).
 pub(super) const MIN_PIXELS: usize = 1536;
+/// Fewest output pixels with at most [`FEW_COUT`] output channels per group: since the tiles
+/// stopped computing the padded width's columns (session 25), 8x8 maps at batch 16 (1024
+/// pixels) run 1.04-1.15x faster here than in the implicit GEMM with 64 and 128 channels
+/// (ResNet-18 at 32 and 64 px, forward and input gradient); with 256 channels on 512 pixels
+/// the GEMM stayed 1.1x faster (docs/PERF.md, session 25).
+const MIN_PIXELS_FEW_COUT: usize = 1024;
+/// See [`MIN_PIXELS_FEW_COUT`].
+const FEW_COUT: usize = 128;
 /// Fewer pixels will do with few output channels: from `PIXELS_PER_COUT * C_out/G` on. The
 /// implicit GEMM packs every (tap, pixel) of the input for only `C_out/G` rows of weights,
 /// and the direct path's packing (the weights) shrinks with them: at 32 channels on 8x8 maps,
@@ -173,7 +181,12 @@ fn applies(g: &Conv2dGeom, isa: Isa) -> bool {
     } else {
         MIN_WIDTH
     };
-    let min_pixels = MIN_PIXELS.min(PIXELS_PER_COUT * g.cout_g());
+    let min_pixels = if g.cout_g() <= FEW_COUT {
+        MIN_PIXELS_FEW_COUT
+    } else {
+        MIN_PIXELS
+    };
+    let min_pixels = min_pixels.min(PIXELS_PER_COUT * g.cout_g());
     supports(g, isa) && g.cout_g() >= MIN_COUT && g.ow >= min_width && g.n * g.p() >= min_pixels
 }
 

@@ -34,10 +34,12 @@
 //! ([`applies`]): at least [`MIN_COUT`] output channels per group (fewer leave lanes idle),
 //! rows at least [`MIN_WIDTH`] wide (shorter tiles no longer hide the FMA latency) and at
 //! least [`MIN_PIXELS`] output pixels in the batch ([`MIN_PIXELS_FEW_COUT`] with up to 128
-//! channels), or [`PIXELS_PER_COUT`] per output channel if that is fewer (each weight is transposed into `wpk` once per call; with few pixels to
-//! use it on, that costs more than the tiles gain, unless the channels are few). On this
-//! project's 2-core AVX-512 machine it runs the U-Net's and ResNet-18's 3x3 layers on maps of
-//! 16 px and more 1.1-1.4x faster than the implicit GEMM (docs/PERF.md, session 12).
+//! channels), or [`PIXELS_PER_COUT`] per output channel if that is fewer (each weight is
+//! transposed into `wpk` once per call; with few pixels to use it on, that costs more than the
+//! tiles gain, unless the channels are few). On this project's 2-core AVX-512 machines it
+//! runs the U-Net's and ResNet-18's 3x3 layers on maps of 16 px and more 1.1-1.4x faster than
+//! the implicit GEMM (docs/PERF.md, session 12), and 8x8 maps at batch 16 with 64-128
+//! channels 1.04-1.15x faster (session 25).
 
 use super::super::aligned::AlignedVec;
 use super::super::matmul::Isa;

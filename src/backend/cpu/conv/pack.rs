@@ -347,16 +347,20 @@ fn copy_runs<T: Copy>(
         };
         // Run by run, every row: the length is then fixed through the inner loop, and the
         // common ones (a small map's whole row, a panel's width) are one fixed-size move.
+        let one = PanelCopy {
+            srcs: &[c.src],
+            dst: c.dst,
+        };
         match (sw, c.len) {
-            (1, 32) => copy_rows::<T, 32, 1>(x, c, taps, nr, buf),
-            (1, 16) => copy_rows::<T, 16, 1>(x, c, taps, nr, buf),
-            (1, 8) => copy_rows::<T, 8, 1>(x, c, taps, nr, buf),
-            (1, 4) => copy_rows::<T, 4, 1>(x, c, taps, nr, buf),
-            (1, 2) => copy_rows::<T, 2, 1>(x, c, taps, nr, buf),
-            (2, 32) => copy_rows::<T, 32, 2>(x, c, taps, nr, buf),
-            (2, 16) => copy_rows::<T, 16, 2>(x, c, taps, nr, buf),
-            (2, 8) => copy_rows::<T, 8, 2>(x, c, taps, nr, buf),
-            (2, 4) => copy_rows::<T, 4, 2>(x, c, taps, nr, buf),
+            (1, 32) => copy_panel_rows::<T, 32, 1>(x, one, taps, nr, buf),
+            (1, 16) => copy_panel_rows::<T, 16, 1>(x, one, taps, nr, buf),
+            (1, 8) => copy_panel_rows::<T, 8, 1>(x, one, taps, nr, buf),
+            (1, 4) => copy_panel_rows::<T, 4, 1>(x, one, taps, nr, buf),
+            (1, 2) => copy_panel_rows::<T, 2, 1>(x, one, taps, nr, buf),
+            (2, 32) => copy_panel_rows::<T, 32, 2>(x, one, taps, nr, buf),
+            (2, 16) => copy_panel_rows::<T, 16, 2>(x, one, taps, nr, buf),
+            (2, 8) => copy_panel_rows::<T, 8, 2>(x, one, taps, nr, buf),
+            (2, 4) => copy_panel_rows::<T, 4, 2>(x, one, taps, nr, buf),
             (1, _) => {
                 for (kk, &tap) in taps.iter().enumerate() {
                     copy_run(&mut buf[kk * nr + c.dst..][..c.len], &x[c.src + tap..]);
@@ -390,7 +394,11 @@ struct PanelCopy<'a> {
 
 /// `buf[kk*stride + c.dst + m*L + i] = x[c.srcs[m] + taps[kk] + i*S]`, `i < L`, for every
 /// `kk` and run `m`: a panel's runs of `L` pixels side by side, one row of the panel (every
-/// run at one tap) at a time, so the stores go in order ([`copy_rows`] for each run).
+/// run at one tap) at a time, so the stores go in order; a single run is a panel of one. With
+/// `L` and the input stride `S` fixed at compile time each run's copy is a few vector moves at
+/// stride 1 and vector shuffles at stride 2 (two 16-lane loads and one two-source permute per
+/// 16 outputs on AVX-512) instead of one scalar move per element, which had the packing of
+/// ResNet's stride-2 stem cost more than its GEMM.
 #[inline(always)]
 fn copy_panel_rows<T: Copy, const L: usize, const S: usize>(
     x: &[T],
@@ -412,32 +420,8 @@ fn copy_panel_rows<T: Copy, const L: usize, const S: usize>(
     }
 }
 
-/// `buf[kk*stride + c.dst + i] = x[c.src + taps[kk] + i*S]`, `i < L`, for every `kk`: one run
-/// of `L` pixels (`c.len == L`) at input stride `S` through every tap of a depth block. With
-/// both fixed at compile time the copy is a few vector moves at stride 1 and vector shuffles
-/// at stride 2 (two 16-lane loads and one two-source permute per 16 outputs on AVX-512)
-/// instead of one scalar move per element, which had the packing of ResNet's stride-2 stem
-/// cost more than its GEMM.
-#[inline(always)]
-fn copy_rows<T: Copy, const L: usize, const S: usize>(
-    x: &[T],
-    c: RunCopy,
-    taps: &[usize],
-    stride: usize,
-    buf: &mut [T],
-) {
-    debug_assert_eq!(c.len, L);
-    for (kk, &tap) in taps.iter().enumerate() {
-        let src = &x[c.src + tap..][..(L - 1) * S + 1];
-        let dst: &mut [T; L] = (&mut buf[kk * stride + c.dst..][..L]).try_into().unwrap();
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = src[i * S];
-        }
-    }
-}
-
 /// `dst[i] = src[i*S]` for runs of any length: blocks of 16 (vector permutes, as in
-/// [`copy_rows`]), then the tail element by element.
+/// [`copy_panel_rows`]), then the tail element by element.
 #[inline(always)]
 fn copy_run_strided<T: Copy, const S: usize>(dst: &mut [T], src: &[T]) {
     const BLOCK: usize = 16;

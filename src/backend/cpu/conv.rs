@@ -25,15 +25,22 @@
 //!   it, interleaved into `dx` (`conv/phases.rs`). Otherwise: `colgrad = W_g^T dy` on the
 //!   micro-kernel per block of pixels, then col2im adds it into `dx`; tasks = (image, group,
 //!   input-channel block), each owning its `dx` planes.
-//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`; stride 1 with at most 32
-//!   output channels per group on maps at least 16 wide: shifted dot products over padded
-//!   rows, no im2col (`conv/weight_grad_shifted.rs`); else with few channels or a short `K`, a
-//!   product whose depth runs over every pixel of the batch, contiguous in both operands:
-//!   dot-product register tiles along the pixels, no transposes (`conv/weight_grad.rs`);
-//!   tasks = (group, block of K, fixed chunk of pixels), the chunks' partial sums added in
-//!   chunk order; else the packed GEMM (`conv2d_bwd_weight_gemm`).
-//!   f32 on AVX-512 with 3-wide kernels and enough channels and pixels: computed directly,
-//!   channels in the vector lanes (`conv/weight_grad_direct.rs`), before all of the above.
+//! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, by the first of these
+//!   paths that takes the shape:
+//!   1. f32 on AVX-512, whole blocks of 32 input channels per group, a reduction of at least
+//!      128 channels of 3x3 over fewer than 2048 pixels: the same product with its columns
+//!      taken tap by tap, each panel skipping the pixels where its tap reads padding
+//!      (`conv/weight_grad_taps.rs`);
+//!   2. f32 on AVX-512 with 3-wide kernels and enough channels and pixels: computed directly,
+//!      channels in the vector lanes (`conv/weight_grad_direct.rs`);
+//!   3. stride 1 with at most 32 output channels per group on maps at least 16 wide: shifted
+//!      dot products over padded rows, no im2col (`conv/weight_grad_shifted.rs`);
+//!   4. few channels or a short `K`: a product whose depth runs over every pixel of the batch,
+//!      contiguous in both operands: dot-product register tiles along the pixels, no
+//!      transposes (`conv/weight_grad.rs`); tasks = (group, block of K, fixed chunk of
+//!      pixels), the chunks' partial sums added in chunk order;
+//!   5. the tap-major product of 1. wherever it can run, else the packed GEMM
+//!      (`conv2d_bwd_weight_gemm`); the two give the same bits.
 //! - 1-pixel outputs whose live taps cover the input: all three passes as plain GEMMs
 //!   (`conv/dense.rs`).
 //!
@@ -58,6 +65,7 @@ mod phases;
 mod weight_grad;
 mod weight_grad_direct;
 mod weight_grad_shifted;
+mod weight_grad_taps;
 mod weight_rows;
 
 use super::aligned::AlignedVec;
@@ -706,6 +714,10 @@ fn conv2d_bwd_weight<T: PackedFloat + DotTile + DirectConv>(
     isa: Isa,
 ) -> Vec<T> {
     let cout_g = g.cout_g();
+    let taps = weight_grad_taps::applies(g, &T::micro_kernel(isa));
+    if taps && g.k() >= TAPS_BEFORE_DIRECT_MIN_K && g.n * g.p() < TAPS_BEFORE_DIRECT_MAX_PIXELS {
+        return weight_grad_taps::conv2d_bwd_weight_taps(x, dy, g, isa);
+    }
     if let Some(dw) = T::direct_backward_weight(x, dy, g, isa) {
         return dw;
     }
@@ -716,10 +728,22 @@ fn conv2d_bwd_weight<T: PackedFloat + DotTile + DirectConv>(
         conv2d_bwd_weight_shifted(x, dy, g, isa)
     } else if cout_g <= WEIGHT_GRAD_TILES_MAX_COUT || g.k() <= WEIGHT_GRAD_TILES_MAX_K {
         conv2d_bwd_weight_tiles(x, dy, g, isa)
+    } else if taps {
+        weight_grad_taps::conv2d_bwd_weight_taps(x, dy, g, isa)
     } else {
         conv2d_bwd_weight_gemm(x, dy, g, isa)
     }
 }
+
+/// The tap-major weight gradient (`conv/weight_grad_taps.rs`) goes before the direct one
+/// for reductions at least this deep (128 input channels of 3x3)...
+const TAPS_BEFORE_DIRECT_MIN_K: usize = 128 * 9;
+/// ... over fewer pixels than this: ResNet-18's 28x28 maps at batch 2 (1568 pixels, 128
+/// channels) 2.38 against 2.99 ms; from 2048 pixels on the direct path was as fast or faster
+/// (the U-Net's 16x16 maps at batch 8: 2.85 against 3.10 ms with 128 channels, 12.36 against
+/// 12.16 with 256), and with 64 channels it was faster at every size (docs/PERF.md, session
+/// 26).
+const TAPS_BEFORE_DIRECT_MAX_PIXELS: usize = 2048;
 
 /// Up to this many output channels per group, a stride-1 weight gradient uses the shifted
 /// dots: at 32 they beat the packed GEMM by 1.15x at 16 px and at 16 channels 2x at 32 px; at
@@ -1179,7 +1203,11 @@ mod tests {
     /// instruction set: the shifted dots (stride 1), the general tiles, the packed GEMM.
     fn check_weight_grad_paths<T: PackedFloat + DotTile + DirectConv>(tol: f64) {
         let general = cases().into_iter().step_by(2);
-        for (ci, case) in shifted_cases().into_iter().chain(general).enumerate() {
+        let all = shifted_cases()
+            .into_iter()
+            .chain(general)
+            .chain(taps_cases());
+        for (ci, case) in all.enumerate() {
             let g = geom(case);
             let seed = 1000 + 31 * ci as u64;
             let x = random(g.n * g.c_in * g.h * g.w, seed);
@@ -1199,11 +1227,39 @@ mod tests {
                 if let Some(dw) = T::direct_backward_weight_anyway(&xt, &dyt, &g, isa) {
                     paths.push(("direct", dw));
                 }
+                if weight_grad_taps::applies(&g, &T::micro_kernel(isa)) {
+                    let taps = weight_grad_taps::conv2d_bwd_weight_taps(&xt, &dyt, &g, isa);
+                    // The packed GEMM's sums without the terms that multiply padding.
+                    let same = taps
+                        .iter()
+                        .zip(&paths[1].1)
+                        .all(|(a, b)| a.to_f64() == b.to_f64());
+                    assert!(same, "taps dW bits differ from the packed GEMM's {case:?}");
+                    paths.push(("taps", taps));
+                }
                 for (name, got) in paths {
                     assert_close(&format!("{name} {isa:?} {case:?}"), &got, &want, &mag, tol);
                 }
             }
         }
+    }
+
+    /// Shapes for the tap-major weight gradient (`conv/weight_grad_taps.rs`: f32 on AVX-512,
+    /// 32 input channels per group): 4x4 and 2x2 maps at batch 16 and 4 (rows tiled 2 x 12
+    /// and 12 + 8); stride 2 with 10 output channels (a row block the in-place tiles do not
+    /// cover: zeroed panels, over two depth blocks whose dead rows differ); groups of 32 channels with dilation 2 over two depth blocks;
+    /// an asymmetric kernel, stride and padding; one image (`dy` read as it is); padding 2 on
+    /// 2x2 maps (taps live at a few pixels only).
+    fn taps_cases() -> Vec<Case> {
+        vec![
+            (16, 32, 4, 4, 24, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (4, 64, 2, 2, 20, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (12, 32, 9, 11, 10, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+            (2, 64, 12, 13, 16, 3, 3, (1, 1), (2, 2), (2, 2), 2),
+            (5, 32, 7, 9, 12, 2, 3, (1, 2), (1, 0), (1, 1), 1),
+            (1, 32, 6, 6, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (4, 32, 2, 2, 8, 3, 3, (1, 1), (2, 2), (1, 1), 1),
+        ]
     }
 
     #[test]
@@ -1254,6 +1310,9 @@ mod tests {
             (3, 3, 48, 48, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             // Dead taps cropped: 1x1 and 2x2 -> 1x1 maps.
             (6, 40, 1, 1, 72, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            // The tap-major weight gradient: 40 output channels in row blocks that change
+            // with the thread count (a last block of 4 rows with 3 threads: zeroed panels).
+            (4, 32, 4, 4, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (6, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             // The direct forward, two chunks of taps, on rows cut into bands; stride 2.
             (4, 20, 24, 20, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),

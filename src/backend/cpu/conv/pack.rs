@@ -83,7 +83,13 @@ pub(super) fn pixel_runs_in(
 
 /// Output positions `o` along one axis whose input position `o*s + tap - pad` lies in
 /// `0..in_len` (`tap` = kernel offset times dilation).
-fn valid_outputs(out_len: usize, in_len: usize, s: usize, pad: usize, tap: usize) -> Range<usize> {
+pub(super) fn valid_outputs(
+    out_len: usize,
+    in_len: usize,
+    s: usize,
+    pad: usize,
+    tap: usize,
+) -> Range<usize> {
     let lo = if pad > tap {
         (pad - tap).div_ceil(s)
     } else {

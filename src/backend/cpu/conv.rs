@@ -27,20 +27,18 @@
 //!   input-channel block), each owning its `dx` planes.
 //! - weight gradient: `dW_g[co, k] = dy[co, (n, p)] . col[k, (n, p)]`, by the first of these
 //!   paths that takes the shape:
-//!   1. f32 on AVX-512, whole blocks of 32 input channels per group, a reduction of at least
-//!      128 channels of 3x3 over fewer than 2048 pixels: the same product with its columns
-//!      taken tap by tap, each panel skipping the pixels where its tap reads padding
-//!      (`conv/weight_grad_taps.rs`);
-//!   2. f32 on AVX-512 with 3-wide kernels and enough channels and pixels: computed directly,
+//!   1. f32 on AVX-512 with 3-wide kernels and enough channels and pixels: computed directly,
 //!      channels in the vector lanes (`conv/weight_grad_direct.rs`);
-//!   3. stride 1 with at most 32 output channels per group on maps at least 16 wide: shifted
+//!   2. stride 1 with at most 32 output channels per group on maps at least 16 wide: shifted
 //!      dot products over padded rows, no im2col (`conv/weight_grad_shifted.rs`);
-//!   4. few channels or a short `K`: a product whose depth runs over every pixel of the batch,
+//!   3. few channels or a short `K`: a product whose depth runs over every pixel of the batch,
 //!      contiguous in both operands: dot-product register tiles along the pixels, no
 //!      transposes (`conv/weight_grad.rs`); tasks = (group, block of K, fixed chunk of
 //!      pixels), the chunks' partial sums added in chunk order;
-//!   5. the tap-major product of 1. wherever it can run, else the packed GEMM
-//!      (`conv2d_bwd_weight_gemm`); the two give the same bits.
+//!   4. f32 on AVX-512 with whole blocks of 32 input channels per group: the same product
+//!      with its columns taken tap by tap, each panel skipping the pixels where its tap reads
+//!      padding (`conv/weight_grad_taps.rs`); else the packed GEMM (`conv2d_bwd_weight_gemm`),
+//!      whose bits it gives.
 //! - 1-pixel outputs whose live taps cover the input: all three passes as plain GEMMs
 //!   (`conv/dense.rs`).
 //!
@@ -714,10 +712,6 @@ fn conv2d_bwd_weight<T: PackedFloat + DotTile + DirectConv>(
     isa: Isa,
 ) -> Vec<T> {
     let cout_g = g.cout_g();
-    let taps = weight_grad_taps::applies(g, &T::micro_kernel(isa));
-    if taps && g.k() >= TAPS_BEFORE_DIRECT_MIN_K && g.n * g.p() < TAPS_BEFORE_DIRECT_MAX_PIXELS {
-        return weight_grad_taps::conv2d_bwd_weight_taps(x, dy, g, isa);
-    }
     if let Some(dw) = T::direct_backward_weight(x, dy, g, isa) {
         return dw;
     }
@@ -728,22 +722,12 @@ fn conv2d_bwd_weight<T: PackedFloat + DotTile + DirectConv>(
         conv2d_bwd_weight_shifted(x, dy, g, isa)
     } else if cout_g <= WEIGHT_GRAD_TILES_MAX_COUT || g.k() <= WEIGHT_GRAD_TILES_MAX_K {
         conv2d_bwd_weight_tiles(x, dy, g, isa)
-    } else if taps {
+    } else if weight_grad_taps::applies(g, &T::micro_kernel(isa)) {
         weight_grad_taps::conv2d_bwd_weight_taps(x, dy, g, isa)
     } else {
         conv2d_bwd_weight_gemm(x, dy, g, isa)
     }
 }
-
-/// The tap-major weight gradient (`conv/weight_grad_taps.rs`) goes before the direct one
-/// for reductions at least this deep (128 input channels of 3x3)...
-const TAPS_BEFORE_DIRECT_MIN_K: usize = 128 * 9;
-/// ... over fewer pixels than this: ResNet-18's 28x28 maps at batch 2 (1568 pixels, 128
-/// channels) 2.38 against 2.99 ms; from 2048 pixels on the direct path was as fast or faster
-/// (the U-Net's 16x16 maps at batch 8: 2.85 against 3.10 ms with 128 channels, 12.36 against
-/// 12.16 with 256), and with 64 channels it was faster at every size (docs/PERF.md, session
-/// 26).
-const TAPS_BEFORE_DIRECT_MAX_PIXELS: usize = 2048;
 
 /// Up to this many output channels per group, a stride-1 weight gradient uses the shifted
 /// dots: at 32 they beat the packed GEMM by 1.15x at 16 px and at 16 channels 2x at 32 px; at

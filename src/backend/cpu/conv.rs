@@ -1231,9 +1231,10 @@ mod tests {
     /// Shapes for the tap-major weight gradient (`conv/weight_grad_taps.rs`: f32 on AVX-512,
     /// 32 input channels per group): 4x4 and 2x2 maps at batch 16 and 4 (rows tiled 2 x 12
     /// and 12 + 8); stride 2 with 10 output channels (a row block the in-place tiles do not
-    /// cover: zeroed panels, over two depth blocks whose dead rows differ); groups of 32 channels with dilation 2 over two depth blocks;
-    /// an asymmetric kernel, stride and padding; one image (`dy` read as it is); padding 2 on
-    /// 2x2 maps (taps live at a few pixels only).
+    /// cover: zeroed panels, over two depth blocks whose dead rows differ); groups of 32
+    /// channels with dilation 2 over two depth blocks; an asymmetric kernel, stride and
+    /// padding; one image (`dy` read as it is); padding 2 on 2x2 maps (taps live at a few
+    /// pixels only).
     fn taps_cases() -> Vec<Case> {
         vec![
             (16, 32, 4, 4, 24, 3, 3, (1, 1), (1, 1), (1, 1), 1),

@@ -2,7 +2,8 @@
 //! reads padding.
 //!
 //! ```text
-//! dW[co, ci, ky, kx] = sum_{n, oy, ox} dy[n, co, oy, ox] * x[n, ci, oy*sh + ky*dh - ph, ox*sw + kx*dw - pw]
+//! dW[co, ci, ky, kx] = sum_{n, oy, ox} dy[n, co, oy, ox]
+//!                                    * x[n, ci, oy*sh + ky*dh - ph, ox*sw + kx*dw - pw]
 //! ```
 //! The packed GEMM (`conv2d_bwd_weight_gemm`) runs this as `dy [C_out, pixels] . col^T
 //! [pixels, K]` with columns `k = (ci, ky, kx)`: a 32-column panel mixes every tap of three or
@@ -25,7 +26,9 @@
 //!   contiguous 128-byte copy, where the packed GEMM transposes its im2col panels.
 //!
 //! A task (group, block of 32 channels, block of output channels) writes its `rows x 9*32`
-//! tile to `dW` a row at a time, each row one contiguous run (a channel's taps are adjacent).
+//! tile to `dW` a row at a time, each row one contiguous run (a channel's taps are adjacent)
+//! after a `9 x 32` block transpose (element by element it was a fifth of the pass on 7x7
+//! maps).
 //! Traffic: `x` and `dy` read and written once more (the two copies), then each live (pixel,
 //! tap) of `x` copied once per task into the panels; `dW` written once.
 

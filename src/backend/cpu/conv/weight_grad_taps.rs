@@ -15,8 +15,8 @@
 //! column `t*32 + c` is channel `b*32 + c` at tap `t`. A 32-column panel is then one tap of 32
 //! channels, its zero rows are exactly the pixels where that tap reads padding, and the
 //! micro-kernel runs only the others (depth runs, as in `conv/dead_rows.rs`). A skipped term
-//! is `fma(dy, 0, s) = s`, so every sum is the packed GEMM's to the bit (same pixel order, same
-//! depth blocks of [`KC`]), for fewer FMAs.
+//! is `fma(dy, 0, s) = s` for finite `dy`, so every sum is the packed GEMM's to the bit (same
+//! pixel order, same depth blocks of [`KC`]), for fewer FMAs.
 //!
 //! The operands are laid out for this once per call:
 //! - A, `dy` as `[C_out, N*P]` (images and channels swapped; `dy` itself when `N = 1`), read in

@@ -1295,10 +1295,10 @@ mod tests {
             (3, 3, 48, 48, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             // Dead taps cropped: 1x1 and 2x2 -> 1x1 maps.
             (6, 40, 1, 1, 72, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+            (6, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             // The tap-major weight gradient: 40 output channels in row blocks that change
             // with the thread count (a last block of 4 rows with 3 threads: zeroed panels).
             (4, 32, 4, 4, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-            (6, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             // The direct forward, two chunks of taps, on rows cut into bands; stride 2.
             (4, 20, 24, 20, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (4, 6, 48, 40, 33, 3, 3, (2, 2), (1, 1), (1, 1), 1),

@@ -1230,8 +1230,9 @@ mod tests {
 
     /// Shapes for the tap-major weight gradient (`conv/weight_grad_taps.rs`: f32 on AVX-512,
     /// 32 input channels per group): 4x4 and 2x2 maps at batch 16 and 4 (rows tiled 2 x 12
-    /// and 12 + 8); stride 2 with 10 output channels (a row block the in-place tiles do not
-    /// cover: zeroed panels, over two depth blocks whose dead rows differ); groups of 32
+    /// and 12 + 8); stride 2 with 10 output channels (rows the in-place tiles leave to the
+    /// packed kernel, which must skip the same dead pixels, over two depth blocks whose dead
+    /// rows differ); groups of 32
     /// channels with dilation 2 over two depth blocks; an asymmetric kernel, stride and
     /// padding; one image (`dy` read as it is); padding 2 on 2x2 maps (taps live at a few
     /// pixels only).
@@ -1297,7 +1298,7 @@ mod tests {
             (6, 40, 1, 1, 72, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (6, 24, 2, 2, 40, 3, 3, (2, 2), (1, 1), (1, 1), 1),
             // The tap-major weight gradient: 40 output channels in row blocks that change
-            // with the thread count (a last block of 4 rows with 3 threads: zeroed panels).
+            // with the thread count (a last block of 4 rows with 3 threads: the packed kernel).
             (4, 32, 4, 4, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             // The direct forward, two chunks of taps, on rows cut into bands; stride 2.
             (4, 20, 24, 20, 40, 3, 3, (1, 1), (1, 1), (1, 1), 1),

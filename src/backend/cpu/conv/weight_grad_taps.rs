@@ -243,16 +243,11 @@ pub(super) fn conv2d_bwd_weight_taps<T: PackedFloat>(
             let (r0, ci0) = (ri * rb, gi * cin_g + bi * CHANNELS);
             let nrows = rb.min(cout_g - r0);
             let c = &mut c[..nrows * ncols];
-            // The in-place tiles cover every row of a block whose height is a multiple of 4
-            // (12- and 8-row tiles); other heights leave a few rows to the packed kernel,
-            // which reads each panel's whole depth, so its dead rows must hold zeros.
-            let exact = nrows >= 8 && nrows.is_multiple_of(4);
             for pc in (0..depth).step_by(KC) {
                 let kc = KC.min(depth - pc);
+                // Rows of dead pixels are never written nor read (every tile, in place or
+                // packed, runs the panel's depth runs alone).
                 let b = &mut bpack[..khw * kc * CHANNELS];
-                if !exact {
-                    b.fill(T::ZERO);
-                }
                 for ((tap, d), panel) in taps
                     .iter()
                     .zip(depths.iter_mut())

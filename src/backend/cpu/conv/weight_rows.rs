@@ -222,11 +222,18 @@ impl<'a, T: Float> WeightRows<'a, T> {
                     }
                 }
                 if rest > 0 {
+                    // The packed panel over the same depth runs as the tiles: B's rows outside
+                    // them need not hold zeros.
                     for jq in 0..ncols.div_ceil(nr) {
                         let bp = &bpack[jq * kc * nr..(jq + 1) * kc * nr];
                         let cols = nr.min(ncols - jq * nr);
                         let ct = &mut c[tiling.cover * ncols + jq * nr..];
-                        kern.tile(kc, scratch, bp, ct, ncols, rest, cols);
+                        match panel_depths.get(jq) {
+                            Some(d) if kern.takes_depth_runs() => {
+                                kern.tile_depths(d, scratch, bp, ct, ncols, rest, cols)
+                            }
+                            _ => kern.tile(kc, scratch, bp, ct, ncols, rest, cols),
+                        }
                     }
                 }
             }

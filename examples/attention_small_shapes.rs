@@ -25,6 +25,7 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> tessera::Result<()> {
+    tessera::alloc::keep_freed_memory();
     for &(b, h, tq, tk, d) in &[
         (8, 4, 64, 64, 8),
         (8, 4, 64, 12, 8),

@@ -151,6 +151,7 @@ fn time(
 }
 
 fn main() -> tessera::Result<()> {
+    tessera::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let reps: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(30);
     let filter = args.get(2).cloned().unwrap_or_default();

@@ -73,6 +73,7 @@ impl Module for Oracle {
 }
 
 fn main() -> Result<()> {
+    tessera::alloc::keep_freed_memory();
     let seconds: f64 = env("SECONDS", 120.0);
     let batch: usize = env("BATCH", 16);
     let lr: f64 = env("LR", 1e-3);

@@ -11,6 +11,7 @@ use tessera::{Device, Tensor};
 static ALLOC: tessera::alloc::CachingAllocator = tessera::alloc::CachingAllocator::new();
 
 fn main() -> tessera::Result<()> {
+    tessera::alloc::keep_freed_memory();
     let corpus = text::builtin_corpus();
     let tok = CharTokenizer::from_text(&corpus);
     let cfg = CharTransformerConfig {

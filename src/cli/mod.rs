@@ -95,7 +95,7 @@ const WORKER_STACK: usize = 8 << 20;
 /// on a lock, a futex round trip per op, which cost 5-8% of the small U-Net's training step
 /// (docs/PERF.md, session 6).
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    keep_freed_memory();
+    crate::alloc::keep_freed_memory();
     rayon::ThreadPoolBuilder::new()
         .num_threads(cli.threads.unwrap_or(0))
         .stack_size(WORKER_STACK)
@@ -103,30 +103,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command;
     rayon::scope(move |_| dispatch(command))
 }
-
-/// glibc's malloc serves big blocks with fresh `mmap`s and unmaps them (or trims the heap)
-/// on free, so every training step faults its activations' pages in again and the kernel
-/// zeroes them: 134k page faults in 80 steps of the demo's U-Net, 8% of its CPU time
-/// (docs/PERF.md, session 6). Serving blocks up to 32 MiB (glibc's largest mmap threshold)
-/// from the heap and never trimming it below 1 GiB keeps freed blocks for reuse. Peak
-/// memory is what the process held at its peak either way.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    extern "C" {
-        fn mallopt(param: i32, value: i32) -> i32;
-    }
-    const M_TRIM_THRESHOLD: i32 = -1;
-    const M_MMAP_THRESHOLD: i32 = -3;
-    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
-    // exists, and a refused value (return 0) leaves glibc's default in place.
-    unsafe {
-        mallopt(M_MMAP_THRESHOLD, 32 << 20);
-        mallopt(M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {

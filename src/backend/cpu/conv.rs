@@ -18,8 +18,10 @@
 //!   broadcast where it lies, no panel packed).
 //! - input gradient, stride 1: the forward convolution of `dy` with the flipped, transposed
 //!   weights (`W'[ci, co, ky, kx] = W[co, ci, KH-1-ky, KW-1-kx]`, padding `d(k-1) - p`), so the
-//!   same fast path, no scatter; on the implicit GEMM's path with at least 128 input channels
-//!   per group, `W'` is packed straight into row panels (`WeightRows::flipped`).
+//!   same fast path, no scatter; on the implicit GEMM's path, a 3x3 `W'` is read where it
+//!   lies in `W` by the micro-kernel's in-place tiles (`WeightRows::flipped_in_place`, f32 on
+//!   AVX-512), and other kernels with at least 128 input channels per group pack `W'` straight
+//!   into row panels (`WeightRows::flipped`).
 //!   Stride > 1, undilated, with enough channels and pixels: one stride-1 forward
 //!   convolution of `dy` per output phase, by the flipped sub-kernel of the taps that reach
 //!   it, interleaved into `dx` (`conv/phases.rs`). Otherwise: `colgrad = W_g^T dy` on the
@@ -483,13 +485,20 @@ fn conv2d_bwd_input<T: PackedFloat + DirectConv>(
         // W'[gi*C_in/G + ci, co, ky, kx] = W[gi*C_out/G + co, ci, KH-1-ky, KW-1-kx].
         let (cin_g, cout_g, khw) = (g.cin_g(), g.cout_g(), g.kh * g.kw);
         let kern = T::micro_kernel(isa);
-        let pack = kern.in_place_rows.is_empty() || cin_g >= FLIP_PACK_MIN_ROWS;
-        if pack && !is_pointwise(&tg) && !T::direct_forward_applies(&tg, isa) && tg.k() > 0 {
-            // The implicit GEMM's path: W' flipped straight into the micro-kernel's row
+        let gemm = !is_pointwise(&tg) && !T::direct_forward_applies(&tg, isa) && tg.k() > 0;
+        let sizes = (cin_g, cout_g, khw);
+        if gemm {
+            // The implicit GEMM's path: W' read in place from W (3x3 kernels, where the
+            // micro-kernel has tiles for it) or flipped straight into the micro-kernel's row
             // panels, one pass over W (W' itself, then its panels or its in-place reads, was
             // two passes and a zeroed buffer: 9.4 MB each at 512 channels).
-            let weights = WeightRows::flipped(w, g.groups, (cin_g, cout_g, khw), &kern);
-            return conv2d_fwd_gemm_with(dy, &weights, &tg, isa);
+            if let Some(weights) = WeightRows::flipped_in_place(w, sizes, &kern) {
+                return conv2d_fwd_gemm_with(dy, &weights, &tg, isa);
+            }
+            if kern.in_place_rows.is_empty() || cin_g >= FLIP_PACK_MIN_ROWS {
+                let weights = WeightRows::flipped(w, g.groups, sizes, &kern);
+                return conv2d_fwd_gemm_with(dy, &weights, &tg, isa);
+            }
         }
         // Tasks of FLIP_ROWS rows of W' (the flip-transpose of all of W is memory-bound: 9.4
         // MB at 512 channels). Inside one, output channel by output channel: the task's input
@@ -519,11 +528,12 @@ fn conv2d_bwd_input<T: PackedFloat + DirectConv>(
     conv2d_bwd_input_col2im(dy, w, g, isa)
 }
 
-/// Fewest input channels per group for which the stride-1 input gradient packs its flipped
-/// weights into the micro-kernel's 12-row panels where it could read them in place: the
-/// packed kernel is faster and the packing replaces the flip, but a last panel is padded
-/// to 12 rows (at 16 channels 24 rows are computed, and that was 0.6-0.8x; from 128 on
-/// at most 3% are padding).
+/// Fewest input channels per group for which the stride-1 input gradient of a kernel other
+/// than 3x3 packs its flipped weights into the micro-kernel's 12-row panels where it could
+/// flip them and read the copy in place: the packed kernel is faster and the packing replaces
+/// the flip, but a last panel is padded to 12 rows (at 16 channels 24 rows are computed, and
+/// that was 0.6-0.8x; from 128 on at most 3% are padding). 3x3 weights are read in place
+/// from `W` with no copy at all (`WeightRows::flipped_in_place`).
 const FLIP_PACK_MIN_ROWS: usize = 128;
 
 /// Rows of `W'` per task of the flip-transpose.
@@ -1057,9 +1067,10 @@ mod tests {
             (2, 40, 6, 9, 32, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             // Few columns against many rows: the forward splits only its rows
             // (`TilePlan::few_columns`), 260 channels. Then 130 and 136 input
-            // channels per group (at least `FLIP_PACK_MIN_ROWS`): the stride-1 input gradient
-            // packs its flipped weights into 12-row panels, the last one partial, from a 3x3
-            // and from a 2x3 kernel.
+            // channels per group: the stride-1 input gradient reads its flipped 3x3 weights
+            // in place (10 x 12 + 8 rows and 2 packed ones per group), and packs those of a
+            // 2x3 kernel (at least `FLIP_PACK_MIN_ROWS`) into 12-row panels, the last one
+            // partial.
             (1, 12, 5, 6, 260, 3, 3, (1, 1), (1, 1), (1, 1), 1),
             (1, 260, 4, 5, 8, 3, 3, (1, 1), (1, 1), (1, 1), 2),
             (2, 136, 3, 4, 6, 2, 3, (1, 1), (1, 0), (1, 1), 1),
@@ -1140,6 +1151,24 @@ mod tests {
                         let gemm = conv2d_fwd_gemm(&xt, &wt, &g, isa);
                         assert!(got == gemm, "direct forward bits differ {case:?}");
                     }
+                }
+                // The flipped 3x3 weights of a stride-1 input gradient read in place (f32 on
+                // AVX-512) give the values of their packed panels, on every such shape.
+                let kern = T::micro_kernel(isa);
+                let sizes = (g.cin_g(), g.cout_g(), g.kh * g.kw);
+                if let (Some(tg), Some(in_place)) = (
+                    transposed_geometry(&g),
+                    WeightRows::flipped_in_place(&wt, sizes, &kern),
+                ) {
+                    let packed = WeightRows::flipped(&wt, g.groups, sizes, &kern);
+                    let got = conv2d_fwd_gemm_with(&dyt, &in_place, &tg, isa);
+                    let (want, mag) = &refs[1];
+                    assert_close(&format!("flipped dx {case:?}"), &got, want, mag, tol);
+                    let packed = conv2d_fwd_gemm_with(&dyt, &packed, &tg, isa);
+                    assert!(
+                        got == packed,
+                        "flipped in place differs from packed {case:?}"
+                    );
                 }
                 // The phases on every strided shape they can take, whatever the channels.
                 if g.stride != (1, 1) {

@@ -1217,6 +1217,7 @@ pub(super) struct MicroKernel<T> {
     /// this kernel has none, and A must be packed).
     pub in_place_rows: &'static [usize],
     rows_in_place: Option<RowsInPlaceFn<T>>,
+    rows_flipped: Option<RowsFlippedFn<T>>,
     panel_depths: Option<PanelDepthsFn<T>>,
 }
 
@@ -1224,6 +1225,8 @@ type MicroFn<T> = unsafe fn(usize, &[T], &[T], &mut [T], usize, usize, usize);
 type PanelDepthsFn<T> = unsafe fn(&[(usize, usize)], &[T], &[T], &mut [T], usize, usize, usize);
 type RowsInPlaceFn<T> =
     unsafe fn(&[(usize, usize)], usize, &[T], usize, &[T], &mut [T], usize, usize, bool);
+type RowsFlippedFn<T> =
+    unsafe fn(&[(usize, usize)], usize, usize, (&[T], usize), &[T], &mut [T], usize, usize, bool);
 
 impl<T> MicroKernel<T> {
     /// `c[r*ldc + j] += sum_{kk < kc} a[kk*mr + r] * b[kk*nr + j]` for `r < rows`, `j < cols`.
@@ -1309,6 +1312,45 @@ impl<T> MicroKernel<T> {
         // bounds were checked above.
         unsafe { f(depths, rows, a, a_rs, b, c, ldc, cols, overwrite) }
     }
+
+    /// Whether [`MicroKernel::tile_rows_flipped`] exists for this dtype and instruction set
+    /// (f32 on AVX-512, with the in-place row tiles).
+    pub fn takes_flipped_rows(&self) -> bool {
+        self.rows_flipped.is_some()
+    }
+
+    /// [`MicroKernel::tile_rows_in_place`] with A the flipped, transposed weights of a 3x3
+    /// convolution read where they lie in `W [C_out, C_in, 3, 3]` (a stride-1 input gradient
+    /// is the forward convolution of `dy` by them): row `r` (an input channel), depth
+    /// `d = co*9 + t` (an output channel and a tap) is `a[co*a_cs + r*9 + 8 - t]`, with
+    /// `a_cs = C_in * 9`. The depths are those of the B block, `k0` its first depth's
+    /// (`d = k0 + kk` for B's row `kk`). Sums exactly as [`MicroKernel::tile`] does on the
+    /// packed panels of those weights (`WeightRows::flipped`), so the same values, without
+    /// that copy of `W` (9.4 MB per call at 512 channels).
+    #[allow(clippy::too_many_arguments)]
+    pub fn tile_rows_flipped(
+        &self,
+        depths: &[(usize, usize)],
+        rows: usize,
+        k0: usize,
+        (a, a_cs): (&[T], usize),
+        b: &[T],
+        c: &mut [T],
+        ldc: usize,
+        cols: usize,
+        overwrite: bool,
+    ) {
+        let f = self.rows_flipped.expect("no flipped row tiles");
+        let end = depth_runs_end(depths);
+        assert!(self.in_place_rows.contains(&rows));
+        assert!(end == 0 || a.len() >= (k0 + end - 1) / 9 * a_cs + rows * 9);
+        assert!(b.len() >= end * self.nr);
+        assert!(cols <= self.nr && c.len() >= (rows - 1) * ldc + cols);
+        // SAFETY: `f` was picked with `tile` for an instruction set this CPU has, and the
+        // bounds were checked above: the largest offset read is `co*a_cs + (rows-1)*9 + 8`
+        // for the last depth's `co`.
+        unsafe { f(depths, rows, k0, (a, a_cs), b, c, ldc, cols, overwrite) }
+    }
 }
 
 /// The end of the last depth run, once the runs are checked to be increasing and disjoint.
@@ -1345,6 +1387,126 @@ unsafe fn rows_in_place_avx512_f32(
             (8, true) => micro_avx512_f32_direct_16::<8>(depths, a, b, c, ldc, 8, nr, overwrite),
             _ => unreachable!("in-place row tiles are 12 or 8 rows"),
         }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512F; `rows` is 12 or 8 and the bounds of
+/// [`MicroKernel::tile_rows_flipped`] hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_flipped_avx512_f32(
+    depths: &[(usize, usize)],
+    rows: usize,
+    k0: usize,
+    (a, a_cs): (&[f32], usize),
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    let (a, b, c) = ((a.as_ptr(), a_cs), b.as_ptr(), c.as_mut_ptr());
+    // SAFETY: forwarded contract (checked by `MicroKernel::tile_rows_flipped`).
+    unsafe {
+        match (rows, nr <= 16) {
+            (12, false) => {
+                micro_avx512_f32_flipped::<12, 2>(depths, k0, a, b, c, ldc, nr, overwrite)
+            }
+            (8, false) => micro_avx512_f32_flipped::<8, 2>(depths, k0, a, b, c, ldc, nr, overwrite),
+            (12, true) => {
+                micro_avx512_f32_flipped::<12, 1>(depths, k0, a, b, c, ldc, nr, overwrite)
+            }
+            (8, true) => micro_avx512_f32_flipped::<8, 1>(depths, k0, a, b, c, ldc, nr, overwrite),
+            _ => unreachable!("in-place row tiles are 12 or 8 rows"),
+        }
+    }
+}
+
+/// The `R x 32` (`V = 2`) or `R x 16` (`V = 1`) tile of [`MicroKernel::tile_rows_flipped`]:
+/// per depth two (one) loads of B and `R` broadcasts of A, one output channel's 9 taps at a
+/// time. The 9 taps of a channel share one address, `a + co*a_cs + 8`: tap `t` of row `r`
+/// lies `r*9 - t` from it and its B row `t*32` past the channel's first, all displacements
+/// fixed at compile time (the A of the packed panels is rewritten per call instead; a
+/// division per depth, tried in session 26, spilled the accumulators). Runs that start or end
+/// inside a channel take its taps one by one. Each sum is one chain of FMAs in depth order,
+/// as in the other kernels.
+///
+/// # Safety
+/// See [`MicroKernel::tile_rows_flipped`]; the CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_avx512_f32_flipped<const R: usize, const V: usize>(
+    depths: &[(usize, usize)],
+    k0: usize,
+    (a, a_cs): (*const f32, usize),
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    const TAPS: usize = 9;
+    const NR: usize = 32;
+    let (m0, m1) = column_masks(nr);
+    // SAFETY: rows r < R of A at the depths of the runs, B's rows kk < end of the runs under
+    // the masks: the caller's contract; masked-off lanes are never read.
+    unsafe {
+        let mut lo = [_mm512_setzero_ps(); 12];
+        let mut hi = [_mm512_setzero_ps(); 12];
+        // One depth: tap `t` of the output channel whose B rows start at `bk` and whose
+        // weights start at `base - 8` (`a + co*a_cs`): tap `t` of row `r` is `base + r*9 - t`.
+        macro_rules! depth {
+            ($base:expr, $bk:expr, $t:expr) => {{
+                let (base, bk, t): (*const f32, *const f32, usize) = ($base, $bk, $t);
+                let brow = bk.wrapping_add(t * NR);
+                let b0 = _mm512_maskz_loadu_ps(m0, brow);
+                let b1 = if V == 2 {
+                    _mm512_maskz_loadu_ps(m1, brow.add(16))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                for r in 0..R {
+                    let x = _mm512_set1_ps(*base.add(r * TAPS).sub(t));
+                    lo[r] = _mm512_fmadd_ps(x, b0, lo[r]);
+                    if V == 2 {
+                        hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);
+                    }
+                }
+            }};
+        }
+        for &(d0, d1) in depths {
+            let mut kk = d0;
+            while kk < d1 {
+                let (co, t0) = ((k0 + kk) / TAPS, (k0 + kk) % TAPS);
+                let t1 = TAPS.min(t0 + (d1 - kk));
+                let base = a.add(co * a_cs + TAPS - 1);
+                // B's row of the channel's tap 0 (before the block's start when the block
+                // opens inside the channel: only its taps from t0 are read).
+                let bk = b.wrapping_add(kk * NR).wrapping_sub(t0 * NR);
+                if t0 == 0 && t1 == TAPS {
+                    depth!(base, bk, 0);
+                    depth!(base, bk, 1);
+                    depth!(base, bk, 2);
+                    depth!(base, bk, 3);
+                    depth!(base, bk, 4);
+                    depth!(base, bk, 5);
+                    depth!(base, bk, 6);
+                    depth!(base, bk, 7);
+                    depth!(base, bk, 8);
+                } else {
+                    for t in t0..t1 {
+                        depth!(base, bk, t);
+                    }
+                }
+                kk += t1 - t0;
+            }
+        }
+        store_12x32((lo, hi), c, ldc, R, nr, overwrite);
     }
 }
 
@@ -1513,7 +1675,7 @@ pub(super) trait PackedFloat: Float {
 }
 
 macro_rules! packed_float {
-    ($t:ty, $block:ident, $sizes:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr, $in_place:expr, $panel_depths:expr) => {
+    ($t:ty, $block:ident, $sizes:ident, $avx512:expr, $mr512:expr, $nr512:expr, $mr2:expr, $nr2:expr, $in_place:expr, $flipped:expr, $panel_depths:expr) => {
         impl PackedFloat for $t {
             fn micro_kernel(isa: Isa) -> MicroKernel<$t> {
                 let (mr, nr, tile): (usize, usize, MicroFn<$t>) = match isa {
@@ -1528,6 +1690,11 @@ macro_rules! packed_float {
                     Isa::Avx512 => $in_place,
                     _ => None,
                 };
+                let rows_flipped: Option<RowsFlippedFn<$t>> = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => $flipped,
+                    _ => None,
+                };
                 let panel_depths: Option<PanelDepthsFn<$t>> = match isa {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => $panel_depths,
@@ -1539,6 +1706,7 @@ macro_rules! packed_float {
                     tile,
                     in_place_rows: in_place.map_or(&[], |(rows, _)| rows),
                     rows_in_place: in_place.map(|(_, f)| f),
+                    rows_flipped,
                     panel_depths,
                 }
             }
@@ -1565,6 +1733,7 @@ packed_float!(
     6,
     16,
     Some((Avx512F32::DIRECT_ROWS, rows_in_place_avx512_f32)),
+    Some(rows_flipped_avx512_f32),
     Some(panel_depths_avx512_f32)
 );
 packed_float!(
@@ -1576,6 +1745,7 @@ packed_float!(
     16,
     4,
     8,
+    None,
     None,
     None
 );

@@ -11,12 +11,14 @@
 //! than 4, or fewer than 8 in all) go through one zero-padded packed panel per depth block.
 //!
 //! Otherwise (f64, AVX2, portable) the weights are packed once per call into the micro-kernel's
-//! `mr`-row panels (`pack_row_panels`), as before. So are the flipped, transposed weights of a
-//! stride-1 input gradient ([`WeightRows::flipped`]) on every instruction set, from 128 input
-//! channels on where in-place tiles exist: they must be copied anyway, and packing them is
-//! that one copy.
+//! `mr`-row panels (`pack_row_panels`), as before. The flipped, transposed weights of a
+//! stride-1 input gradient are read in place from `W` too where the micro-kernel has tiles
+//! for that and the kernel is 3x3 ([`WeightRows::flipped_in_place`]: 9 depths per output
+//! channel at fixed offsets from one address); otherwise they are packed
+//! ([`WeightRows::flipped`]) on every instruction set, from 128 input channels on where
+//! in-place tiles exist: they must be copied anyway, and packing them is that one copy.
 //!
-//! Both sum every element the same way (one chain of FMAs per depth block, added to the
+//! All of them sum every element the same way (one chain of FMAs per depth block, added to the
 //! previous blocks' sum), so the choice, the tiling and the task split never change a bit.
 
 use super::super::matmul::MicroKernel;
@@ -30,6 +32,14 @@ use std::mem::MaybeUninit;
 pub(super) enum WeightRows<'a, T> {
     /// Read in place: `w[(gi*m + r)*k + kk]`.
     InPlace { w: &'a [T], m: usize, k: usize },
+    /// The flipped, transposed 3x3 weights of a stride-1 input gradient read in place (see
+    /// [`WeightRows::flipped_in_place`]): row `ci` of group `gi`, depth `co*9 + t`, is
+    /// `w[((gi*cout_g + co)*cin_g + ci)*9 + 8 - t]`.
+    FlippedInPlace {
+        w: &'a [T],
+        cin_g: usize,
+        cout_g: usize,
+    },
     /// Packed into `mr`-row panels, `mpan` per group (see `pack_row_panels`).
     Packed {
         wpack: Vec<T>,
@@ -132,6 +142,23 @@ impl<'a, T: Float> WeightRows<'a, T> {
         WeightRows::Packed { wpack, mpan, k }
     }
 
+    /// The same rows as [`WeightRows::flipped`], read where they lie in `W`, where the
+    /// micro-kernel has tiles for that ([`MicroKernel::takes_flipped_rows`]) and the kernel is
+    /// 3x3; `None` otherwise. The same values as the packed panels (each sum the same chain of
+    /// FMAs), without copying `W` on every call: the copy was a fifth of ResNet-18's 512-channel
+    /// input gradient at 224 px (docs/PERF.md, session 27).
+    pub fn flipped_in_place(
+        w: &'a [T],
+        (cin_g, cout_g, khw): (usize, usize, usize),
+        kern: &MicroKernel<T>,
+    ) -> Option<Self> {
+        (khw == 9 && kern.takes_flipped_rows()).then_some(WeightRows::FlippedInPlace {
+            w,
+            cin_g,
+            cout_g,
+        })
+    }
+
     /// `c[r*ncols + j] = (0 if first else c[r*ncols + j]) + sum_{kk < kc} W_g[r0 + r, pc + kk]
     /// * B[kk, j]` for `r < nrows`, `j < ncols`, with B the packed block `bpack` (`nr`-wide
     /// panels of depth `kc`). `r0` is a multiple of `kern.mr` (the tile plan's row blocks).
@@ -180,11 +207,10 @@ impl<'a, T: Float> WeightRows<'a, T> {
                     }
                 }
             }
-            WeightRows::InPlace { w, m, k } => {
+            WeightRows::InPlace { .. } | WeightRows::FlippedInPlace { .. } => {
                 let (mr, nr) = (kern.mr, kern.nr);
                 let heights = kern.in_place_rows;
                 let tiling = RowTiling::new(nrows, heights);
-                let row0 = gi * m + r0;
                 let rest = nrows - tiling.cover;
                 if rest > 0 {
                     // The rows no tiling covers: one panel, zero past the last row.
@@ -192,9 +218,9 @@ impl<'a, T: Float> WeightRows<'a, T> {
                     scratch.clear();
                     scratch.resize(kc * mr, T::ZERO);
                     for r in 0..rest {
-                        let row = &w[(row0 + tiling.cover + r) * k + pc..][..kc];
-                        for (kk, &v) in row.iter().enumerate() {
-                            scratch[kk * mr + r] = v;
+                        let row = r0 + tiling.cover + r;
+                        for kk in 0..kc {
+                            scratch[kk * mr + r] = self.at(gi, row, pc + kk);
                         }
                     }
                     if first {
@@ -214,10 +240,23 @@ impl<'a, T: Float> WeightRows<'a, T> {
                         let all = [(0, kc)];
                         let depths = panel_depths.get(jq).map_or(&all[..], |d| &d[..]);
                         for &(r, h) in &block {
-                            let a = &w[(row0 + r) * k + pc..];
                             let ct = &mut c[r * ncols + jq * nr..];
-                            let (a, b) = ((a, k), bp);
-                            kern.tile_rows_in_place(depths, h, a, b, ct, ncols, cols, first);
+                            match *self {
+                                WeightRows::FlippedInPlace { w, cin_g, cout_g } => {
+                                    let a = &w[(gi * cout_g * cin_g + r0 + r) * 9..];
+                                    let a = (a, cin_g * 9);
+                                    kern.tile_rows_flipped(
+                                        depths, h, pc, a, bp, ct, ncols, cols, first,
+                                    );
+                                }
+                                WeightRows::InPlace { w, m, k } => {
+                                    let a = (&w[(gi * m + r0 + r) * k + pc..], k);
+                                    kern.tile_rows_in_place(
+                                        depths, h, a, bp, ct, ncols, cols, first,
+                                    );
+                                }
+                                WeightRows::Packed { .. } => unreachable!("matched above"),
+                            }
                         }
                     }
                 }
@@ -237,6 +276,18 @@ impl<'a, T: Float> WeightRows<'a, T> {
                     }
                 }
             }
+        }
+    }
+
+    /// Row `row` of group `gi` at depth `d` of the weights read in place.
+    fn at(&self, gi: usize, row: usize, d: usize) -> T {
+        match *self {
+            WeightRows::InPlace { w, m, k } => w[(gi * m + row) * k + d],
+            WeightRows::FlippedInPlace { w, cin_g, cout_g } => {
+                let (co, t) = (d / 9, d % 9);
+                w[((gi * cout_g + co) * cin_g + row) * 9 + 8 - t]
+            }
+            WeightRows::Packed { .. } => unreachable!("packed weights are read by panels"),
         }
     }
 }
@@ -292,7 +343,7 @@ mod tests {
                     assert_eq!((mpan, got_k), (cin_g.div_ceil(kern.mr), k));
                     assert!(wpack == want, "{groups} x {cin_g} x {cout_g} x {khw}");
                 }
-                WeightRows::InPlace { .. } => panic!("flipped weights are packed"),
+                _ => panic!("flipped weights are packed"),
             }
         }
     }

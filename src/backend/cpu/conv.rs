@@ -18,7 +18,8 @@
 //!   broadcast where it lies, no panel packed).
 //! - input gradient, stride 1: the forward convolution of `dy` with the flipped, transposed
 //!   weights (`W'[ci, co, ky, kx] = W[co, ci, KH-1-ky, KW-1-kx]`, padding `d(k-1) - p`), so the
-//!   same fast path, no scatter; on the implicit GEMM's path, a 3x3 `W'` is read where it
+//!   same fast path, no scatter; the direct path packs `W'` straight from `W` into its
+//!   tap-major blocks; on the implicit GEMM's path, a 3x3 `W'` is read where it
 //!   lies in `W` by the micro-kernel's in-place tiles (`WeightRows::flipped_in_place`, f32 on
 //!   AVX-512), and other kernels with at least 128 input channels per group pack `W'` straight
 //!   into row panels (`WeightRows::flipped`).
@@ -498,6 +499,12 @@ fn conv2d_bwd_input<T: PackedFloat + DirectConv>(
             if kern.in_place_rows.is_empty() || cin_g >= FLIP_PACK_MIN_ROWS {
                 let weights = WeightRows::flipped(w, g.groups, sizes, &kern);
                 return conv2d_fwd_gemm_with(dy, &weights, &tg, isa);
+            }
+        }
+        // The direct path packs W' straight from W.
+        if !is_pointwise(&tg) {
+            if let Some(dx) = T::direct_forward_flipped(dy, w, &tg, isa) {
+                return dx;
             }
         }
         // Tasks of FLIP_ROWS rows of W' (the flip-transpose of all of W is memory-bound: 9.4
@@ -1152,23 +1159,33 @@ mod tests {
                         assert!(got == gemm, "direct forward bits differ {case:?}");
                     }
                 }
-                // The flipped 3x3 weights of a stride-1 input gradient read in place (f32 on
-                // AVX-512) give the values of their packed panels, on every such shape.
-                let kern = T::micro_kernel(isa);
-                let sizes = (g.cin_g(), g.cout_g(), g.kh * g.kw);
-                if let (Some(tg), Some(in_place)) = (
-                    transposed_geometry(&g),
-                    WeightRows::flipped_in_place(&wt, sizes, &kern),
-                ) {
-                    let packed = WeightRows::flipped(&wt, g.groups, sizes, &kern);
-                    let got = conv2d_fwd_gemm_with(&dyt, &in_place, &tg, isa);
+                // A stride-1 input gradient's flipped weights, on every such shape, three ways:
+                // packed into panels (on every instruction set), 3x3 ones read in place (f32 on
+                // AVX-512; the panels' values), and packed straight from W by the direct path
+                // wherever it can run (the implicit GEMM's bits, as any direct forward).
+                if let Some(tg) = transposed_geometry(&g) {
+                    let kern = T::micro_kernel(isa);
+                    let sizes = (g.cin_g(), g.cout_g(), g.kh * g.kw);
                     let (want, mag) = &refs[1];
-                    assert_close(&format!("flipped dx {case:?}"), &got, want, mag, tol);
+                    let packed = WeightRows::flipped(&wt, g.groups, sizes, &kern);
                     let packed = conv2d_fwd_gemm_with(&dyt, &packed, &tg, isa);
-                    assert!(
-                        got == packed,
-                        "flipped in place differs from packed {case:?}"
+                    assert_close(
+                        &format!("packed dx {isa:?} {case:?}"),
+                        &packed,
+                        want,
+                        mag,
+                        tol,
                     );
+                    if let Some(in_place) = WeightRows::flipped_in_place(&wt, sizes, &kern) {
+                        let got = conv2d_fwd_gemm_with(&dyt, &in_place, &tg, isa);
+                        assert!(got == packed, "flipped in place differs {case:?}");
+                    }
+                    if let Some(got) = T::direct_forward_flipped_anyway(&dyt, &wt, &tg, isa) {
+                        assert_close(&format!("direct dx {case:?}"), &got, want, mag, tol);
+                        if !is_pointwise(&tg) && LiveTaps::of(&tg).is_none() {
+                            assert!(got == packed, "direct flipped bits differ {case:?}");
+                        }
+                    }
                 }
                 // The phases on every strided shape they can take, whatever the channels.
                 if g.stride != (1, 1) {

@@ -1,6 +1,6 @@
 //! The forward convolution computed directly, with the output channels in the vector lanes:
 //! no im2col panel is packed at all (f32 on AVX-512; the stride-1 input gradient, a forward
-//! convolution of `dy`, takes it too).
+//! convolution of `dy`, takes it too, its flipped weights packed straight from `W`).
 //!
 //! ```text
 //! out[n, co, oy, ox] = sum_{kk = (ci, ky, kx)} W[co, kk] * xpad[n, ci, oy*sh + ky*dh, ox*sw + kx*dw]
@@ -92,6 +92,24 @@ pub(in crate::backend::cpu) trait DirectConv: Float {
     /// The forward convolution of `x` (`[N, C_in, H, W]`) by `w` (`[C_out, C_in/G, KH, KW]`)
     /// if the direct path is the faster one for this shape and instruction set ([`applies`]).
     fn direct_forward(x: &[Self], w: &[Self], g: &Conv2dGeom, isa: Isa) -> Option<Vec<Self>>;
+    /// The stride-1 input gradient of a convolution by `w` (`[C_out, C_in/G, KH, KW]`), the
+    /// forward convolution of `dy` under the transposed geometry `tg` by the flipped,
+    /// transposed weights, if the direct path takes `tg`: those weights are packed straight
+    /// from `w`, so no flipped copy of `w` is made first.
+    fn direct_forward_flipped(
+        dy: &[Self],
+        w: &[Self],
+        tg: &Conv2dGeom,
+        isa: Isa,
+    ) -> Option<Vec<Self>>;
+    /// The same wherever the direct path can compute `tg` at all (for tests).
+    #[cfg(test)]
+    fn direct_forward_flipped_anyway(
+        dy: &[Self],
+        w: &[Self],
+        tg: &Conv2dGeom,
+        isa: Isa,
+    ) -> Option<Vec<Self>>;
     /// Whether [`DirectConv::direct_forward`] takes this shape (so the caller can prepare
     /// the weights for whichever path runs).
     fn direct_forward_applies(g: &Conv2dGeom, isa: Isa) -> bool;
@@ -122,6 +140,18 @@ impl DirectConv for f64 {
     fn direct_forward(_: &[f64], _: &[f64], _: &Conv2dGeom, _: Isa) -> Option<Vec<f64>> {
         None
     }
+    fn direct_forward_flipped(_: &[f64], _: &[f64], _: &Conv2dGeom, _: Isa) -> Option<Vec<f64>> {
+        None
+    }
+    #[cfg(test)]
+    fn direct_forward_flipped_anyway(
+        _: &[f64],
+        _: &[f64],
+        _: &Conv2dGeom,
+        _: Isa,
+    ) -> Option<Vec<f64>> {
+        None
+    }
     fn direct_forward_applies(_: &Conv2dGeom, _: Isa) -> bool {
         false
     }
@@ -146,6 +176,23 @@ impl DirectConv for f64 {
 impl DirectConv for f32 {
     fn direct_forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Option<Vec<f32>> {
         applies(g, isa).then(|| forward(x, w, g, isa))
+    }
+    fn direct_forward_flipped(
+        dy: &[f32],
+        w: &[f32],
+        tg: &Conv2dGeom,
+        isa: Isa,
+    ) -> Option<Vec<f32>> {
+        applies(tg, isa).then(|| forward_by(dy, Weights::Flipped(w), tg, isa))
+    }
+    #[cfg(test)]
+    fn direct_forward_flipped_anyway(
+        dy: &[f32],
+        w: &[f32],
+        tg: &Conv2dGeom,
+        isa: Isa,
+    ) -> Option<Vec<f32>> {
+        supports(tg, isa).then(|| forward_by(dy, Weights::Flipped(w), tg, isa))
     }
     fn direct_forward_applies(g: &Conv2dGeom, isa: Isa) -> bool {
         applies(g, isa)
@@ -232,6 +279,54 @@ fn pack_weights(w: &[f32], g: &Conv2dGeom, blocks: &[(usize, usize, usize)]) -> 
     wpk
 }
 
+/// Where [`forward_by`] takes its weights from.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    /// The convolution's own, `[C_out, C_in/G, KH, KW]`.
+    Plain(&'a [f32]),
+    /// The flipped, transposed weights of the stride-1 input gradient whose forward
+    /// convolution this is (`g` the transposed geometry), from the gradient's own `W`:
+    /// `W'[gi*C_in/G + ci, co, t] = W[gi*C_out/G + co, ci, KHW-1-t]` in the gradient's terms.
+    Flipped(&'a [f32]),
+}
+
+/// [`pack_weights`] of the flipped, transposed weights of [`Weights::Flipped`], packed from
+/// `w` itself: per block of 32 of `W'`'s rows (input channels of `w`) and output channel
+/// `co` of `w`, its `32 x KHW` weights are one contiguous read and its `KHW` taps of 32 one
+/// contiguous write (flipping into a copy of `W'` first, then packing that, was two passes
+/// over `W` and a zeroed buffer as large).
+fn pack_weights_flipped(
+    w: &[f32],
+    g: &Conv2dGeom,
+    blocks: &[(usize, usize, usize)],
+) -> AlignedVec<f32> {
+    let (k, khw) = (g.k(), g.kh * g.kw);
+    // `g` is the transposed geometry: its output channels are `w`'s input channels.
+    let (cin_w, cout_w) = (g.cout_g(), g.cin_g());
+    let mut wpk = AlignedVec::zeroed(blocks.len() * k * LANES);
+    // Tasks of CHANNELS output channels of `w` (their taps of one block: 8 KB at 3x3).
+    const CHANNELS: usize = 8;
+    wpk.par_chunks_mut(k * LANES)
+        .zip(blocks)
+        .for_each(|(block, &(gi, c0, nch))| {
+            block
+                .par_chunks_mut(CHANNELS * khw * LANES)
+                .enumerate()
+                .for_each(|(q, dst)| {
+                    for (i, taps) in dst.chunks_exact_mut(khw * LANES).enumerate() {
+                        let co = q * CHANNELS + i;
+                        let src = &w[((gi * cout_w + co) * cin_w + c0) * khw..][..nch * khw];
+                        for (t, row) in taps.chunks_exact_mut(LANES).enumerate() {
+                            for (l, v) in row[..nch].iter_mut().enumerate() {
+                                *v = src[l * khw + khw - 1 - t];
+                            }
+                        }
+                    }
+                })
+        });
+    wpk
+}
+
 /// The pixel widths one output row is cut into: as few tiles as `max` pixels each allow,
 /// their widths as equal as possible (32 by 14 -> 11 + 11 + 10).
 fn row_tiles(ow: usize, max: usize) -> Vec<usize> {
@@ -243,10 +338,18 @@ fn row_tiles(ow: usize, max: usize) -> Vec<usize> {
 
 /// The direct forward convolution (see the module docs). `isa` must be [`Isa::Avx512`].
 pub(super) fn forward(x: &[f32], w: &[f32], g: &Conv2dGeom, isa: Isa) -> Vec<f32> {
+    forward_by(x, Weights::Plain(w), g, isa)
+}
+
+/// [`forward`] with the weights taken from `w` ([`Weights`]).
+fn forward_by(x: &[f32], w: Weights, g: &Conv2dGeom, isa: Isa) -> Vec<f32> {
     assert!(supports(g, isa));
     let (p, k) = (g.p(), g.k());
     let blocks = channel_blocks(g);
-    let wpk = pack_weights(w, g, &blocks);
+    let wpk = match w {
+        Weights::Plain(w) => pack_weights(w, g, &blocks),
+        Weights::Flipped(w) => pack_weights_flipped(w, g, &blocks),
+    };
     let xp = PaddedInput::new(x, g, isa);
     let (hp, wp) = (xp.h, xp.w);
     let (dh, dw) = g.dilation;

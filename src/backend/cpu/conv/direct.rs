@@ -251,34 +251,6 @@ pub(super) fn channel_blocks(g: &Conv2dGeom) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
-/// `wpk[b][kk][l] = W[co0_b + l, kk]` (0 past the block's channels): each block's taps
-/// tap-major, 32 channels each.
-fn pack_weights(w: &[f32], g: &Conv2dGeom, blocks: &[(usize, usize, usize)]) -> AlignedVec<f32> {
-    let k = g.k();
-    let mut wpk = AlignedVec::zeroed(blocks.len() * k * LANES);
-    // Tasks of TAPS taps of one block (8 KB written, in L1 while its 32 row pieces are
-    // scattered into it); the whole of a block at once wrote every element to another line
-    // of an L2-sized buffer, and took as long as the convolution on 8x8 maps.
-    const TAPS: usize = 64;
-    wpk.par_chunks_mut(k * LANES)
-        .zip(blocks)
-        .for_each(|(block, &(gi, c0, nch))| {
-            block
-                .par_chunks_mut(TAPS * LANES)
-                .enumerate()
-                .for_each(|(t, dst)| {
-                    let taps = dst.len() / LANES;
-                    for l in 0..nch {
-                        let row = &w[(gi * g.cout_g() + c0 + l) * k + t * TAPS..][..taps];
-                        for (i, &v) in row.iter().enumerate() {
-                            dst[i * LANES + l] = v;
-                        }
-                    }
-                })
-        });
-    wpk
-}
-
 /// Where [`forward_by`] takes its weights from.
 #[derive(Clone, Copy)]
 enum Weights<'a> {
@@ -290,35 +262,50 @@ enum Weights<'a> {
     Flipped(&'a [f32]),
 }
 
-/// [`pack_weights`] of the flipped, transposed weights of [`Weights::Flipped`], packed from
-/// `w` itself: per block of 32 of `W'`'s rows (input channels of `w`) and output channel
-/// `co` of `w`, its `32 x KHW` weights are one contiguous read and its `KHW` taps of 32 one
-/// contiguous write (flipping into a copy of `W'` first, then packing that, was two passes
-/// over `W` and a zeroed buffer as large).
-fn pack_weights_flipped(
-    w: &[f32],
-    g: &Conv2dGeom,
-    blocks: &[(usize, usize, usize)],
-) -> AlignedVec<f32> {
+/// `wpk[b][kk][l] = W[co0_b + l, kk]` (0 past the block's channels): each block's taps
+/// tap-major, 32 channels each. Tasks of about 64 taps of one block (8 KB written, in L1
+/// while its pieces are scattered into it; the whole of a block at once wrote every element
+/// to another line of an L2-sized buffer, and took as long as the convolution on 8x8 maps):
+/// - [`Weights::Plain`]: per channel `l` of the block, its row piece is one contiguous read;
+/// - [`Weights::Flipped`]: tasks of whole output channels `co` of `w`, each channel's
+///   `32 x KHW` weights one contiguous read and its `KHW` taps of 32 one contiguous write
+///   (flipping into a copy of `W'` first, then packing that, was two passes over `W` and a
+///   zeroed buffer as large).
+fn pack_weights(w: Weights, g: &Conv2dGeom, blocks: &[(usize, usize, usize)]) -> AlignedVec<f32> {
     let (k, khw) = (g.k(), g.kh * g.kw);
-    // `g` is the transposed geometry: its output channels are `w`'s input channels.
-    let (cin_w, cout_w) = (g.cout_g(), g.cin_g());
     let mut wpk = AlignedVec::zeroed(blocks.len() * k * LANES);
-    // Tasks of CHANNELS output channels of `w` (their taps of one block: 8 KB at 3x3).
-    const CHANNELS: usize = 8;
+    const TAPS: usize = 64;
+    let task_taps = match w {
+        Weights::Plain(_) => TAPS,
+        Weights::Flipped(_) => TAPS.div_ceil(khw) * khw,
+    };
     wpk.par_chunks_mut(k * LANES)
         .zip(blocks)
         .for_each(|(block, &(gi, c0, nch))| {
             block
-                .par_chunks_mut(CHANNELS * khw * LANES)
+                .par_chunks_mut(task_taps * LANES)
                 .enumerate()
-                .for_each(|(q, dst)| {
-                    for (i, taps) in dst.chunks_exact_mut(khw * LANES).enumerate() {
-                        let co = q * CHANNELS + i;
-                        let src = &w[((gi * cout_w + co) * cin_w + c0) * khw..][..nch * khw];
-                        for (t, row) in taps.chunks_exact_mut(LANES).enumerate() {
-                            for (l, v) in row[..nch].iter_mut().enumerate() {
-                                *v = src[l * khw + khw - 1 - t];
+                .for_each(|(q, dst)| match w {
+                    Weights::Plain(w) => {
+                        let taps = dst.len() / LANES;
+                        for l in 0..nch {
+                            let row = &w[(gi * g.cout_g() + c0 + l) * k + q * TAPS..][..taps];
+                            for (i, &v) in row.iter().enumerate() {
+                                dst[i * LANES + l] = v;
+                            }
+                        }
+                    }
+                    Weights::Flipped(w) => {
+                        // `g` is the transposed geometry: its output channels are `w`'s
+                        // input channels.
+                        let (cin_w, cout_w) = (g.cout_g(), g.cin_g());
+                        for (i, taps) in dst.chunks_exact_mut(khw * LANES).enumerate() {
+                            let co = q * (task_taps / khw) + i;
+                            let src = &w[((gi * cout_w + co) * cin_w + c0) * khw..][..nch * khw];
+                            for (t, row) in taps.chunks_exact_mut(LANES).enumerate() {
+                                for (l, v) in row[..nch].iter_mut().enumerate() {
+                                    *v = src[l * khw + khw - 1 - t];
+                                }
                             }
                         }
                     }
@@ -346,10 +333,7 @@ fn forward_by(x: &[f32], w: Weights, g: &Conv2dGeom, isa: Isa) -> Vec<f32> {
     assert!(supports(g, isa));
     let (p, k) = (g.p(), g.k());
     let blocks = channel_blocks(g);
-    let wpk = match w {
-        Weights::Plain(w) => pack_weights(w, g, &blocks),
-        Weights::Flipped(w) => pack_weights_flipped(w, g, &blocks),
-    };
+    let wpk = pack_weights(w, g, &blocks);
     let xp = PaddedInput::new(x, g, isa);
     let (hp, wp) = (xp.h, xp.w);
     let (dh, dw) = g.dilation;
